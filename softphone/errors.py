@@ -1,0 +1,154 @@
+"""One error hierarchy for the whole package, rooted in :class:`SoftphoneError`.
+
+Callers catch the area they care about (``SipError``, ``PlatformError``, ...)
+or everything with ``SoftphoneError``.  Messages name the field or message at
+fault and never contain a secret: values that might be secret are passed
+through :func:`softphone.log.redact` before they reach an exception.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class SoftphoneError(Exception):
+    """Base of every error raised on purpose by softphone."""
+
+
+# --- parameters ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One problem with one launch parameter."""
+
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.reason}"
+
+
+class ParameterError(SoftphoneError, ValueError):
+    """Launch parameters are invalid; carries every bad field at once."""
+
+    def __init__(self, errors: list[FieldError]):
+        self.errors = list(errors)
+        lines = "\n".join(f"  - {e}" for e in self.errors)
+        super().__init__(f"{len(self.errors)} invalid launch parameter(s):\n{lines}")
+
+
+class ConfigurationError(SoftphoneError, ValueError):
+    """A configuration value (not a launch parameter) is unusable."""
+
+
+# --- SIP ------------------------------------------------------------------------
+
+
+class SipError(SoftphoneError):
+    """Anything that went wrong in the SIP layer."""
+
+
+class SipParseError(SipError, ValueError):
+    """Bytes from the network are not a SIP message; ``reason`` says why."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(reason)
+
+
+class TransportError(SipError, ConnectionError):
+    """The SIP WebSocket is not connected, or sending on it failed."""
+
+
+class TransactionTimeoutError(SipError, TimeoutError):
+    """A SIP transaction got no final response in time (timer B/F)."""
+
+
+class AuthenticationError(SipError):
+    """Digest authentication failed (wrong credentials, unsupported algorithm)."""
+
+
+class RegistrationError(SipError):
+    """REGISTER failed with a final response or timed out."""
+
+
+class SessionError(SipError):
+    """An INVITE session could not be set up or changed."""
+
+    def __init__(self, message: str, status_code: int | None = None):
+        self.status_code = status_code
+        super().__init__(message)
+
+
+# --- media ------------------------------------------------------------------------
+
+
+class MediaError(SoftphoneError):
+    """WebRTC or audio file handling failed."""
+
+
+class IceError(MediaError):
+    """ICE gathering or connectivity failed (TURN unreachable, timeout)."""
+
+
+class AudioFileError(MediaError):
+    """An audio file could not be opened, decoded or written."""
+
+
+# --- platform REST API ----------------------------------------------------------
+
+
+class PlatformError(SoftphoneError):
+    """An OmniSense REST call failed; carries HTTP status and server message."""
+
+    def __init__(self, message: str, status: int | None = None, detail: object = None):
+        self.status = status
+        self.detail = detail
+        prefix = f"HTTP {status}: " if status is not None else ""
+        super().__init__(prefix + message)
+        self.message = message
+
+
+class PlatformAuthError(PlatformError):
+    """401: system key or user token rejected."""
+
+
+class OfficeHoursError(PlatformError):
+    """403: the API cannot run during the office-hours time condition."""
+
+
+class PlatformValidationError(PlatformError):
+    """400: the request was rejected; ``ids`` lists offending values if any."""
+
+    def __init__(self, message: str, status: int | None = 400, detail: object = None,
+                 ids: list | None = None):
+        super().__init__(message, status, detail)
+        self.ids = list(ids or [])
+
+
+class PlatformNotFoundError(PlatformError):
+    """404: no such user, call or resource."""
+
+
+class PlatformServerError(PlatformError):
+    """5xx or an unreadable answer from the server."""
+
+
+class PlatformTimeoutError(PlatformError, TimeoutError):
+    """The server did not answer in time."""
+
+
+# --- agent / lab ------------------------------------------------------------------
+
+
+class AgentError(SoftphoneError):
+    """An agent session could not reach or keep its goal state."""
+
+
+class SessionExpiredError(AgentError):
+    """The session reached ``expire_date``."""
+
+
+class LabError(SoftphoneError):
+    """The local lab could not start or serve."""

@@ -1,0 +1,1 @@
+"""A local stand-in for the OmniSense platform: REST API, database, telephony."""

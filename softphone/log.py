@@ -1,0 +1,257 @@
+"""Logging for softphone: one logger per module, secrets never printed.
+
+Every secret the process learns (``auth_key``, ``password``, user tokens,
+digest responses, nonces' answers) is registered with :func:`register_secret`.
+:class:`RedactingFilter`, attached to the handlers that :func:`setup_logging`
+installs (and to the root logger), replaces every registered value in every
+record, whatever logger or level produced it.  Code should still avoid
+logging secrets in the first place; the filter is the safety net.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REDACTED = "***"
+
+# Secrets shorter than this are not redacted textually: replacing "1" or "ab"
+# everywhere would garble logs and protect nothing.
+MIN_SECRET_LENGTH = 4
+
+_lock = threading.Lock()
+_secrets: set[str] = set()
+_pattern: re.Pattern[str] | None = None
+
+
+def register_secret(value: str | None) -> None:
+    """Make ``value`` (and its common encodings) disappear from all logs."""
+    if not value:
+        return
+    value = str(value)
+    if len(value) < MIN_SECRET_LENGTH:
+        return
+    import base64
+    from urllib.parse import quote, quote_plus
+
+    variants = {value, quote(value, safe=""), quote_plus(value)}
+    try:
+        variants.add(base64.b64encode(value.encode()).decode())
+    except Exception:  # pragma: no cover - str always encodes
+        pass
+    global _pattern
+    with _lock:
+        before = len(_secrets)
+        _secrets.update(v for v in variants if len(v) >= MIN_SECRET_LENGTH)
+        if len(_secrets) != before:
+            ordered = sorted(_secrets, key=len, reverse=True)
+            _pattern = re.compile("|".join(re.escape(s) for s in ordered))
+
+
+def forget_secrets() -> None:
+    """Drop every registered secret (tests use this between cases)."""
+    global _pattern
+    with _lock:
+        _secrets.clear()
+        _pattern = None
+
+
+def redact(text: Any) -> str:
+    """Return ``str(text)`` with every registered secret replaced by ``***``."""
+    s = text if isinstance(text, str) else str(text)
+    pattern = _pattern
+    if pattern is None:
+        return s
+    return pattern.sub(REDACTED, s)
+
+
+class Secret:
+    """A string that will not show itself in ``repr``/``str``/f-strings.
+
+    Use :meth:`reveal` at the single place the raw value is needed (an HTTP
+    header, a digest computation).  Creating one registers it for redaction.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        if isinstance(value, Secret):
+            value = value.reveal()
+        self._value = str(value)
+        register_secret(self._value)
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret({REDACTED!r})"
+
+    def __str__(self) -> str:
+        return REDACTED
+
+    def __format__(self, spec: str) -> str:
+        return REDACTED
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Secret):
+            return self._value == other._value
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._value))
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __len__(self) -> int:
+        return len(self._value)
+
+    def __reduce__(self):  # pickling keeps the value; it is not a log path
+        return (Secret, (self._value,))
+
+
+def reveal(value: "Secret | str | None") -> str | None:
+    """The raw string behind ``value`` whether or not it is a :class:`Secret`."""
+    if value is None:
+        return None
+    return value.reveal() if isinstance(value, Secret) else str(value)
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites a record's message and exception text with secrets removed."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _pattern is None:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string: keep the raw parts
+            message = f"{record.msg} {record.args}"
+        record.msg = redact(message)
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
+
+_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s"
+_DATEFMT = "%H:%M:%S"
+
+
+class HtmlLogHandler(logging.Handler):
+    """Writes records as rows of a self-contained HTML page.
+
+    The browser Webphone prints its debug trace on the page when
+    ``debug_html=true``; a headless agent has no page, so it writes one to
+    a file that can be opened in any browser, flushed after every record.
+    """
+
+    _HEAD = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>softphone debug log</title>"
+        "<style>body{font:13px monospace;margin:1em}table{border-collapse:collapse}"
+        "td{padding:1px 6px;vertical-align:top;white-space:pre-wrap}"
+        "tr.DEBUG{color:#666}tr.WARNING{background:#fff4cc}tr.ERROR,tr.CRITICAL{background:#fdd}"
+        "</style></head><body><h1>softphone debug log</h1>"
+        "<table><tr><th>time</th><th>level</th><th>logger</th><th>message</th></tr>\n"
+    )
+
+    def __init__(self, path: str | Path):
+        super().__init__()
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("w", encoding="utf-8")
+        self._file.write(self._HEAD)
+        self._file.flush()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = record.getMessage()
+            if record.exc_text:
+                msg += "\n" + record.exc_text
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
+            row = (
+                f"<tr class='{record.levelname}'><td>{when}.{int(record.msecs):03d}</td>"
+                f"<td>{record.levelname}</td><td>{html.escape(record.name)}</td>"
+                f"<td>{html.escape(redact(msg))}</td></tr>\n"
+            )
+            with self.lock:
+                self._file.write(row)
+                self._file.flush()
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
+
+    def close(self) -> None:
+        with self.lock:
+            if not self._file.closed:
+                self._file.write("</table></body></html>\n")
+                self._file.close()
+        super().close()
+
+
+DEFAULT_HTML_LOG = "softphone-debug.html"
+
+
+def setup_logging(
+    debug_console: bool = False,
+    debug_html: bool = False,
+    html_path: str | Path | None = None,
+    level: int | None = None,
+    stream=None,
+) -> list[logging.Handler]:
+    """Configure the ``softphone`` logger tree; return the handlers installed.
+
+    * ``debug_console``: DEBUG trace on stderr (otherwise WARNING and up).
+    * ``debug_html``: DEBUG trace also written to ``html_path`` (default
+      ``./softphone-debug.html``, or ``$SOFTPHONE_DEBUG_HTML``).
+
+    Calling it again replaces the handlers it installed before.
+    """
+    import os
+
+    root = logging.getLogger("softphone")
+    for h in list(root.handlers):
+        if getattr(h, "_softphone", False):
+            root.removeHandler(h)
+            h.close()
+    redactor = RedactingFilter()
+    installed: list[logging.Handler] = []
+
+    console = logging.StreamHandler(stream or sys.stderr)
+    console.setLevel(level if level is not None else (logging.DEBUG if debug_console else logging.WARNING))
+    console.setFormatter(logging.Formatter(_FORMAT, _DATEFMT))
+    installed.append(console)
+
+    if debug_html:
+        path = html_path or os.environ.get("SOFTPHONE_DEBUG_HTML") or DEFAULT_HTML_LOG
+        hh = HtmlLogHandler(path)
+        hh.setLevel(logging.DEBUG)
+        installed.append(hh)
+
+    for h in installed:
+        h.addFilter(redactor)
+        h._softphone = True  # type: ignore[attr-defined]
+        root.addHandler(h)
+    root.setLevel(logging.DEBUG if (debug_console or debug_html) else (level or logging.INFO))
+    # Records that propagate to handlers other code installed (pytest's
+    # caplog, an application's root handler) are redacted too.
+    if not any(isinstance(f, RedactingFilter) for f in root.filters):
+        root.addFilter(RedactingFilter())
+    return installed
+
+
+def get_logger(name: str) -> logging.Logger:
+    """The logger for a module; always under ``softphone`` and redacted."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+        logger.addFilter(RedactingFilter())
+    return logger

@@ -1,0 +1,1 @@
+"""WebRTC audio with aiortc and PyAV: peer connections, sources, sinks, DTMF, stats."""

@@ -1,0 +1,1 @@
+"""Client of the OmniSense REST API (agent sessions, voice calls, lead archive)."""
