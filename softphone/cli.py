@@ -8,11 +8,77 @@ and invalid launch parameters), 130 interrupted.
 
 from __future__ import annotations
 
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
 import click
 
 from softphone import __version__
+from softphone.errors import ParameterError
+from softphone.params import OVERRIDES, PARAMETERS, LaunchParams, load_params
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+EXIT_BAD_INPUT = 2
+
+
+def launch_options(func: Callable) -> Callable:
+    """Add the Webphone's launch parameters (and overrides) as flags.
+
+    Every flag defaults to "not given" so that a URL or the environment can
+    supply the value (precedence: flags > URL > environment).
+    """
+    options = []
+    for spec in PARAMETERS:
+        flag = "--" + spec.name.replace("_", "-")
+        env_note = f" [env {spec.env}]"
+        if spec.kind == "boolean":
+            options.append(click.option(flag, spec.name, is_flag=True, flag_value=True, default=None,
+                                        help=spec.help + env_note))
+        else:
+            options.append(click.option(flag, spec.name, default=None, metavar=spec.kind.upper(),
+                                        help=spec.help + ("; prefer the environment for secrets" if spec.secret else "")
+                                        + env_note))
+    for ov in OVERRIDES:
+        options.append(click.option("--" + ov.name.replace("_", "-"), ov.name, default=None,
+                                    help=ov.help + f" [env {ov.env}]"))
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+_LAUNCH_NAMES = [p.name for p in PARAMETERS] + [o.name for o in OVERRIDES]
+
+
+def pop_launch_flags(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Take the launch-parameter flags out of a command's kwargs."""
+    return {name: kwargs.pop(name) for name in _LAUNCH_NAMES if name in kwargs}
+
+
+def params_or_exit(url: str | None, flags: dict[str, Any]) -> LaunchParams:
+    """Validated parameters, or every field error on stderr and exit status 2."""
+    try:
+        return load_params(url, flags=flags)
+    except ParameterError as exc:
+        click.echo(f"softphone: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def handle_interrupt(func: Callable) -> Callable:
+    """Exit 130 on Ctrl-C without a traceback (cleanup runs in the command)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except KeyboardInterrupt:
+            click.echo("softphone: interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
 
 
 @click.group(context_settings=CONTEXT_SETTINGS)
@@ -24,6 +90,28 @@ def main() -> None:
     agent in, answers the bridge call, plays and records audio, and drives the
     platform's REST API; plus a local lab that stands in for the platform.
     """
+    from softphone.log import setup_logging
+
+    setup_logging()
+
+
+@main.command("params")
+@click.argument("url", required=False)
+@launch_options
+def params_command(url: str | None, **kwargs: Any) -> None:
+    """Validate launch parameters and print them, with derived values, as JSON.
+
+    URL is the Webphone's own URL
+    (https://HOST/.../TForge-OmniSense-Webphone.html?auth_key=...&server=...)
+    or a bare query string. Flags override the URL, which overrides
+    SOFTPHONE_* environment variables. Secrets are printed as "***".
+    Exit status 2 lists every invalid field.
+    """
+    flags = pop_launch_flags(kwargs)
+    params = params_or_exit(url, flags)
+    out = {"parameters": params.as_dict(), "derived": params.derived.as_dict(),
+           "warnings": list(params.warnings)}
+    click.echo(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -116,7 +116,7 @@ class Secret:
         return (Secret, (self._value,))
 
 
-def reveal(value: "Secret | str | None") -> str | None:
+def reveal(value: Secret | str | None) -> str | None:
     """The raw string behind ``value`` whether or not it is a :class:`Secret`."""
     if value is None:
         return None
