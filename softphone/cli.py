@@ -18,7 +18,10 @@ import click
 
 from softphone import __version__
 from softphone.errors import ParameterError
+from softphone.log import get_logger
 from softphone.params import OVERRIDES, PARAMETERS, LaunchParams, load_params
+
+log = get_logger(__name__)
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -67,6 +70,14 @@ def params_or_exit(url: str | None, flags: dict[str, Any]) -> LaunchParams:
         sys.exit(EXIT_BAD_INPUT)
 
 
+def apply_debug_flags(params: LaunchParams) -> None:
+    """``debug_console`` / ``debug_html`` as the Webphone honours them."""
+    if params.debug_console or params.debug_html:
+        from softphone.log import setup_logging
+
+        setup_logging(debug_console=params.debug_console, debug_html=params.debug_html)
+
+
 def handle_interrupt(func: Callable) -> Callable:
     """Exit 130 on Ctrl-C without a traceback (cleanup runs in the command)."""
 
@@ -109,6 +120,8 @@ def params_command(url: str | None, **kwargs: Any) -> None:
     """
     flags = pop_launch_flags(kwargs)
     params = params_or_exit(url, flags)
+    apply_debug_flags(params)
+    log.debug("parameters validated: %r", params)
     out = {"parameters": params.as_dict(), "derived": params.derived.as_dict(),
            "warnings": list(params.warnings)}
     click.echo(json.dumps(out, indent=2))

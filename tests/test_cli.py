@@ -63,3 +63,16 @@ def test_console_script_runs():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["parameters"]["server"] == "pbx.example"
+
+
+def test_debug_flags_give_console_trace_and_html_log(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    url = URL.replace("debug_html=false", "debug_html=true") + "&debug_console=true"
+    proc = subprocess.run([sys.executable, "-m", "softphone.cli", "params", url],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "DEBUG" in proc.stderr and "parameters validated" in proc.stderr
+    page = (tmp_path / "softphone-debug.html").read_text()
+    assert "parameters validated" in page
+    for secret in ("KEY-abc-123", "p@ss-w0rd"):
+        assert secret not in proc.stderr and secret not in page and secret not in proc.stdout
