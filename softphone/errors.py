@@ -139,6 +139,14 @@ class PlatformTimeoutError(PlatformError, TimeoutError):
     """The server did not answer in time."""
 
 
+class PlatformConflictError(PlatformError):
+    """409: the request does not fit the current state (e.g. login while logged in)."""
+
+
+class PlatformConnectionError(PlatformError, ConnectionError):
+    """The server could not be reached, or its TLS certificate was not trusted."""
+
+
 # --- agent / lab ------------------------------------------------------------------
 
 
