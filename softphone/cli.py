@@ -21,7 +21,7 @@ from softphone.errors import ParameterError
 from softphone.log import get_logger
 from softphone.params import OVERRIDES, PARAMETERS, LaunchParams, load_params
 
-log = get_logger(__name__)
+log = get_logger("softphone.cli")  # not __name__: "__main__" under python -m
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
