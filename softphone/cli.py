@@ -127,5 +127,22 @@ def params_command(url: str | None, **kwargs: Any) -> None:
     click.echo(json.dumps(out, indent=2))
 
 
+class _LeadsGroup(click.Group):
+    """Loads ``softphone.platform.archive_cli`` only when a leads command runs."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return ["archive", "dearchive"]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        from softphone.platform.archive_cli import COMMANDS
+
+        return COMMANDS.get(name)
+
+
+@main.group("leads", cls=_LeadsGroup)
+def leads_group() -> None:
+    """VICIdial lead archive API: archive or dearchive any number of leads, 500 per request."""
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
