@@ -1,0 +1,150 @@
+"""A signalling-only SessionDescriptionHandler: valid SDP, no media.
+
+It is the fake that session tests use, and what a load run uses when only
+SIP is under test: offers and answers carry one static audio stream whose
+direction follows the offer/answer rules (RFC 3264 section 6.1), so hold and
+unhold are visible in the SDP exactly as with real media.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import random
+import re
+
+from softphone.errors import SessionError
+from softphone.log import get_logger
+from softphone.sip.description_handler import Body, DescriptionOptions, SessionDescriptionHandler
+
+log = get_logger(__name__)
+
+SDP = "application/sdp"
+_DIRECTION_RE = re.compile(r"^a=(sendrecv|sendonly|recvonly|inactive)\s*$", re.MULTILINE)
+_ports = itertools.count(40000, 2)
+
+
+class Direction(enum.Enum):
+    SENDRECV = "sendrecv"
+    SENDONLY = "sendonly"
+    RECVONLY = "recvonly"
+    INACTIVE = "inactive"
+
+    @property
+    def sends(self) -> bool:
+        return self in (Direction.SENDRECV, Direction.SENDONLY)
+
+    @property
+    def receives(self) -> bool:
+        return self in (Direction.SENDRECV, Direction.RECVONLY)
+
+    @classmethod
+    def of(cls, sends: bool, receives: bool) -> Direction:
+        if sends and receives:
+            return cls.SENDRECV
+        if sends:
+            return cls.SENDONLY
+        if receives:
+            return cls.RECVONLY
+        return cls.INACTIVE
+
+
+def sdp_direction(sdp: str) -> Direction:
+    """The direction attribute of the (first) media section, ``sendrecv`` by default."""
+    media = sdp.split("\nm=", 1)
+    search_in = "m=" + media[1] if len(media) > 1 else sdp
+    match = _DIRECTION_RE.search(search_in.replace("\r\n", "\n")) or _DIRECTION_RE.search(
+        sdp.replace("\r\n", "\n")
+    )
+    return Direction(match.group(1)) if match else Direction.SENDRECV
+
+
+class _Offer(enum.Enum):
+    """Where this handler is in the offer/answer exchange."""
+
+    STABLE = "stable"
+    HAVE_LOCAL_OFFER = "have-local-offer"
+    HAVE_REMOTE_OFFER = "have-remote-offer"
+
+
+class NullDescriptionHandler(SessionDescriptionHandler):
+    """Writes a static PCMU/PCMA/telephone-event SDP; ``send_dtmf`` returns False."""
+
+    def __init__(self, session=None, options=None, *, address: str = "127.0.0.1") -> None:
+        self.session = session
+        self.address = address
+        self.port = next(_ports)
+        self._session_id = random.randint(10**9, 2**31)
+        self._version = 0
+        self._state = _Offer.STABLE
+        self.hold = False
+        self.local_direction: Direction | None = None
+        self.remote_direction: Direction | None = None
+        self.remote_sdp: str | None = None
+        self.closed = False
+        self.descriptions_made = 0
+
+    def has_description(self, content_type: str) -> bool:
+        return content_type.split(";", 1)[0].strip().lower() == SDP
+
+    async def get_description(self, options: DescriptionOptions | None = None) -> Body:
+        if self.closed:
+            raise SessionError("description handler is closed")
+        options = options or DescriptionOptions()
+        self.hold = options.hold
+        if self._state is _Offer.HAVE_REMOTE_OFFER:
+            remote = self.remote_direction or Direction.SENDRECV
+            # Answer: send only if the offerer receives, receive only if it sends.
+            direction = Direction.of(remote.receives and not self.hold, remote.sends)
+            self._state = _Offer.STABLE
+        else:
+            direction = Direction.SENDONLY if self.hold else Direction.SENDRECV
+            self._state = _Offer.HAVE_LOCAL_OFFER
+        self.local_direction = direction
+        self.descriptions_made += 1
+        return Body(SDP, self._sdp(direction))
+
+    async def set_description(self, body: Body, options: DescriptionOptions | None = None) -> None:
+        if self.closed:
+            raise SessionError("description handler is closed")
+        if not self.has_description(body.content_type):
+            raise SessionError(f"unsupported session description type {body.content_type!r}")
+        if not body.content.lstrip().startswith("v=0"):
+            raise SessionError("session description does not start with v=0")
+        if "\nm=" not in body.content.replace("\r\n", "\n"):
+            raise SessionError("session description has no media section (m=)")
+        self.remote_sdp = body.content
+        self.remote_direction = sdp_direction(body.content)
+        if self._state is _Offer.HAVE_LOCAL_OFFER:
+            self._state = _Offer.STABLE
+        else:
+            self._state = _Offer.HAVE_REMOTE_OFFER
+
+    async def send_dtmf(self, tones: str, duration_ms: int = 100, gap_ms: int = 70) -> bool:
+        return False
+
+    async def close(self) -> None:
+        self.closed = True
+
+    def _sdp(self, direction: Direction) -> str:
+        self._version += 1
+        lines = [
+            "v=0",
+            f"o=- {self._session_id} {self._version} IN IP4 {self.address}",
+            "s=softphone",
+            f"c=IN IP4 {self.address}",
+            "t=0 0",
+            f"m=audio {self.port} RTP/AVP 0 8 101",
+            "a=rtpmap:0 PCMU/8000",
+            "a=rtpmap:8 PCMA/8000",
+            "a=rtpmap:101 telephone-event/8000",
+            "a=fmtp:101 0-16",
+            "a=ptime:20",
+            f"a={direction.value}",
+        ]
+        return "\r\n".join(lines) + "\r\n"
+
+
+def null_handler_factory(session=None, options=None) -> NullDescriptionHandler:
+    """A :data:`SessionDescriptionHandlerFactory` for signalling-only sessions."""
+    return NullDescriptionHandler(session, options)
