@@ -1,0 +1,282 @@
+"""Archive jobs (batching, stop rules, office-hours wait, Ctrl-C stop) and the CLI's local checks.
+
+The job is driven by a fake client here so each stop rule can be provoked
+exactly; the same job runs against the real lab in test_platform_lab.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from softphone.cli import main
+from softphone.errors import (
+    OfficeHoursError,
+    PlatformAuthError,
+    PlatformServerError,
+    PlatformValidationError,
+)
+from softphone.platform.archive import (
+    ArchiveJob,
+    BatchStatus,
+    JobState,
+    Operation,
+    dedupe,
+    parse_ids,
+    split_batches,
+)
+from softphone.platform.models import ArchiveResult
+
+
+class FakeArchiveClient:
+    """Records batches; ``failures`` maps a call number (1-based) to the exception to raise."""
+
+    def __init__(self, failures: dict[int, Exception] | None = None):
+        self.failures = failures or {}
+        self.calls: list[tuple[str, list[int], dict]] = []
+
+    async def _do(self, op: str, ids, flags) -> ArchiveResult:
+        self.calls.append((op, list(ids), flags))
+        exc = self.failures.get(len(self.calls))
+        if exc is not None:
+            raise exc
+        n = len(ids)
+        return ArchiveResult(n, n if flags["insert_leads"] else 0, n if flags.get("update_leads") else 0,
+                             n if flags["delete_leads"] else 0, "lead_ids batch was successfully processed")
+
+    async def archive_leads(self, ids, **flags):
+        return await self._do("archive", ids, flags)
+
+    async def dearchive_leads(self, ids, **flags):
+        return await self._do("dearchive", ids, flags)
+
+
+OFFICE = OfficeHoursError("api cannot be executed during office hours time condition", 403)
+
+
+# --- reading ids ------------------------------------------------------------------
+
+
+def test_parse_ids_accepts_commas_spaces_newlines():
+    assert parse_ids("1,2, 3\n4\t5,,6\r\n\n7 ,8") == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert parse_ids("") == []
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [("1,2,x3", "line 1, column 5 (id #3): 'x3'"),
+     ("1\n2\n 3.5", "line 3, column 2 (id #3): '3.5'"),
+     ("1 0", "(id #2): '0'"),
+     ("-4", "'-4'"),
+     ('"5"', "'\"5\"'")],
+)
+def test_parse_ids_names_the_bad_token(text, where):
+    with pytest.raises(PlatformValidationError) as info:
+        parse_ids(text, "ids.txt")
+    assert where in str(info.value) and "ids.txt" in str(info.value)
+
+
+def test_dedupe_keeps_first_seen_order():
+    assert dedupe([3, 1, 3, 2, 1, 3]) == ([3, 1, 2], [3, 1])
+
+
+def test_split_batches():
+    sizes = [len(b) for b in split_batches(list(range(1, 1235)))]
+    assert sizes == [500, 500, 234]
+    assert split_batches([1, 2, 3], 2) == [[1, 2], [3]]
+    with pytest.raises(PlatformValidationError, match="batch_size"):
+        split_batches([1], 501)
+
+
+# --- the job ------------------------------------------------------------------------
+
+
+async def test_all_batches_sent_in_order_with_totals():
+    client = FakeArchiveClient()
+    seen = []
+    job = ArchiveJob(client, Operation.ARCHIVE, [*range(1, 1235), 7, 8], on_batch=seen.append)
+    report = await job.run()
+    assert job.state is JobState.DONE and report.ok
+    assert [len(ids) for _, ids, _ in client.calls] == [500, 500, 234]
+    assert [i for _, ids, _ in client.calls for i in ids] == list(range(1, 1235))
+    assert report.duplicates == [7, 8]
+    assert report.totals["insert_count"] == 1234 and report.totals["batches_ok"] == 3
+    assert [b.index for b in seen] == [1, 2, 3]
+    d = report.as_dict()
+    assert d["batches"][1]["first_id"] == 501 and d["batches"][1]["last_id"] == 1000
+    assert d["batches"][2]["count"] == 234
+
+
+async def test_flags_are_passed_and_dearchive_has_no_update():
+    client = FakeArchiveClient()
+    await ArchiveJob(client, Operation.ARCHIVE, [1], insert=False, update=True, delete=False).run()
+    await ArchiveJob(client, Operation.DEARCHIVE, [1], update=False).run()
+    assert client.calls[0] == ("archive", [1], {"insert_leads": False, "update_leads": True,
+                                                "delete_leads": False})
+    assert client.calls[1] == ("dearchive", [1], {"insert_leads": True, "delete_leads": True})
+
+
+async def test_bad_batch_fails_alone():
+    bad = PlatformValidationError("lead_ids does not exist", 400, ids=[600, 601])
+    client = FakeArchiveClient({2: bad, 3: PlatformServerError("boom", 500)})
+    report = await ArchiveJob(client, Operation.ARCHIVE, range(1, 1500)).run()
+    assert report.state is JobState.DONE and not report.ok
+    assert [b.status for b in report.batches] == [BatchStatus.OK, BatchStatus.FAILED, BatchStatus.FAILED]
+    assert report.batches[1].offending_ids == [600, 601] and report.batches[1].http_status == 400
+    assert report.batches[1].message == "lead_ids does not exist"
+    assert report.totals["batches_failed"] == 2
+
+
+async def test_auth_failure_stops_the_job():
+    client = FakeArchiveClient({1: PlatformAuthError("unable to validate api user", 401)})
+    report = await ArchiveJob(client, Operation.ARCHIVE, range(1, 1200)).run()
+    assert report.state is JobState.STOPPED and "unable to validate api user" in report.stop_reason
+    assert [b.status for b in report.batches] == [BatchStatus.FAILED, BatchStatus.SKIPPED, BatchStatus.SKIPPED]
+    assert len(client.calls) == 1
+
+
+async def test_office_hours_stop_without_wait():
+    client = FakeArchiveClient({2: OFFICE})
+    report = await ArchiveJob(client, Operation.ARCHIVE, range(1, 1200)).run()
+    assert report.state is JobState.STOPPED and "office hours" in report.stop_reason
+    assert [b.status for b in report.batches] == [BatchStatus.OK, BatchStatus.FAILED, BatchStatus.SKIPPED]
+    assert report.batches[1].http_status == 403
+
+
+async def test_office_hours_wait_polls_then_continues():
+    client = FakeArchiveClient({1: OFFICE, 2: OFFICE})
+    naps, waits = [], []
+
+    async def sleep(s):
+        naps.append(s)
+
+    job = ArchiveJob(client, Operation.ARCHIVE, range(1, 600), wait_office_hours=True, poll_interval=5,
+                     sleep=sleep, on_wait=lambda b, s: waits.append((b.index, s)))
+    report = await job.run()
+    assert report.state is JobState.DONE and report.ok
+    assert naps == [5, 5] and waits == [(1, 5), (1, 5)]
+    assert report.batches[0].office_hours_waits == 2
+    assert [len(ids) for _, ids, _ in client.calls] == [500, 500, 500, 99]  # batch 1 sent three times
+
+
+async def test_office_hours_wait_bounded_by_max_wait():
+    client = FakeArchiveClient({i: OFFICE for i in range(1, 100)})
+    now = [0.0]
+
+    async def sleep(s):
+        now[0] += s
+
+    job = ArchiveJob(client, Operation.ARCHIVE, [1, 2], wait_office_hours=True, poll_interval=10, max_wait=30,
+                     sleep=sleep, clock=lambda: now[0])
+    report = await job.run()
+    assert report.state is JobState.STOPPED and "max-wait" in report.stop_reason
+    assert len(client.calls) == 4  # t=0, 10, 20, 30
+    assert report.batches[0].status is BatchStatus.FAILED
+
+
+async def test_stop_request_ends_after_current_batch():
+    client = FakeArchiveClient()
+    job = ArchiveJob(client, Operation.ARCHIVE, range(1, 1500), on_batch=lambda b: job.request_stop())
+    report = await job.run()
+    assert report.state is JobState.INTERRUPTED
+    assert [b.status for b in report.batches] == [BatchStatus.OK, BatchStatus.SKIPPED, BatchStatus.SKIPPED]
+    assert len(client.calls) == 1
+
+
+async def test_stop_request_wakes_office_hours_wait():
+    client = FakeArchiveClient({i: OFFICE for i in range(1, 100)})
+    job = ArchiveJob(client, Operation.ARCHIVE, [1], wait_office_hours=True, poll_interval=30,
+                     on_wait=lambda b, s: asyncio.get_running_loop().call_soon(job.request_stop))
+    report = await asyncio.wait_for(job.run(), 10)  # the 30 s nap is cut short by the stop
+    assert report.state is JobState.INTERRUPTED
+    assert report.batches[0].status is BatchStatus.SKIPPED
+
+
+def test_job_rejects_empty_and_bad_poll():
+    with pytest.raises(PlatformValidationError, match="atleast 1"):
+        ArchiveJob(None, Operation.ARCHIVE, [])
+    with pytest.raises(PlatformValidationError, match="poll_interval"):
+        ArchiveJob(None, Operation.ARCHIVE, [1], poll_interval=0)
+
+
+async def test_report_written_atomically(tmp_path):
+    report = await ArchiveJob(FakeArchiveClient(), Operation.DEARCHIVE, [5, 6, 5]).run()
+    out = tmp_path / "r.json"
+    report.write(out)
+    data = json.loads(out.read_text())
+    assert data["operation"] == "dearchive" and data["ok"] is True and data["duplicates_removed"] == [5]
+    assert data["totals"]["select_count"] == 2 and data["batches"][0]["status"] == "ok"
+    assert not (tmp_path / "r.json.tmp").exists()
+
+
+# --- CLI: what is decided before anything is sent -------------------------------------------
+
+
+def run_cli(*args, input=None, env=None):
+    return CliRunner().invoke(main, ["leads", *args], input=input, env=env or {}, catch_exceptions=False)
+
+
+def test_cli_dry_run_from_stdin_lists_batches_and_writes_report(tmp_path):
+    ids = "\n".join(str(i) for i in range(1, 1235)) + "\n17\n"
+    report = tmp_path / "dry.json"
+    res = run_cli("archive", "-", "--dry-run", "--report", str(report), input=ids)
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("batch")]
+    assert lines == ["batch 1/3 ids 1..500 (500): dry run, not sent",
+                     "batch 2/3 ids 501..1000 (500): dry run, not sent",
+                     "batch 3/3 ids 1001..1234 (234): dry run, not sent"]
+    assert "1 duplicate lead id(s) removed: 17" in res.stderr
+    data = json.loads(report.read_text())
+    assert data["totals"]["batches_dry_run"] == 3 and data["totals"]["ids"] == 1234
+
+
+def test_cli_bad_token_exits_2_naming_it(tmp_path):
+    f = tmp_path / "ids.txt"
+    f.write_text("1,2,3\n4, abc ,5\n")
+    res = run_cli("archive", "--ids-file", str(f), "--dry-run")
+    assert res.exit_code == 2
+    assert "line 2, column 4 (id #5): 'abc'" in res.stderr and str(f) in res.stderr
+
+
+def test_cli_ids_option_and_batch_size(tmp_path):
+    res = run_cli("dearchive", "--ids", "1 2 3", "--ids", "4", "--batch-size", "3", "--dry-run")
+    assert res.exit_code == 0
+    assert "batch 2/2 ids 4..4 (1)" in res.stdout
+    assert run_cli("archive", "--ids", "1", "--batch-size", "501", "--dry-run").exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [(["dearchive", "--ids", "1", "--no-update"], "--no-update does not apply to dearchive"),
+     (["archive"], "no lead ids"),
+     (["archive", "--ids", "1"], "no system key"),
+     (["archive", "--ids", "1", "--auth-key", "k"], "no server"),
+     (["archive", "--ids", "1", "--poll-interval", "1"], "--wait-outside-office-hours"),
+     (["archive", "--ids", "1", "--no-insert", "--no-update", "--no-delete"], "nothing to do"),
+     (["archive", "--ids", "1", "--ids-file", "/nonexistent/ids"], "cannot read"),
+     (["archive", "oops"], "unexpected argument"),
+     (["archive", "--ids", " , "], "atleast 1")],
+)
+def test_cli_usage_errors(args, needle):
+    res = run_cli(*args)
+    assert res.exit_code == 2
+    assert needle in res.output
+
+
+def test_cli_unreachable_server_fails_with_message(tmp_path):
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    report = tmp_path / "r.json"
+    res = run_cli("archive", "--ids", "1,2", "--server", f"http://127.0.0.1:{port}", "--retries", "0",
+                  "--report", str(report), env={"SOFTPHONE_AUTH_KEY": "cli-secret-key"})
+    assert res.exit_code == 1
+    assert "cannot connect" in res.stderr and "cli-secret-key" not in res.output
+    data = json.loads(report.read_text())
+    assert data["state"] == "stopped" and data["batches"][0]["status"] == "failed"
