@@ -280,3 +280,63 @@ def test_cli_unreachable_server_fails_with_message(tmp_path):
     assert "cannot connect" in res.stderr and "cli-secret-key" not in res.output
     data = json.loads(report.read_text())
     assert data["state"] == "stopped" and data["batches"][0]["status"] == "failed"
+
+
+# --- Ctrl-C on the real command (a subprocess) -------------------------------------------
+
+
+async def test_cli_ctrl_c_stops_after_current_batch_and_writes_report(tmp_path):
+    """SIGINT while batch 2 is in flight: batch 2 still completes, batch 3 is not sent, exit 130."""
+    import os
+    import signal
+    import sys
+
+    from aiohttp import web
+
+    hits: list[list[int]] = []
+    in_flight = asyncio.Event()
+    release = asyncio.Event()
+
+    async def archive(request: web.Request) -> web.Response:
+        body = await request.json()
+        hits.append(body["lead_ids"])
+        if len(hits) == 2:
+            in_flight.set()
+            await asyncio.wait_for(release.wait(), 20)
+        n = len(body["lead_ids"])
+        return web.json_response({"message": "lead_ids batch was successfully processed", "select_count": n,
+                                  "insert_count": n, "update_count": n, "delete_count": n})
+
+    app = web.Application()
+    app.router.add_post("/vicidial/leads/archive", archive)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    report = tmp_path / "r.json"
+    env = {**os.environ, "SOFTPHONE_AUTH_KEY": "signal-test-key"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "softphone.cli", "leads", "archive", "--ids", " ".join(str(i) for i in range(1, 1201)), "--server", f"http://127.0.0.1:{port}", "--report", str(report),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+    try:
+        await asyncio.wait_for(in_flight.wait(), 30)
+        proc.send_signal(signal.SIGINT)
+        # wait until the command says it will stop after this batch, then let the batch finish
+        seen = b""
+        while b"stopping after the current batch" not in seen:
+            line = await asyncio.wait_for(proc.stderr.readline(), 30)
+            assert line, seen.decode()
+            seen += line
+        release.set()
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await runner.cleanup()
+    assert proc.returncode == 130, (out + err).decode()
+    assert len(hits) == 2
+    data = json.loads(report.read_text())
+    assert [b["status"] for b in data["batches"]] == ["ok", "ok", "skipped"]
+    assert data["state"] == "interrupted" and data["totals"]["insert_count"] == 1000
+    assert b"batch 2/3" in out and b"batch 3/3" not in out
