@@ -11,6 +11,8 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 
 from softphone.cli import main
 from softphone.errors import (
@@ -77,6 +79,13 @@ def test_parse_ids_names_the_bad_token(text, where):
     with pytest.raises(PlatformValidationError) as info:
         parse_ids(text, "ids.txt")
     assert where in str(info.value) and "ids.txt" in str(info.value)
+
+
+@given(st.lists(st.integers(min_value=1, max_value=2**40), max_size=50),
+       st.lists(st.sampled_from([",", " ", "\n", "\t", ", ", " ,\n", "\r\n"]), min_size=1))
+def test_parse_ids_round_trips_any_separators(ids, seps):
+    text = "".join(f"{i}{seps[n % len(seps)]}" for n, i in enumerate(ids))
+    assert parse_ids(text) == ids
 
 
 def test_dedupe_keeps_first_seen_order():
