@@ -59,6 +59,11 @@ class SessionDescriptionHandler(abc.ABC):
     async def close(self) -> None:
         """Release all media resources; safe to call twice."""
 
+    async def rollback_description(self) -> None:
+        """Forget our last offer: the far end rejected it (a failed or 491 re-INVITE),
+        so the previous session parameters stay in force (RFC 3261 14.1)."""
+        return None
+
 
 #: Builds a handler for a session; receives the session object and options.
 SessionDescriptionHandlerFactory = Callable[[Any], SessionDescriptionHandler]

@@ -120,6 +120,10 @@ class NullDescriptionHandler(SessionDescriptionHandler):
         else:
             self._state = _Offer.HAVE_REMOTE_OFFER
 
+    async def rollback_description(self) -> None:
+        if self._state is _Offer.HAVE_LOCAL_OFFER:
+            self._state = _Offer.STABLE
+
     async def send_dtmf(self, tones: str, duration_ms: int = 100, gap_ms: int = 70) -> bool:
         return False
 
