@@ -160,3 +160,28 @@ class SessionExpiredError(AgentError):
 
 class LabError(SoftphoneError):
     """The local lab could not start or serve."""
+
+
+class LabApiError(LabError):
+    """An answer of the lab's REST API other than success: HTTP ``status`` and ``detail``."""
+
+    def __init__(self, status: int, detail: str):
+        self.status = status
+        self.detail = detail
+        super().__init__(f"HTTP {status}: {detail}")
+
+
+class LeadRequestError(LabError):
+    """A rejected lead archive request (400): the contract's message and offending ids."""
+
+    def __init__(self, message: str, lead_ids: list | None = None):
+        self.message = message
+        self.lead_ids = list(lead_ids or [])
+        super().__init__(message)
+
+    def as_json(self) -> dict:
+        return {"message": self.message, "lead_errors": len(self.lead_ids), "lead_ids": self.lead_ids}
+
+
+class TelephonyError(LabError):
+    """The lab's telephony refused an action (extension not registered, call gone)."""
