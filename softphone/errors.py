@@ -96,6 +96,14 @@ class AudioFileError(MediaError):
     """An audio file could not be opened, decoded or written."""
 
 
+class CodecError(MediaError, ValueError):
+    """An audio codec name is unknown or not supported by the lean media path."""
+
+
+class AiortcCompatibilityError(MediaError):
+    """The installed aiortc lacks internals a media hook relies on (version mismatch)."""
+
+
 # --- platform REST API ----------------------------------------------------------
 
 
