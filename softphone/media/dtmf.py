@@ -1,0 +1,486 @@
+"""RFC 4733 DTMF (telephone-event) over aiortc, which has none of its own.
+
+Sending: events must share the audio sender's SSRC, sequence numbers and
+timestamp space, but aiortc keeps the sequence number in a local variable of
+``RTCRtpSender._run_rtp``.  :class:`RtpSenderTap` therefore stands in for the
+sender's ``RTCDtlsTransport`` (``RTCRtpSender.setTransport``) and renumbers
+every outgoing RTP packet itself; audio packets are held back while an
+event plays, as browsers do, and RTCP passes through untouched.
+
+Receiving: aiortc's RTP router drops payload types it did not negotiate and
+``RTCRtpReceiver`` drops unknown ones, so :class:`DtmfReceiver` registers the
+telephone-event payload types with the router for the audio receiver and
+wraps that receiver's ``_handle_rtp_packet`` to take those packets first.
+
+Both hooks touch aiortc internals; :func:`check_aiortc_supported` verifies
+the version and the attributes they rely on and fails with
+:class:`UnsupportedAiortcError` rather than silently losing digits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import math
+import random
+import struct
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiortc
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcrtpreceiver import RTCRtpReceiver
+from aiortc.rtcrtpsender import RTCRtpSender
+from aiortc.rtp import RtpPacket, is_rtcp
+
+from softphone.errors import MediaError
+from softphone.log import get_logger
+
+log = get_logger(__name__)
+
+#: aiortc versions whose internals the hooks below were written against.
+TESTED_AIORTC = ((1, 16),)
+
+#: RFC 4733 section 3.2 event codes for DTMF.
+EVENT_CODES: dict[str, int] = {
+    **{str(d): d for d in range(10)},
+    "*": 10, "#": 11, "A": 12, "B": 13, "C": 14, "D": 15,
+}
+DIGITS: dict[int, str] = {v: k for k, v in EVENT_CODES.items()}
+DIGITS[16] = "!"  # hook flash
+
+#: ``,`` in a tone string is a pause, as in SIP.js.
+PAUSE_MS = 2000
+MIN_DURATION_MS = 40
+MAX_DURATION_MS = 6000
+MIN_GAP_MS = 30
+DEFAULT_VOLUME = 10  # -10 dBm0
+MAX_EVENT_DURATION = 0xFFFF
+END_PACKETS = 3
+
+
+class DtmfError(MediaError, ValueError):
+    """A DTMF request is invalid (unknown digit, duration out of range)."""
+
+
+class UnsupportedAiortcError(MediaError):
+    """The installed aiortc lacks the internals the RFC 4733 hooks rely on."""
+
+
+def check_aiortc_supported() -> None:
+    """Raise :class:`UnsupportedAiortcError` unless the hooks fit this aiortc."""
+    version = tuple(int(x) for x in aiortc.__version__.split(".")[:2] if x.isdigit())
+    missing = [
+        name
+        for owner, name in (
+            (RTCRtpSender, "setTransport"),
+            (RTCRtpReceiver, "_handle_rtp_packet"),
+            (RTCDtlsTransport, "_send_rtp"),
+            (RTCDtlsTransport, "_register_rtp_sender"),
+        )
+        if not hasattr(owner, name)
+    ]
+    if version not in TESTED_AIORTC or missing:
+        raise UnsupportedAiortcError(
+            f"aiortc {aiortc.__version__}: RFC 4733 DTMF hooks are written for "
+            f"{', '.join('.'.join(map(str, v)) for v in TESTED_AIORTC)}"
+            + (f"; missing {', '.join(missing)}" if missing else "")
+        )
+
+
+def validate_tones(tones: str, duration_ms: int, gap_ms: int) -> str:
+    """Upper-cased tones; :class:`DtmfError` naming the bad value otherwise."""
+    if not isinstance(tones, str) or not tones:
+        raise DtmfError("tones: must be a non-empty string of 0-9, *, #, A-D or ','")
+    upper = tones.upper()
+    bad = sorted({c for c in upper if c not in EVENT_CODES and c != ","})
+    if bad:
+        raise DtmfError(f"tones: {''.join(bad)!r} not allowed (0-9, *, #, A-D, ',' for a pause)")
+    if not MIN_DURATION_MS <= duration_ms <= MAX_DURATION_MS:
+        raise DtmfError(f"duration_ms: {duration_ms} not in {MIN_DURATION_MS}..{MAX_DURATION_MS}")
+    if gap_ms < MIN_GAP_MS:
+        raise DtmfError(f"gap_ms: {gap_ms} below {MIN_GAP_MS}")
+    return upper
+
+
+@dataclass(frozen=True)
+class TelephoneEvent:
+    """The 4-byte RFC 4733 payload (section 2.3)."""
+
+    event: int
+    end: bool
+    volume: int
+    duration: int
+
+    def pack(self) -> bytes:
+        return struct.pack(
+            "!BBH", self.event, (0x80 if self.end else 0) | (self.volume & 0x3F), self.duration & 0xFFFF
+        )
+
+    @classmethod
+    def parse(cls, payload: bytes) -> TelephoneEvent:
+        if len(payload) < 4:
+            raise DtmfError(f"telephone-event payload: {len(payload)} bytes, need 4")
+        event, flags, duration = struct.unpack("!BBH", payload[:4])
+        return cls(event=event, end=bool(flags & 0x80), volume=flags & 0x3F, duration=duration)
+
+
+@dataclass(frozen=True)
+class DtmfEvent:
+    """A received (or sent) digit."""
+
+    digit: str
+    duration_ms: int
+    via: str = "rtp"
+
+
+# --- receiving ------------------------------------------------------------------------
+
+
+class _EventState(enum.Enum):
+    IDLE = "idle"
+    ACTIVE = "active"
+
+
+class TelephoneEventDecoder:
+    """Turns a stream of telephone-event packets into digits with durations.
+
+    One event is one RTP timestamp; the three end packets and any other
+    retransmission of an ended timestamp are ignored.  An event whose end
+    packets were all lost ends when a new event starts or :meth:`flush` is
+    called after a quiet period.  Long events (RFC 4733 2.5.1.3) continue in a
+    new segment whose timestamp is the old one plus 0xFFFF.
+    """
+
+    def __init__(self) -> None:
+        self.state = _EventState.IDLE
+        self._event = 0
+        self._segment_ts = 0
+        self._duration = 0
+        self._accumulated = 0
+        self._clock_rate = 8000
+        self._ended: deque[int] = deque(maxlen=32)
+
+    def _move(self, state: _EventState) -> None:
+        self.state = state
+
+    def _finish(self) -> DtmfEvent | None:
+        if self.state is not _EventState.ACTIVE:
+            return None
+        self._ended.append(self._segment_ts)
+        total = self._accumulated + self._duration
+        self._move(_EventState.IDLE)
+        digit = DIGITS.get(self._event)
+        if digit is None:
+            return None
+        return DtmfEvent(digit=digit, duration_ms=round(total * 1000 / self._clock_rate))
+
+    def feed(self, timestamp: int, payload: bytes, clock_rate: int) -> list[DtmfEvent]:
+        """Digits that ended with this packet (usually none or one)."""
+        try:
+            ev = TelephoneEvent.parse(payload)
+        except DtmfError as exc:
+            log.debug("ignoring telephone-event packet: %s", exc)
+            return []
+        if timestamp in self._ended:
+            return []  # end retransmission or a late packet of a finished event
+        out: list[DtmfEvent] = []
+        if self.state is _EventState.ACTIVE:
+            if timestamp == self._segment_ts:
+                self._duration = max(self._duration, ev.duration)
+                if ev.end:
+                    done = self._finish()
+                    return [done] if done else []
+                return []
+            step = (timestamp - self._segment_ts) & 0xFFFFFFFF
+            near_full = self._duration >= MAX_EVENT_DURATION - clock_rate // 5
+            if ev.event == self._event and 0 < step <= MAX_EVENT_DURATION and near_full:
+                self._ended.append(self._segment_ts)
+                self._accumulated += step
+                self._segment_ts = timestamp
+                self._duration = ev.duration
+                if ev.end:
+                    done = self._finish()
+                    return [done] if done else []
+                return []
+            done = self._finish()  # a new event: the previous one lost its end packets
+            if done:
+                out.append(done)
+        self._event = ev.event
+        self._segment_ts = timestamp
+        self._duration = ev.duration
+        self._accumulated = 0
+        self._clock_rate = clock_rate
+        self._move(_EventState.ACTIVE)
+        if ev.end:
+            done = self._finish()
+            if done:
+                out.append(done)
+        return out
+
+    def flush(self) -> list[DtmfEvent]:
+        """End an event that stopped without end packets."""
+        done = self._finish()
+        return [done] if done else []
+
+
+class DtmfReceiver:
+    """Takes telephone-event packets off an aiortc audio receiver.
+
+    ``on_event`` is called with each :class:`DtmfEvent`.  Packets are counted
+    in the receiver's RTP statistics (they share the audio sequence space, so
+    leaving them out would show up as loss).
+    """
+
+    def __init__(self, receiver: RTCRtpReceiver, on_event: Callable[[DtmfEvent], None],
+                 flush_timeout: float = 0.5) -> None:
+        check_aiortc_supported()
+        self._receiver: RTCRtpReceiver | None = receiver
+        self._on_event = on_event
+        self._flush_timeout = flush_timeout
+        self._payload_types: dict[int, int] = {}
+        self._decoders: dict[int, TelephoneEventDecoder] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._original = receiver._handle_rtp_packet
+        self._registered_on: set[int] = set()
+        self.packets = 0
+        receiver._handle_rtp_packet = self._handle_rtp_packet  # type: ignore[method-assign]
+
+    @property
+    def payload_types(self) -> dict[int, int]:
+        return dict(self._payload_types)
+
+    def configure(self, payload_types: dict[int, int]) -> None:
+        """Accept these telephone-event payload types (pt -> clock rate)."""
+        self._payload_types = dict(payload_types)
+        self.ensure_routed()
+
+    def ensure_routed(self) -> None:
+        """Register the payload types with the receiver's current transport's RTP router."""
+        receiver = self._receiver
+        if receiver is None or not self._payload_types:
+            return
+        router = getattr(receiver.transport, "_rtp_router", None)
+        if router is None:
+            raise UnsupportedAiortcError("RTCDtlsTransport has no _rtp_router to route telephone-event")
+        router.register_receiver(receiver, ssrcs=[], payload_types=list(self._payload_types))
+
+    async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+        rate = self._payload_types.get(packet.payload_type)
+        receiver = self._receiver
+        if rate is None or receiver is None:
+            await self._original(packet, arrival_time_ms=arrival_time_ms)
+            return
+        if not receiver._enabled:
+            return  # on hold: the receiver is disabled, digits too
+        self.packets += 1
+        streams = getattr(receiver, "_RTCRtpReceiver__remote_streams", None)
+        if isinstance(streams, dict) and packet.ssrc in streams:
+            streams[packet.ssrc].add(packet)
+        decoder = self._decoders.setdefault(packet.ssrc, TelephoneEventDecoder())
+        for event in decoder.feed(packet.timestamp, packet.payload, rate):
+            self._emit(event)
+        self._arm_flush()
+
+    def _arm_flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(self._flush_timeout, self._flush)
+
+    def _flush(self) -> None:
+        self._timer = None
+        for decoder in self._decoders.values():
+            for event in decoder.flush():
+                self._emit(event)
+
+    def _emit(self, event: DtmfEvent) -> None:
+        log.debug("received DTMF %s (%d ms)", event.digit, event.duration_ms)
+        try:
+            self._on_event(event)
+        except Exception:  # a listener's bug must not stop RTP handling
+            log.exception("DTMF listener failed")
+
+    def close(self) -> None:
+        """Restore the receiver and drop references."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._receiver is not None:
+            self._receiver.__dict__.pop("_handle_rtp_packet", None)
+            self._receiver = None
+        self._original = None  # type: ignore[assignment]
+        self._on_event = lambda event: None
+
+
+# --- sending --------------------------------------------------------------------------
+
+
+class RtpSenderTap:
+    """Stands in for an ``RTCDtlsTransport`` in one ``RTCRtpSender``.
+
+    It owns the sequence numbers of the sender's RTP so that telephone-event
+    packets can be interleaved, remembers the last audio timestamp so events
+    start at "now" in the audio timestamp space, and drops audio while an
+    event is being sent.  Everything else is forwarded to the real transport.
+    """
+
+    def __init__(self, transport: RTCDtlsTransport, audio_clock_rate: int = 48000) -> None:
+        self._transport = transport
+        self.audio_clock_rate = audio_clock_rate
+        self._seq: int | None = None
+        self._last_audio: tuple[int, float] | None = None
+        self._origin = (random.getrandbits(32), asyncio.get_event_loop().time())
+        self.suppress_audio = False
+        self.audio_packets = 0
+        self.audio_suppressed = 0
+        self.event_packets = 0
+
+    @property
+    def wrapped(self) -> RTCDtlsTransport:
+        return self._transport
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
+
+    async def _send_rtp(self, data: bytes) -> None:
+        if is_rtcp(data):
+            await self._transport._send_rtp(data)
+            return
+        if self.suppress_audio:
+            self.audio_suppressed += 1
+            return
+        self._last_audio = (int.from_bytes(data[4:8], "big"), asyncio.get_running_loop().time())
+        self.audio_packets += 1
+        await self._send_renumbered(data)
+
+    async def _send_renumbered(self, data: bytes) -> None:
+        if self._seq is None:
+            self._seq = int.from_bytes(data[2:4], "big")
+        buf = bytearray(data)
+        buf[2:4] = self._seq.to_bytes(2, "big")
+        self._seq = (self._seq + 1) & 0xFFFF
+        await self._transport._send_rtp(bytes(buf))
+
+    def timestamp_now(self) -> int:
+        """The audio RTP timestamp corresponding to the present moment."""
+        now = asyncio.get_running_loop().time()
+        base_ts, base_time = self._last_audio or self._origin
+        return (base_ts + int((now - base_time) * self.audio_clock_rate)) & 0xFFFFFFFF
+
+    async def send_event(self, *, ssrc: int, payload_type: int, timestamp: int, marker: bool,
+                         event: TelephoneEvent, mid: str | None) -> None:
+        packet = RtpPacket(payload_type=payload_type, marker=1 if marker else 0,
+                           sequence_number=self._seq or 0, timestamp=timestamp, ssrc=ssrc)
+        packet.payload = event.pack()
+        packet.extensions.mid = mid
+        if self._seq is None:
+            self._seq = random.getrandbits(15)
+        data = packet.serialize(self._transport._rtp_header_extensions_map)
+        self.event_packets += 1
+        await self._send_renumbered(data)
+
+
+class DtmfSender:
+    """Sends RFC 4733 events on one aiortc audio sender (section 2.5 timing).
+
+    Each digit: packets every ``packet_interval`` with the same timestamp and a
+    growing duration, the marker on the first, then three end packets with the
+    final duration; long digits are split into 0xFFFF segments.
+    """
+
+    def __init__(self, sender: RTCRtpSender, *, packet_interval: float = 0.02) -> None:
+        check_aiortc_supported()
+        self._sender: RTCRtpSender | None = sender
+        self.packet_interval = packet_interval
+        self.payload_type: int | None = None
+        self.event_clock_rate = 8000
+        self.mid: str | None = None
+        self._lock = asyncio.Lock()
+        self.tap = RtpSenderTap(sender.transport)
+        sender.setTransport(self.tap)  # type: ignore[arg-type]
+
+    @property
+    def enabled(self) -> bool:
+        return self.payload_type is not None and self._sender is not None
+
+    def configure(self, *, payload_type: int | None, event_clock_rate: int, audio_clock_rate: int,
+                  mid: str | None) -> None:
+        self.payload_type = payload_type
+        self.event_clock_rate = event_clock_rate
+        self.tap.audio_clock_rate = audio_clock_rate
+        self.mid = mid
+        self.ensure_installed()
+
+    def ensure_installed(self) -> None:
+        """Re-wrap if the peer connection gave the sender a new transport (BUNDLE)."""
+        sender = self._sender
+        if sender is not None and sender.transport is not self.tap:
+            self.tap._transport = sender.transport
+            sender.setTransport(self.tap)  # type: ignore[arg-type]
+
+    async def send(self, tones: str, duration_ms: int = 100, gap_ms: int = 70,
+                   on_sent: Callable[[DtmfEvent], None] | None = None) -> None:
+        tones = validate_tones(tones, duration_ms, gap_ms)
+        if not self.enabled:
+            raise DtmfError("telephone-event was not negotiated")
+        async with self._lock:
+            for i, tone in enumerate(tones):
+                if tone == ",":
+                    await asyncio.sleep(PAUSE_MS / 1000)
+                    continue
+                await self._send_digit(EVENT_CODES[tone], duration_ms)
+                if on_sent is not None:
+                    on_sent(DtmfEvent(tone, duration_ms))
+                if i < len(tones) - 1:
+                    await asyncio.sleep(gap_ms / 1000)
+
+    async def _send_digit(self, code: int, duration_ms: int) -> None:
+        sender, pt = self._sender, self.payload_type
+        if sender is None or pt is None:
+            raise DtmfError("DTMF sender is closed")
+        loop = asyncio.get_running_loop()
+        tap = self.tap
+        rate = self.event_clock_rate
+        scale = tap.audio_clock_rate / rate  # event units -> timestamp units
+        total = round(duration_ms * rate / 1000)
+        step = max(1, round(self.packet_interval * rate))
+        count = max(1, math.ceil(total / step))
+        segment_ts = tap.timestamp_now()
+        segment_start = 0
+        start = loop.time()
+        tap.suppress_audio = True
+        try:
+            for k in range(1, count + 1):
+                elapsed = min(k * step, total)
+                while elapsed - segment_start > MAX_EVENT_DURATION:
+                    await self._packet(pt, segment_ts, code, MAX_EVENT_DURATION, False, k == 1)
+                    segment_start += MAX_EVENT_DURATION
+                    segment_ts = (segment_ts + round(MAX_EVENT_DURATION * scale)) & 0xFFFFFFFF
+                await self._packet(pt, segment_ts, code, elapsed - segment_start, False, k == 1)
+                delay = start + k * self.packet_interval - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            for _ in range(END_PACKETS):
+                await self._packet(pt, segment_ts, code, total - segment_start, True, False)
+        finally:
+            tap.suppress_audio = False
+
+    async def _packet(self, pt: int, ts: int, code: int, duration: int, end: bool, marker: bool) -> None:
+        sender = self._sender
+        if sender is None:
+            raise DtmfError("DTMF sender is closed")
+        event = TelephoneEvent(event=code, end=end, volume=DEFAULT_VOLUME, duration=duration)
+        try:
+            await self.tap.send_event(ssrc=sender._ssrc, payload_type=pt, timestamp=ts, marker=marker,
+                                      event=event, mid=self.mid)
+        except ConnectionError as exc:
+            raise DtmfError(f"telephone-event not sent: {exc}") from exc
+
+    def close(self) -> None:
+        """Give the sender its real transport back and drop references."""
+        sender = self._sender
+        if sender is not None and sender.transport is self.tap:
+            sender.setTransport(self.tap.wrapped)
+        self._sender = None
+        self.payload_type = None

@@ -1,0 +1,146 @@
+"""aiortc peer connections configured for SIP: complete SDP, codecs, TURN, directions.
+
+SIP carries one offer and one answer per exchange and no trickle ICE, so a
+local description is only usable once ICE gathering is complete.  aiortc's
+``setLocalDescription`` already gathers before returning; this module bounds
+that with the configured gathering timeout (5 s, as SIP.js) and turns a stuck
+TURN server into :class:`~softphone.errors.IceError`.
+
+DTLS roles: aiortc offers ``a=setup:actpass`` (every offer, re-offers too,
+as browsers do) and answers ``actpass``/``passive`` offers with ``active``
+and ``active`` offers with ``passive``; an established role is kept in
+answers to re-offers.  That is what Asterisk and browsers expect, so no
+munging is needed; :func:`check_answer_setup` guards it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from aiortc import RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamTrack
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability
+from aiortc.rtcrtpsender import RTCRtpSender
+
+from softphone.errors import IceError, MediaError
+from softphone.log import get_logger
+from softphone.media.config import MediaConfig
+from softphone.media.sdp import Direction, candidate_types
+
+log = get_logger(__name__)
+
+
+def codec_capabilities(names: tuple[str, ...] | list[str]) -> list[RTCRtpCodecCapability]:
+    """aiortc capabilities for codec names, in the given order."""
+    available = RTCRtpSender.getCapabilities("audio").codecs
+    out = []
+    for name in names:
+        match = [c for c in available if c.mimeType.split("/", 1)[1].lower() == name.lower()]
+        if not match:
+            raise MediaError(f"codecs: {name!r} is not an aiortc audio codec")
+        out.extend(match)
+    return out
+
+
+def create_peer_connection(config: MediaConfig) -> RTCPeerConnection:
+    """A peer connection that never uses a STUN/TURN server it was not given."""
+    rtc = config.ice.rtc_configuration()
+    assert rtc.iceServers is not None  # None would make aiortc add a public STUN server
+    log.debug("peer connection: %s", config.ice.describe())
+    return RTCPeerConnection(rtc)
+
+
+def add_audio_transceiver(pc: RTCPeerConnection, config: MediaConfig,
+                          source: MediaStreamTrack | None = None) -> RTCRtpTransceiver:
+    """One sendrecv audio transceiver with the configured codec preference."""
+    transceiver = pc.addTransceiver(source if source is not None else "audio", direction="sendrecv")
+    transceiver.setCodecPreferences(codec_capabilities(config.codecs))
+    return transceiver
+
+
+async def set_local_description(pc: RTCPeerConnection, description: RTCSessionDescription,
+                                config: MediaConfig) -> RTCSessionDescription:
+    """Apply our offer/answer and wait for complete ICE gathering, bounded by the timeout."""
+    timeout = config.ice.gathering_timeout
+    try:
+        await asyncio.wait_for(pc.setLocalDescription(description), timeout)
+    except TimeoutError:
+        raise IceError(
+            f"ICE gathering did not complete within {timeout:g} s "
+            f"(TURN server {config.ice.selected_turn_url or 'none'})"
+        ) from None
+    local = pc.localDescription
+    types = candidate_types(local.sdp)
+    if config.ice.relay_only and "relay" not in types:
+        raise IceError(
+            f"no relay candidate from TURN server {config.ice.selected_turn_url}: "
+            "unreachable or credentials (username/credential) rejected"
+        )
+    if not types:
+        raise IceError("ICE gathering produced no candidates (no usable interface or TURN server)")
+    return local
+
+
+def check_answer_setup(offer_setup: str | None, answer_setup: str | None) -> None:
+    """RFC 5763 section 5: the answer's ``a=setup`` must complement the offer's."""
+    allowed = {
+        "actpass": {"active", "passive"},
+        "active": {"passive"},
+        "passive": {"active"},
+        None: {"active", "passive"},
+    }
+    if answer_setup not in allowed.get(offer_setup, set()):
+        raise MediaError(f"a=setup: answer {answer_setup!r} does not fit offer {offer_setup!r}")
+
+
+def transceiver_direction(transceiver: RTCRtpTransceiver) -> Direction | None:
+    """The negotiated (current) direction of our side, None before negotiation."""
+    current = transceiver.currentDirection
+    return Direction(current) if current else None
+
+
+@dataclass(frozen=True)
+class CandidatePair:
+    """The ICE pair media flows on (aioice's nominated pair)."""
+
+    local_type: str
+    local_address: tuple[str, int]
+    local_protocol: str
+    remote_type: str
+    remote_address: tuple[str, int]
+
+    @property
+    def relayed(self) -> bool:
+        return self.local_type == "relay" or self.remote_type == "relay"
+
+
+def selected_candidate_pair(pc: RTCPeerConnection) -> CandidatePair | None:
+    """The nominated pair of the audio transport, or None before ICE completes."""
+    for transceiver in pc.getTransceivers():
+        connection = transceiver.receiver.transport.transport._connection
+        nominated = getattr(connection, "_nominated", {})
+        pair = nominated.get(1)
+        if pair is not None:
+            return CandidatePair(
+                local_type=pair.local_candidate.type,
+                local_address=(pair.local_candidate.host, pair.local_candidate.port),
+                local_protocol=pair.local_candidate.transport,
+                remote_type=pair.remote_candidate.type,
+                remote_address=(pair.remote_candidate.host, pair.remote_candidate.port),
+            )
+    return None
+
+
+def ice_connection_kwargs(pc: RTCPeerConnection) -> dict:
+    """What aioice was configured with (for checks that no public STUN is used)."""
+    out: dict = {}
+    for transceiver in pc.getTransceivers():
+        connection = transceiver.receiver.transport.transport._connection
+        out = {
+            "stun_server": connection.stun_server,
+            "turn_server": connection.turn_server,
+            "transport_policy": getattr(connection, "_transport_policy", None),
+        }
+        break
+    return out
