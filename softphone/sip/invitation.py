@@ -78,6 +78,7 @@ class Invitation(Session):
         self.local_tag = generate_tag()
         self.remote_identity: str = request.headers.get("From") or ""
         self._final_sent = False
+        self._early_answer: Body | None = None
         core.cancel_handlers[transaction] = self._on_cancel
         transaction.add_terminated_callback(lambda _tx: core.cancel_handlers.pop(transaction, None))
         self._move(SessionState.ESTABLISHING)
@@ -110,18 +111,40 @@ class Invitation(Session):
         self._ensure_dialog()
         self.core.reply(self.transaction, status, reason, to_tag=self.local_tag, contact=self.core.contact())
 
+    async def send_early_media(self, status: int = 183, reason: str = "Session Progress") -> None:
+        """A provisional response carrying our answer, so media flows before the 200."""
+        self._check_pending("send early media")
+        offer = self.offer
+        if offer is None:
+            raise SessionError("early media needs an offer in the INVITE (this one has no SDP)")
+        if self._early_answer is None:
+            try:
+                await self.handler.set_description(offer)
+                self._note_remote_direction(sdp_direction(offer.content))
+                self._early_answer = await self.handler.get_description()
+            except SipError as exc:
+                await self.reject(488, "Not Acceptable Here")
+                raise SessionError(f"cannot answer the offer: {exc}", 488) from exc
+        self._ensure_dialog()
+        self.core.reply(self.transaction, status, reason, to_tag=self.local_tag, contact=self.core.contact(),
+                        body=self._early_answer.content, content_type=self._early_answer.content_type)
+
     async def accept(self, timeout: float | None = None) -> None:
         """Answer with 200 OK and wait for the ACK (bounded by 64*T1 unless ``timeout``)."""
         self._check_pending("accept")
         offer = self.offer
         try:
-            if offer is not None:
+            if self._early_answer is not None:
+                body = self._early_answer
+            elif offer is not None:
                 if not self.handler.has_description(offer.content_type):
                     await self.reject(415, "Unsupported Media Type")
                     raise SessionError(f"cannot accept: offer type {offer.content_type!r} not supported", 415)
                 await self.handler.set_description(offer)
                 self._note_remote_direction(sdp_direction(offer.content))
-            body = await self.handler.get_description()
+                body = await self.handler.get_description()
+            else:
+                body = await self.handler.get_description()
         except SessionError:
             raise
         except SipError as exc:

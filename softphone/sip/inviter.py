@@ -18,6 +18,7 @@ from softphone.log import get_logger
 from softphone.sip.core import OutgoingRequest, UserAgentCore
 from softphone.sip.description_handler import Body, SessionDescriptionHandlerFactory
 from softphone.sip.dialog import Dialog, _name_addr
+from softphone.sip.null_handler import sdp_direction
 from softphone.sip.session import Session, SessionState
 
 log = get_logger(__name__)
@@ -28,7 +29,7 @@ class Inviter(Session):
 
     def __init__(self, core: UserAgentCore, target: Any, handler_factory: SessionDescriptionHandlerFactory,
                  *, extra_headers: list[tuple[str, str]] | None = None, no_answer_timeout: float = 120.0,
-                 early_media: bool = True) -> None:
+                 early_media: bool = True, offer: bool = True) -> None:
         super().__init__(core, handler_factory)
         from softphone.sip.message import SipUri
 
@@ -36,6 +37,8 @@ class Inviter(Session):
         self.extra_headers = list(extra_headers or [])
         self.no_answer_timeout = no_answer_timeout
         self.early_media = early_media
+        self.send_offer = offer
+        """False: INVITE without SDP (delayed offer); the 2xx offers, our ACK answers."""
         self.outgoing: OutgoingRequest | None = None
         self.request: Any = None
         self._cancel_requested: str | None = None
@@ -57,14 +60,17 @@ class Inviter(Session):
         if self.state is not SessionState.INITIAL:
             raise SessionError(f"invite() already called (session is {self.state.value})")
         self._move(SessionState.ESTABLISHING)
-        try:
-            offer = await self.handler.get_description()
-        except SipError as exc:
-            await self._terminate("no local offer", None)
-            raise SessionError(f"cannot create an offer: {exc}") from exc
+        offer = Body("application/sdp", "")
+        if self.send_offer:
+            try:
+                offer = await self.handler.get_description()
+            except SipError as exc:
+                await self._terminate("no local offer", None)
+                raise SessionError(f"cannot create an offer: {exc}") from exc
         self.request = self.core.create_request(
             "INVITE", self.target, to=f"<{self.target}>", contact=self.core.contact(ob=True),
-            body=offer.content, content_type=offer.content_type, extra_headers=self.extra_headers,
+            body=offer.content, content_type=offer.content_type if offer.content else None,
+            extra_headers=self.extra_headers,
             supported=("outbound",),
         )
         self.outgoing = self.core.request(self.request, on_progress=self._on_progress,
@@ -106,7 +112,7 @@ class Inviter(Session):
             except SipError as exc:
                 log.debug("no early dialog from %d: %s", response.status, exc)
         self.emit("progress", response)
-        if self.early_media and response.body and not self._early_applied and \
+        if self.early_media and self.send_offer and response.body and not self._early_applied and \
                 self.handler.has_description(response.content_type or ""):
             self._early_applied = True
             self._early_task = self._spawn(self.handler.set_description(
@@ -122,6 +128,9 @@ class Inviter(Session):
             raise SessionError(f"INVITE to {self.target}: unusable {response.status}: {exc}") from exc
         self.dialog = dialog
         self.core.add_dialog(self)
+        if not self.send_offer:
+            await self._answer_in_ack(response)
+            return
         self._send_ack(response)
         if self._cancel_requested is not None:
             # The 2xx crossed our CANCEL: the call exists, end it (RFC 3261 15).
@@ -143,6 +152,25 @@ class Inviter(Session):
             await self._send_bye_quietly()
             await self._terminate("bad answer", 488)
             raise SessionError(f"INVITE to {self.target}: answer not usable: {exc}", 488) from exc
+        self._move(SessionState.ESTABLISHED)
+        self.emit("accepted", response)
+
+    async def _answer_in_ack(self, response: Any) -> None:
+        """Delayed offer: the 2xx carries the offer, our ACK the answer (RFC 3261 13.2.1)."""
+        try:
+            if not response.body:
+                raise SessionError("2xx to an INVITE without SDP carries no offer", 488)
+            await self.handler.set_description(Body(response.content_type or "application/sdp",
+                                                    response.body))
+            self._note_remote_direction(sdp_direction(response.body))
+            answer = await self.handler.get_description()
+        except SipError as exc:
+            self._send_ack(response)
+            self._move(SessionState.TERMINATING)
+            await self._send_bye_quietly()
+            await self._terminate("bad offer in 2xx", 488)
+            raise SessionError(f"INVITE to {self.target}: offer in 2xx not usable: {exc}", 488) from exc
+        self._send_ack(response, answer)
         self._move(SessionState.ESTABLISHED)
         self.emit("accepted", response)
 

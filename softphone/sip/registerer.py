@@ -71,7 +71,7 @@ class Registerer(AsyncIOEventEmitter):
         self.granted_expires: int | None = None
         self._refresh_handle: asyncio.TimerHandle | None = None
         self._refresh_task: asyncio.Task | None = None
-        self._lock = asyncio.Lock()
+        self._register_lock = asyncio.Lock()
         self.last_response: Any = None
 
     @property
@@ -111,7 +111,7 @@ class Registerer(AsyncIOEventEmitter):
         if self.state is RegistererState.TERMINATED:
             raise RegistrationError(f"registerer for {self.core.config.aor} is terminated")
         self._cancel_refresh()
-        async with self._lock:
+        async with self._register_lock:
             try:
                 expires = await self._register_once(self.expires)
             except SipError as exc:
@@ -225,7 +225,7 @@ class Registerer(AsyncIOEventEmitter):
         self._cancel_refresh()
         if self.state is not RegistererState.REGISTERED:
             return
-        async with self._lock:
+        async with self._register_lock:
             try:
                 outgoing = self.core.request(self._request(0), next_cseq=self._next_cseq)
                 response = await outgoing.response()
