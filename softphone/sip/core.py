@@ -158,7 +158,7 @@ class OutgoingRequest:
         status = response.status
         if status < 200:
             self.provisional_received = True
-            if status > 100 and self.on_progress is not None and not self.final.done():
+            if self.on_progress is not None and not self.final.done():
                 self.on_progress(response)
             return
         if self.final.done():

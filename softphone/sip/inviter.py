@@ -104,6 +104,10 @@ class Inviter(Session):
     def _on_progress(self, response: Any) -> None:
         if self.state is not SessionState.ESTABLISHING:
             return
+        if self._cancel_requested is not None and not self._cancel_sent:
+            self._send_cancel()
+        if response.status == 100:
+            return
         to_tag = _name_addr(response.headers.get("To")).tag
         if to_tag and to_tag not in self._early_dialogs and response.contact:
             try:
@@ -117,8 +121,6 @@ class Inviter(Session):
             self._early_applied = True
             self._early_task = self._spawn(self.handler.set_description(
                 Body(response.content_type or "application/sdp", response.body)))
-        if self._cancel_requested is not None and not self._cancel_sent:
-            self._send_cancel()
 
     async def _on_2xx(self, response: Any) -> None:
         try:

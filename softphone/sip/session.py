@@ -112,6 +112,7 @@ class Session(AsyncIOEventEmitter):
         self.terminated_event = asyncio.Event()
         self.established_event = asyncio.Event()
         self._reinvite_pending = False
+        self._reinvite_in_flight = False
         self._incoming_reinvite: ServerTransaction | None = None
         self._retransmitter: Uas2xxRetransmitter | None = None
         self._ack_waiter: asyncio.Future | None = None
@@ -241,7 +242,11 @@ class Session(AsyncIOEventEmitter):
                     extra_headers=[("Allow", ",".join(self.core.config.allow)), ("Supported", "outbound")])
                 outgoing = self.core.request(request, next_cseq=dialog.next_cseq,
                                              on_extra_2xx=self._resend_ack)
-                response = await outgoing.response()
+                self._reinvite_in_flight = True
+                try:
+                    response = await outgoing.response()
+                finally:
+                    self._reinvite_in_flight = False
                 if 200 <= response.status < 300:
                     dialog.receive_response(response, "INVITE")
                     self._send_ack(response)
@@ -381,7 +386,7 @@ class Session(AsyncIOEventEmitter):
         self.emit("info", request)
 
     async def _receive_reinvite(self, request: Any, transaction: ServerTransaction) -> None:
-        if self._reinvite_pending or self._incoming_reinvite is not None or \
+        if self._reinvite_in_flight or self._incoming_reinvite is not None or \
                 self.state is not SessionState.ESTABLISHED or self._awaiting_ack():
             self.core.reply(transaction, 491, "Request Pending")
             return

@@ -158,7 +158,7 @@ class LoopbackHub:
         except SipParseError:
             log.warning("hub: unparsable frame from %s dropped", source.name)
             return
-        self.log.append((source.name, msg))
+        self.log.append((source.name, parse_message(text)))  # a copy routing will not touch
         for interceptor in list(self.interceptors):
             if interceptor(msg, source):
                 return
@@ -334,3 +334,16 @@ def _split_commas(text: str) -> list[str]:
     if current:
         parts.append("".join(current))
     return parts
+
+
+def hub_user_agent(hub: LoopbackHub, ext: str, *, password: str | None = None, scale: float = 0.01,
+                   **config: Any) -> Any:
+    """A :class:`~softphone.sip.user_agent.UserAgent` on ``hub`` with timers scaled for tests."""
+    from softphone.sip.timers import Timers
+    from softphone.sip.user_agent import UserAgent, UserAgentConfig
+
+    if password is None and hub.users is not None:
+        password = hub.users.get(ext)
+    cfg = UserAgentConfig(ws_url=f"ws://{HUB_HOST}/ws", aor=f"sip:{ext}@{hub.domain}", password=password,
+                          timers=config.pop("timers", Timers.scaled(scale)), **config)
+    return UserAgent(cfg, transport=hub.transport(ext))

@@ -1,0 +1,430 @@
+"""INVITE sessions between two user agents over the in-memory hub (scaled timers)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from softphone.errors import AuthenticationError, SessionError
+from softphone.sip.invitation import AnswerPolicy, Invitation
+from softphone.sip.null_handler import Direction, NullDescriptionHandler, sdp_direction
+from softphone.sip.session import DTMF_PLAIN, DTMF_RELAY, SessionState, parse_dtmf_info
+from softphone.sip.testing import LoopbackHub, hub_user_agent
+
+USERS = {"1001": "secret-1001", "1002": "secret-1002"}
+BOUND = 5.0
+
+
+async def _next(ua, event: str):
+    """Future resolved with the args of the next ``event`` on ``ua``."""
+    fut = asyncio.get_running_loop().create_future()
+
+    def handler(*args):
+        if not fut.done():
+            fut.set_result(args)
+
+    ua.once(event, handler)
+    return fut
+
+
+@pytest.fixture
+async def pair():
+    hub = LoopbackHub(users=dict(USERS))
+    a = hub_user_agent(hub, "1001")
+    b = hub_user_agent(hub, "1002")
+    await a.start()
+    await b.start()
+    yield hub, a, b
+    await asyncio.wait_for(a.stop(), BOUND)
+    await asyncio.wait_for(b.stop(), BOUND)
+
+
+async def _incoming(b) -> Invitation:
+    fut = await _next(b, "invite")
+    (invitation,) = await asyncio.wait_for(fut, BOUND)
+    return invitation
+
+
+async def test_call_answered_and_hung_up_by_caller(pair):
+    hub, a, b = pair
+    incoming = asyncio.ensure_future(_incoming(b))
+    inviter = a.invite("1002")
+    progress = []
+    inviter.on("progress", lambda r: progress.append(r.status))
+    await asyncio.wait_for(inviter.invite(), BOUND)
+    callee = await incoming
+    await callee.wait_established(BOUND)
+    assert inviter.state is SessionState.ESTABLISHED
+    assert callee.state is SessionState.ESTABLISHED
+    assert 180 in progress
+    assert inviter.call_id == callee.call_id
+    # Offer/answer really happened: both handlers saw the other's SDP.
+    assert isinstance(callee.handler, NullDescriptionHandler)
+    assert callee.handler.remote_sdp and inviter.handler.remote_sdp
+    terminated = await _next(callee, "terminated")
+    await asyncio.wait_for(inviter.bye(), BOUND)
+    reason, _status = await asyncio.wait_for(terminated, BOUND)
+    assert reason == "remote hangup"
+    assert inviter.state is SessionState.TERMINATED and inviter.termination_reason == "local hangup"
+    assert [m.method for m in hub.messages(source="1001") if getattr(m, "method", None) in
+            ("INVITE", "ACK", "BYE")] == ["INVITE", "ACK", "BYE"]
+    assert a.sessions == set() and b.sessions == set()
+
+
+async def test_invite_carries_sipjs_headers(pair):
+    hub, a, b = pair
+    incoming = asyncio.ensure_future(_incoming(b))
+    inviter = await asyncio.wait_for(a.call("1002"), BOUND)
+    await incoming
+    invite = hub.messages("INVITE", source="1001")[0]
+    contact = invite.headers.get("Contact")
+    assert contact.startswith(f"<sip:{a.core.config.contact_user}@") and ";transport=ws;ob>" in contact
+    assert invite.headers.get("Supported") == "outbound"
+    assert invite.headers.get("User-Agent").startswith("softphone/")
+    assert invite.top_via.branch.startswith("z9hG4bK") and invite.top_via.host.endswith(".invalid")
+    assert invite.content_type == "application/sdp"
+    await inviter.bye()
+
+
+async def test_callee_hangs_up(pair):
+    _, a, b = pair
+    incoming = asyncio.ensure_future(_incoming(b))
+    inviter = await asyncio.wait_for(a.call("1002"), BOUND)
+    callee = await incoming
+    await callee.wait_established(BOUND)
+    ended = await _next(inviter, "terminated")
+    await callee.bye()
+    assert (await asyncio.wait_for(ended, BOUND))[0] == "remote hangup"
+
+
+async def test_reject_with_code():
+    hub = LoopbackHub(users=dict(USERS))
+    a = hub_user_agent(hub, "1001")
+    b = hub_user_agent(hub, "1002", answer_policy=AnswerPolicy.reject(486))
+    async with a, b:
+        inviter = a.invite("1002")
+        with pytest.raises(SessionError) as info:
+            await asyncio.wait_for(inviter.invite(), BOUND)
+        assert info.value.status_code == 486
+        assert inviter.state is SessionState.TERMINATED
+        assert inviter.termination_status == 486
+        # The INVITE client transaction ACKed the 486 itself, on the INVITE's branch.
+        acks = hub.messages("ACK", source="1001")
+        assert len(acks) == 1
+        assert acks[0].top_via.branch == hub.messages("INVITE", source="1001")[0].top_via.branch
+
+
+async def test_answer_after_delay_and_custom_policy():
+    hub = LoopbackHub(users=dict(USERS))
+    decided = []
+
+    async def decide(invitation):
+        decided.append(invitation.remote_identity)
+        return AnswerPolicy.answer(delay=0.05)
+
+    a = hub_user_agent(hub, "1001")
+    b = hub_user_agent(hub, "1002", answer_policy=AnswerPolicy(decide=decide))
+    async with a, b:
+        inviter = await asyncio.wait_for(a.call("1002"), BOUND)
+        assert inviter.state is SessionState.ESTABLISHED
+        assert decided and "1001" in decided[0]
+        await inviter.bye()
+
+
+async def test_cancel_before_answer():
+    hub = LoopbackHub(users=dict(USERS))
+    a = hub_user_agent(hub, "1001")
+    b = hub_user_agent(hub, "1002", answer_policy=AnswerPolicy.manual())
+    async with a, b:
+        incoming = asyncio.ensure_future(_incoming(b))
+        inviter = a.invite("1002")
+        ringing = await _next(inviter, "progress")
+        call = asyncio.ensure_future(inviter.invite())
+        await asyncio.wait_for(ringing, BOUND)
+        callee = await incoming
+        callee_end = await _next(callee, "terminated")
+        await inviter.cancel()
+        with pytest.raises(SessionError) as info:
+            await asyncio.wait_for(call, BOUND)
+        assert info.value.status_code == 487
+        assert inviter.termination_reason == "cancelled"
+        assert await asyncio.wait_for(callee_end, BOUND) == ("cancelled", 487)
+        assert hub.messages("CANCEL", source="1001")
+        cancel = hub.messages("CANCEL", source="1001")[0]
+        invite = hub.messages("INVITE", source="1001")[-1]
+        assert cancel.top_via.branch == invite.top_via.branch
+        assert cancel.cseq.seq == invite.cseq.seq
+
+
+async def test_cancel_requested_before_any_provisional_waits_for_it():
+    hub = LoopbackHub(users=dict(USERS))
+    a = hub_user_agent(hub, "1001")
+    b = hub_user_agent(hub, "1002", answer_policy=AnswerPolicy(AnswerPolicy.manual().mode, ring=False))
+    async with a, b:
+        hold_provisionals = []
+
+        def swallow_100(msg, src):
+            # Hold back the callee's 100 Trying so the caller has seen nothing yet.
+            if getattr(msg, "status", None) == 100 and not hold_provisionals:
+                hold_provisionals.append((msg, src))
+                return True
+            return False
+
+        hub.interceptors.append(swallow_100)
+        inviter = a.invite("1002")
+        call = asyncio.ensure_future(inviter.invite())
+        for _ in range(50):
+            if hold_provisionals:
+                break
+            await asyncio.sleep(0.01)
+        await inviter.cancel()
+        assert not hub.messages("CANCEL")  # RFC 3261 9.1: not before a provisional
+        msg, _src = hold_provisionals[0]
+        hub.interceptors.clear()
+        hub._route_response(msg)
+        with pytest.raises(SessionError) as info:
+            await asyncio.wait_for(call, BOUND)
+        assert info.value.status_code == 487
+        assert hub.messages("CANCEL")
+
+
+async def test_remote_hold_and_unhold(pair):
+    _, a, b = pair
+    incoming = asyncio.ensure_future(_incoming(b))
+    inviter = await asyncio.wait_for(a.call("1002"), BOUND)
+    callee = await incoming
+    await callee.wait_established(BOUND)
+    held = await _next(callee, "hold")
+    await asyncio.wait_for(inviter.hold(), BOUND)
+    assert await asyncio.wait_for(held, BOUND) == ("sendonly",)
+    assert callee.remote_hold
+    assert inviter.handler.local_direction is Direction.SENDONLY
+    assert callee.handler.local_direction is Direction.RECVONLY
+    assert sdp_direction(callee.handler.remote_sdp) is Direction.SENDONLY
+    unheld = await _next(callee, "unhold")
+    await asyncio.wait_for(inviter.unhold(), BOUND)
+    assert await asyncio.wait_for(unheld, BOUND) == ("sendrecv",)
+    assert callee.handler.local_direction is Direction.SENDRECV
+    assert inviter.state is SessionState.ESTABLISHED and callee.state is SessionState.ESTABLISHED
+    await inviter.bye()
+
+
+async def test_callee_can_hold_too(pair):
+    _, a, b = pair
+    incoming = asyncio.ensure_future(_incoming(b))
+    inviter = await asyncio.wait_for(a.call("1002"), BOUND)
+    callee = await incoming
+    await callee.wait_established(BOUND)
+    held = await _next(inviter, "hold")
+    await asyncio.wait_for(callee.hold(), BOUND)
+    await asyncio.wait_for(held, BOUND)
+    assert inviter.remote_hold
+    await inviter.bye()
+
+
+async def test_reinvite_glare_resolves(pair):
+    hub, a, b = pair
+    incoming = asyncio.ensure_future(_incoming(b))
+    inviter = await asyncio.wait_for(a.call("1002"), BOUND)
+    callee = await incoming
+    await callee.wait_established(BOUND)
+    results = await asyncio.wait_for(
+        asyncio.gather(inviter.hold(), callee.hold(), return_exceptions=True), BOUND)
+    assert all(not isinstance(r, Exception) for r in results), results
+    assert any(getattr(m, "status", None) == 491 for _, m in hub.log)
+    assert inviter.state is SessionState.ESTABLISHED and callee.state is SessionState.ESTABLISHED
+    await inviter.bye()
+
+
+async def test_info_dtmf_both_bodies_and_both_ways(pair):
+    hub, a, b = pair
+    incoming = asyncio.ensure_future(_incoming(b))
+    inviter = await asyncio.wait_for(a.call("1002"), BOUND)
+    callee = await incoming
+    await callee.wait_established(BOUND)
+    got = []
+    callee.on("dtmf", lambda *args: got.append(args))
+    assert await asyncio.wait_for(inviter.send_dtmf("5#", duration_ms=10, gap_ms=5), BOUND) == "info"
+    assert await asyncio.wait_for(
+        inviter.send_dtmf("A", duration_ms=10, method="info", info_content_type=DTMF_PLAIN), BOUND) == "info"
+    for _ in range(50):
+        if len(got) == 3:
+            break
+        await asyncio.sleep(0.01)
+    assert got == [("5", 10, "info"), ("#", 10, "info"), ("A", 100, "info")]
+    infos = hub.messages("INFO", source="1001")
+    assert infos[0].content_type == DTMF_RELAY and infos[0].body == "Signal=5\r\nDuration=10"
+    assert infos[2].content_type == DTMF_PLAIN and infos[2].body == "A"
+    back = []
+    inviter.on("dtmf", lambda *args: back.append(args))
+    await asyncio.wait_for(callee.send_dtmf("7", duration_ms=20), BOUND)
+    for _ in range(50):
+        if back:
+            break
+        await asyncio.sleep(0.01)
+    assert back == [("7", 20, "info")]
+    with pytest.raises(SessionError):
+        await inviter.send_dtmf("5", method="rtp")
+    with pytest.raises(SessionError):
+        await inviter.send_dtmf("x")
+    await inviter.bye()
+
+
+def test_parse_dtmf_info_bodies():
+    assert parse_dtmf_info(DTMF_RELAY, "Signal=5\r\nDuration=160\r\n") == ("5", 160)
+    assert parse_dtmf_info(DTMF_RELAY, "Signal=11\r\n") == ("#", None)
+    assert parse_dtmf_info(DTMF_PLAIN, " * ") == ("*", None)
+    with pytest.raises(SessionError):
+        parse_dtmf_info(DTMF_RELAY, "Duration=100")
+    with pytest.raises(SessionError):
+        parse_dtmf_info(DTMF_PLAIN, "55")
+
+
+async def test_bad_info_dtmf_body_gets_400(pair):
+    _hub, a, b = pair
+    incoming = asyncio.ensure_future(_incoming(b))
+    inviter = await asyncio.wait_for(a.call("1002"), BOUND)
+    callee = await incoming
+    await callee.wait_established(BOUND)
+    response = await asyncio.wait_for(inviter.send_info(DTMF_RELAY, "Signal=Z"), BOUND)
+    assert response.status == 400
+    await inviter.bye()
+
+
+async def test_invite_without_sdp_answer_comes_in_ack(pair):
+    hub, a, b = pair
+    incoming = asyncio.ensure_future(_incoming(b))
+    inviter = a.invite("1002")
+    inviter.send_offer = False
+    await asyncio.wait_for(inviter.invite(), BOUND)
+    callee = await incoming
+    await callee.wait_established(BOUND)
+    invite = hub.messages("INVITE", source="1001")[-1]
+    assert not invite.body
+    ack = hub.messages("ACK", source="1001")[-1]
+    assert ack.body.startswith("v=0")
+    assert callee.handler.remote_sdp == ack.body
+    await inviter.bye()
+
+
+async def test_early_media_183_applied():
+    hub = LoopbackHub(users=dict(USERS))
+    a = hub_user_agent(hub, "1001")
+    b = hub_user_agent(hub, "1002", answer_policy=AnswerPolicy.manual())
+    async with a, b:
+        incoming = asyncio.ensure_future(_incoming(b))
+        inviter = a.invite("1002")
+        statuses = []
+        inviter.on("progress", lambda r: statuses.append(r.status))
+        call = asyncio.ensure_future(inviter.invite())
+        callee = await incoming
+        await callee.send_early_media()
+        for _ in range(50):
+            if 183 in statuses and inviter.handler.remote_sdp:
+                break
+            await asyncio.sleep(0.01)
+        assert 183 in statuses
+        assert inviter.handler.remote_sdp  # applied before the 200
+        await callee.accept()
+        await asyncio.wait_for(call, BOUND)
+        assert inviter.state is SessionState.ESTABLISHED
+        await inviter.bye()
+
+
+async def test_invite_proxy_auth_challenge():
+    hub = LoopbackHub(users=dict(USERS), auth_invites=True)
+    a = hub_user_agent(hub, "1001")
+    b = hub_user_agent(hub, "1002")
+    async with a, b:
+        inviter = await asyncio.wait_for(a.call("1002"), BOUND)
+        invites = hub.messages("INVITE", source="1001")
+        assert len(invites) == 2
+        assert "Proxy-Authorization" in invites[1].headers
+        assert invites[1].cseq.seq == invites[0].cseq.seq + 1
+        assert invites[1].call_id == invites[0].call_id
+        assert invites[1].top_via.branch != invites[0].top_via.branch
+        await inviter.bye()
+
+
+async def test_invite_wrong_password_fails_without_loop():
+    hub = LoopbackHub(users=dict(USERS), auth_invites=True)
+    a = hub_user_agent(hub, "1001", register=False, password="wrong-pass")
+    b = hub_user_agent(hub, "1002")
+    async with a, b:
+        inviter = a.invite("1002")
+        with pytest.raises(AuthenticationError):
+            await asyncio.wait_for(inviter.invite(), BOUND)
+        assert len(hub.messages("INVITE", source="1001")) == 2
+        assert inviter.state is SessionState.TERMINATED
+
+
+async def test_2xx_retransmitted_until_ack():
+    hub = LoopbackHub(users=dict(USERS))
+    a = hub_user_agent(hub, "1001")
+    b = hub_user_agent(hub, "1002")
+    async with a, b:
+        dropped = []
+
+        def drop_first_ack(msg, src):
+            if getattr(msg, "method", None) == "ACK" and not dropped:
+                dropped.append(msg)
+                return True
+            return False
+
+        hub.interceptors.append(drop_first_ack)
+        incoming = asyncio.ensure_future(_incoming(b))
+        inviter = await asyncio.wait_for(a.call("1002"), BOUND)
+        callee = await incoming
+        await callee.wait_established(BOUND)
+        oks = [m for m in hub.messages("200", source="1002") if m.cseq.method == "INVITE"]
+        assert len(oks) >= 2  # the first 200 was retransmitted because its ACK was lost
+        assert len(hub.messages("ACK", source="1001")) >= 2  # and the caller ACKed again
+        await inviter.bye()
+
+
+async def test_no_ack_ends_call_with_bye():
+    hub = LoopbackHub(users=dict(USERS))
+    a = hub_user_agent(hub, "1001")
+    b = hub_user_agent(hub, "1002")
+    async with a, b:
+        hub.interceptors.append(lambda msg, src: getattr(msg, "method", None) == "ACK")
+        incoming = asyncio.ensure_future(_incoming(b))
+        inviter = await asyncio.wait_for(a.call("1002"), BOUND)
+        callee = await incoming
+        await asyncio.wait_for(callee.wait_terminated(BOUND), BOUND)
+        assert callee.termination_reason == "no ACK"
+        assert hub.messages("BYE", source="1002")
+        await asyncio.wait_for(inviter.wait_terminated(BOUND), BOUND)
+        assert inviter.termination_reason == "remote hangup"
+
+
+async def test_bye_for_unknown_dialog_gets_481(pair):
+    hub, a, b = pair
+    incoming = asyncio.ensure_future(_incoming(b))
+    inviter = await asyncio.wait_for(a.call("1002"), BOUND)
+    callee = await incoming
+    await callee.wait_established(BOUND)
+    b.core.remove_dialog(callee)  # b forgets the call
+    with pytest.raises(SessionError) as info:
+        await asyncio.wait_for(inviter.reinvite(), BOUND)
+    assert info.value.status_code == 481
+    assert any(getattr(m, "status", None) == 481 for m in hub.messages(source="1002"))
+    # RFC 3261 12.2.1.2: a 481 to an in-dialog request ends the dialog.
+    await asyncio.wait_for(inviter.wait_terminated(BOUND), BOUND)
+    assert inviter.termination_status == 481
+
+
+async def test_stop_hangs_up_live_calls():
+    hub = LoopbackHub(users=dict(USERS))
+    a = hub_user_agent(hub, "1001")
+    b = hub_user_agent(hub, "1002")
+    async with b:
+        async with a:
+            incoming = asyncio.ensure_future(_incoming(b))
+            inviter = await asyncio.wait_for(a.call("1002"), BOUND)
+            callee = await incoming
+            await callee.wait_established(BOUND)
+        assert inviter.state is SessionState.TERMINATED
+        await asyncio.wait_for(callee.wait_terminated(BOUND), BOUND)
+        assert "1001" not in hub.bindings
