@@ -299,7 +299,7 @@ class LoopbackHub:
                         f"{params.get('qop', '')}:{ha2}")
         if expected != params.get("response"):
             return "bad"
-        if self.stale_nonces and nonce not in self._stale_sent:
+        if self.stale_nonces and not self._stale_sent:
             self._stale_sent.add(nonce)
             self._nonces.discard(nonce)
             return "stale"
