@@ -144,5 +144,51 @@ def leads_group() -> None:
     """VICIdial lead archive API: archive or dearchive any number of leads, 500 per request."""
 
 
+@main.command("lab")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
+@click.option("--port", default=8088, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port (0: any free port).")
+@click.option("--db", "db_url", default="sqlite:///:memory:", show_default=True, envvar="SOFTPHONE_LAB_DB",
+              help="sqlite:///FILE, sqlite:///:memory: or mysql://USER:PASS@HOST:PORT/DB [env SOFTPHONE_LAB_DB]")
+@click.option("--api-key", default=None, envvar="SOFTPHONE_LAB_API_KEY",
+              help="System key clients must send (default: the seed's) [env SOFTPHONE_LAB_API_KEY]")
+@click.option("--office-hours", multiple=True,
+              help="Time condition blocking the lead archive API, e.g. 'mon-fri 08:00-17:00 Africa/Johannesburg'; "
+                   "repeat or separate with ';'; default none")
+@click.option("--seed", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Seed file (default: the packaged softphone/lab/seed.json)")
+@click.option("--token-ttl", default=3600.0, show_default=True, type=click.FloatRange(min=1),
+              help="Lifetime of user tokens in seconds.")
+@handle_interrupt
+def lab_command(host: str, port: int, db_url: str, api_key: str | None, office_hours: tuple[str, ...],
+                seed: str | None, token_ttl: float) -> None:
+    """Run the local stand-in of the OmniSense platform REST API until Ctrl-C."""
+    import asyncio
+
+    from softphone.errors import ConfigurationError, LabError
+    from softphone.lab.server import serve_until_stopped
+
+    def announce(server) -> None:
+        click.echo(f"softphone lab: serving {server.url}")
+        click.echo(f"  database:     {server.db.url.display}")
+        click.echo(f"  api key from: {server.api_key_source}")
+        click.echo(f"  seed:         {server.seed.path}")
+        click.echo(f"  office hours: {server.lab.office_hours.describe()}")
+        click.echo(f"  openapi:      {server.url}/openapi.yaml")
+        click.echo("  Ctrl-C to stop")
+
+    try:
+        asyncio.run(serve_until_stopped(announce, host=host, port=port, db_url=db_url, api_key=api_key,
+                                        office_hours=list(office_hours) or None, seed=seed,
+                                        token_ttl=token_ttl))
+    except ConfigurationError as exc:
+        click.echo(f"softphone lab: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except LabError as exc:
+        click.echo(f"softphone lab: {exc}", err=True)
+        sys.exit(1)
+    click.echo("softphone lab: stopped")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,127 @@
+"""The lab's telephony hook: what the REST API asks of the phone system.
+
+The platform calls the agent's extension on login, dials customers, holds,
+records and hangs up.  The REST layer (:mod:`softphone.lab.app`) talks only to
+the :class:`Telephony` protocol; :class:`InMemoryTelephony` is the default
+and only tracks state (no SIP, no media), so the REST API works on its own.
+A real implementation (registrar + dialer over SIP/WebSocket) plugs in
+later through ``start_lab(telephony=...)``.  Raising
+:class:`softphone.errors.TelephonyError` turns into a 409 answer.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from softphone.errors import TelephonyError
+from softphone.log import get_logger
+
+log = get_logger(__name__)
+
+
+class CallState(enum.Enum):
+    """``call_state`` values of the contract."""
+
+    DIALING = "dialing"
+    RINGING = "ringing"
+    ANSWERED = "answered"
+    CONNECTED = "connected"  # the two external parties joined, agent dropped
+    HOLD = "hold"
+    ENDED = "ended"
+
+    @property
+    def live(self) -> bool:
+        return self is not CallState.ENDED
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    """What the telephony needs to know about one call."""
+
+    call_id: int
+    user_id: int
+    phone_number: str
+    outbound_cli: str
+    extension: str | None
+    campaign_id: int | None
+
+
+@runtime_checkable
+class Telephony(Protocol):
+    """The phone system behind the lab's REST API."""
+
+    async def on_login(self, user_id: int, extension: str, campaign_id: int) -> None:
+        """Bridge a call to ``extension``; raise TelephonyError if it is not reachable."""
+
+    async def on_logout(self, user_id: int) -> None:
+        """Hang up the agent's bridge call."""
+
+    async def place_call(self, call: CallInfo) -> CallState:
+        """Dial ``call.phone_number``; the state the call is in when this returns."""
+
+    async def hangup(self, call: CallInfo) -> int:
+        """End the call; the SIP status code that ended it (200 for a normal BYE)."""
+
+    async def hold(self, call: CallInfo) -> None: ...
+
+    async def retrieve(self, call: CallInfo) -> None: ...
+
+    async def start_recording(self, call: CallInfo) -> str | None:
+        """Start recording; the recording's URL if there is one."""
+
+    async def stop_recording(self, call: CallInfo) -> None: ...
+
+    async def connect(self, first: CallInfo, second: CallInfo) -> None:
+        """Join two external parties and drop the agent."""
+
+    async def close(self) -> None: ...
+
+
+class InMemoryTelephony:
+    """State only: agents on which extension, which calls are up. Every call answers at once."""
+
+    def __init__(self, recording_base_url: str = "http://127.0.0.1/recordings"):
+        self.recording_base_url = recording_base_url.rstrip("/")
+        self.bridges: dict[int, tuple[str, int]] = {}  # user_id -> (extension, campaign)
+        self.calls: dict[int, CallState] = {}
+        self.recording: set[int] = set()
+
+    async def on_login(self, user_id: int, extension: str, campaign_id: int) -> None:
+        self.bridges[user_id] = (extension, campaign_id)
+        log.debug("bridge call to extension %s for user %d", extension, user_id)
+
+    async def on_logout(self, user_id: int) -> None:
+        self.bridges.pop(user_id, None)
+
+    async def place_call(self, call: CallInfo) -> CallState:
+        if call.user_id not in self.bridges:
+            raise TelephonyError(f"user {call.user_id} has no bridge call")
+        self.calls[call.call_id] = CallState.ANSWERED
+        return CallState.ANSWERED
+
+    async def hangup(self, call: CallInfo) -> int:
+        self.calls[call.call_id] = CallState.ENDED
+        self.recording.discard(call.call_id)
+        return 200
+
+    async def hold(self, call: CallInfo) -> None:
+        self.calls[call.call_id] = CallState.HOLD
+
+    async def retrieve(self, call: CallInfo) -> None:
+        self.calls[call.call_id] = CallState.ANSWERED
+
+    async def start_recording(self, call: CallInfo) -> str | None:
+        self.recording.add(call.call_id)
+        return f"{self.recording_base_url}/call-{call.call_id}.wav"
+
+    async def stop_recording(self, call: CallInfo) -> None:
+        self.recording.discard(call.call_id)
+
+    async def connect(self, first: CallInfo, second: CallInfo) -> None:
+        self.calls[first.call_id] = CallState.CONNECTED
+        self.calls[second.call_id] = CallState.CONNECTED
+
+    async def close(self) -> None:
+        self.bridges.clear()
