@@ -268,7 +268,7 @@ async def test_connection_refused_is_retried_even_for_call_then_fails():
     ("status", "body", "exc"),
     [
         (400, {"success": False, "detail": "phone_number is required"}, PlatformValidationError),
-        (403, {"message": "api cannot be executed during office hours time condition"}, OfficeHoursError),
+        (403, {"success": False, "detail": "token does not belong to user_id 1001"}, PlatformAuthError),
         (404, {"success": False, "detail": "unknown call 77"}, PlatformNotFoundError),
         (409, {"success": False, "detail": "user is logged out"}, PlatformConflictError),
         (500, {"success": False, "detail": "database down"}, PlatformServerError),
@@ -283,6 +283,15 @@ async def test_status_maps_to_typed_error(fake, status, body, exc):
     assert info.value.status == status
     assert (body.get("detail") or body.get("message")) in str(info.value)
     assert "hangup" in str(info.value) and info.value.detail == body
+
+
+async def test_403_on_archive_is_office_hours(fake):
+    fake.script["/vicidial/leads/archive"] = [
+        (403, {"message": "api cannot be executed during office hours time condition"})]
+    async with client_for(fake) as c:
+        with pytest.raises(OfficeHoursError, match="office hours") as info:
+            await c.archive_leads([1])
+    assert info.value.status == 403
 
 
 async def test_unreadable_answers(fake):

@@ -232,8 +232,8 @@ class PlatformClient:
             token = await self._tokens.get()
         try:
             return await self._send_with_retries(endpoint, path, body, token, safe)
-        except PlatformAuthError:
-            if token is None:
+        except PlatformAuthError as exc:
+            if token is None or exc.status != 401:
                 raise
         # 401 with a token: the token may have expired early or been revoked.
         token = await self._tokens.refresh_after_rejection(token)
@@ -293,9 +293,9 @@ class PlatformClient:
                              before_send=False) from None
         latency_ms = (time.perf_counter() - started) * 1000
         log.debug("%s %s -> %d in %.1f ms", endpoint.method, path, status, latency_ms)
-        return self._decode(where, status, raw)
+        return self._decode(endpoint, where, status, raw)
 
-    def _decode(self, where: str, status: int, raw: bytes) -> Any:
+    def _decode(self, endpoint: Endpoint, where: str, status: int, raw: bytes) -> Any:
         import json
 
         try:
@@ -318,7 +318,11 @@ class PlatformClient:
         if status == 401:
             raise PlatformAuthError(text, status, body)
         if status == 403:
-            raise OfficeHoursError(text, status, body)
+            # the contract's only 403 is the archive's office-hours refusal; elsewhere it is a
+            # credential that is valid but not allowed (e.g. a token of another user)
+            if endpoint.name in ("lead_archive", "lead_dearchive"):
+                raise OfficeHoursError(text, status, body)
+            raise PlatformAuthError(text, status, body)
         if status == 404:
             raise PlatformNotFoundError(text, status, body)
         if status == 409:
