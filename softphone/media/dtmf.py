@@ -14,7 +14,7 @@ wraps that receiver's ``_handle_rtp_packet`` to take those packets first.
 
 Both hooks touch aiortc internals; :func:`check_aiortc_supported` verifies
 the version and the attributes they rely on and fails with
-:class:`UnsupportedAiortcError` rather than silently losing digits.
+:class:`AiortcCompatibilityError` rather than silently losing digits.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.rtp import RtpPacket, is_rtcp
 
-from softphone.errors import MediaError
+from softphone.errors import AiortcCompatibilityError, MediaError
 from softphone.log import get_logger
 
 log = get_logger(__name__)
@@ -64,12 +64,8 @@ class DtmfError(MediaError, ValueError):
     """A DTMF request is invalid (unknown digit, duration out of range)."""
 
 
-class UnsupportedAiortcError(MediaError):
-    """The installed aiortc lacks the internals the RFC 4733 hooks rely on."""
-
-
 def check_aiortc_supported() -> None:
-    """Raise :class:`UnsupportedAiortcError` unless the hooks fit this aiortc."""
+    """Raise :class:`AiortcCompatibilityError` unless the hooks fit this aiortc."""
     version = tuple(int(x) for x in aiortc.__version__.split(".")[:2] if x.isdigit())
     missing = [
         name
@@ -82,7 +78,7 @@ def check_aiortc_supported() -> None:
         if not hasattr(owner, name)
     ]
     if version not in TESTED_AIORTC or missing:
-        raise UnsupportedAiortcError(
+        raise AiortcCompatibilityError(
             f"aiortc {aiortc.__version__}: RFC 4733 DTMF hooks are written for "
             f"{', '.join('.'.join(map(str, v)) for v in TESTED_AIORTC)}"
             + (f"; missing {', '.join(missing)}" if missing else "")
@@ -263,7 +259,7 @@ class DtmfReceiver:
             return
         router = getattr(receiver.transport, "_rtp_router", None)
         if router is None:
-            raise UnsupportedAiortcError("RTCDtlsTransport has no _rtp_router to route telephone-event")
+            raise AiortcCompatibilityError("RTCDtlsTransport has no _rtp_router to route telephone-event")
         router.register_receiver(receiver, ssrcs=[], payload_types=list(self._payload_types))
 
     async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:

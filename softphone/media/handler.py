@@ -77,6 +77,7 @@ class WebRtcDescriptionHandler(SessionDescriptionHandler, AsyncIOEventEmitter):
         self.local_sdp: str | None = None
         self.remote_sdp: str | None = None
         self.hold = False
+        self._hold_before_offer = False
         self.remote_direction: Direction | None = None
         self._remote_direction_forced_by_us = False
         self._offered_events: dict[int, int] = {}
@@ -103,6 +104,8 @@ class WebRtcDescriptionHandler(SessionDescriptionHandler, AsyncIOEventEmitter):
     async def get_description(self, options: DescriptionOptions | None = None) -> Body:
         self._check_open()
         options = options or DescriptionOptions()
+        if self.state is not NegotiationState.HAVE_LOCAL_OFFER:
+            self._hold_before_offer = self.hold
         if options.ice_restart:
             log.warning("ICE restart requested but aiortc cannot restart ICE; keeping the current transport")
         self.hold = options.hold
@@ -161,6 +164,27 @@ class WebRtcDescriptionHandler(SessionDescriptionHandler, AsyncIOEventEmitter):
             self._move(NegotiationState.HAVE_REMOTE_OFFER)
         if self._dtmf_sender is not None:
             self._dtmf_sender.ensure_installed()
+
+    async def rollback_description(self) -> None:
+        """Our offer was rejected: go back to the previous parameters.
+
+        aiortc has no SDP rollback, so the far end's previous description is
+        applied again as the answer to our pending offer (its ``a=setup`` set
+        to keep the established DTLS roles); media continues as before.
+        Before any complete exchange the handler simply returns to ``new``.
+        """
+        if self.closed or self.state is not NegotiationState.HAVE_LOCAL_OFFER:
+            return
+        self.hold = self._hold_before_offer
+        previous = self.remote_sdp
+        if previous is None:
+            self._move(NegotiationState.NEW)
+            return
+        role = self.receiver.transport._role
+        text = sdpmod.set_setup_attribute(previous, "passive" if role == "client" else "active")
+        await self._aiortc("rollback", self.pc.setRemoteDescription(RTCSessionDescription(text, "answer")))
+        self._move(NegotiationState.STABLE)
+        log.debug("offer rolled back; audio %s", self.local_direction)
 
     async def send_dtmf(self, tones: str, duration_ms: int = 100, gap_ms: int = 70) -> bool:
         """RFC 4733 when negotiated and we are sending; False so SIP can fall back to INFO."""

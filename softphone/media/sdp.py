@@ -250,6 +250,17 @@ def setup_attribute(text: str) -> str | None:
     return value
 
 
+def set_setup_attribute(text: str, value: str) -> str:
+    """Replace (or add) the audio section's DTLS ``a=setup`` value."""
+    if value not in ("actpass", "active", "passive", "holdconn"):
+        raise SdpError(f"a=setup: {value!r} is not actpass/active/passive/holdconn")
+    sd = SessionDescription.parse(text)
+    sd.session = [ln for ln in sd.session if not ln.startswith("a=setup:")]
+    audio = sd.audio()
+    audio.lines[:] = [ln for ln in audio.lines if not ln.startswith("a=setup:")] + [f"a=setup:{value}"]
+    return str(sd)
+
+
 def candidate_types(text: str) -> list[str]:
     """``typ`` of every ``a=candidate`` line (host, srflx, relay...)."""
     out = []

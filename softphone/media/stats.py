@@ -11,7 +11,7 @@ Simplified E-model (ITU-T G.107 with default values, Cole & Rosenbluth 2001):
     R      = 93.2 - Id - Ie_eff
     Id     = 0.024 d + 0.11 (d - 177.3) H(d - 177.3)        d = one-way delay in ms
     Ie_eff = Ie + (95 - Ie) * Ppl / (Ppl / BurstR + Bpl)    Ppl = loss in %, BurstR = 1 (random loss)
-    MOS    = 1 + 0.035 R + R (R - 60) (100 - R) * 7e-6      for 0 < R < 100 (1 below, 4.5 above)
+    MOS    = 1 + 0.035 R + R (R - 60) (100 - R) * 7e-6      for 0 < R < 100, at least 1 (4.5 above)
 
 One-way delay d = RTT / 2 + jitter-buffer delay, the latter assumed to be
 max(``MIN_JITTER_BUFFER_MS``, 2 x measured jitter) (aiortc's audio jitter buffer
@@ -70,7 +70,8 @@ def mos_from_r(r: float) -> float:
         return 1.0
     if r >= 100:
         return 4.5
-    return 1 + 0.035 * r + r * (r - 60) * (100 - r) * 7e-6
+    # The cubic dips just below 1 for R < ~6.5; MOS is 1 at worst.
+    return max(1.0, 1 + 0.035 * r + r * (r - 60) * (100 - r) * 7e-6)
 
 
 def estimate_mos(rtt_ms: float | None, jitter_ms: float | None, loss_fraction: float | None,
@@ -119,6 +120,13 @@ async def collect(pc: RTCPeerConnection) -> CallQuality:
             codec_name, clock_rate = codec.mimeType.split("/", 1)[1], codec.clockRate
             break
     report = await pc.getStats()
+    # RFC 4733 packets go round aiortc's sender (softphone.media.dtmf.RtpSenderTap),
+    # which also holds audio back during events: count what really left.
+    sent_correction = 0
+    for sender in pc.getSenders():
+        tap = sender.transport
+        if hasattr(tap, "event_packets") and hasattr(tap, "audio_suppressed"):
+            sent_correction += tap.event_packets - tap.audio_suppressed
     sent = bytes_sent = received = lost = 0
     jitter_units: int | None = None
     bytes_received = 0
@@ -143,6 +151,7 @@ async def collect(pc: RTCPeerConnection) -> CallQuality:
             remote_lost = (remote_lost or 0) + max(0, stats.packetsLost)
             remote_received += max(0, stats.packetsReceived)
             remote_jitter_units = max(remote_jitter_units or 0, stats.jitter)
+    sent = max(0, sent + sent_correction)
     expected = received + lost
     loss = lost / expected if expected else None
     jitter_ms = jitter_units * 1000 / clock_rate if jitter_units is not None and clock_rate else None

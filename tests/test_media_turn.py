@@ -1,0 +1,117 @@
+"""Two WebRTC peers through the real coturn, relay only: audio both ways, ICE failures."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+from media_support import SineTrack, ToneMeter, negotiate, relay_config, wait_connected
+
+from softphone.errors import IceError
+from softphone.media.config import IceConfig, MediaConfig
+from softphone.media.handler import WebRtcDescriptionHandler
+from softphone.media.peer import ice_connection_kwargs, selected_candidate_pair
+from softphone.media.sdp import candidate_types
+
+pytestmark = pytest.mark.peer
+
+
+async def _tone_call(config: MediaConfig, freq_a: float, freq_b: float):
+    meter_a, meter_b = ToneMeter(), ToneMeter()
+    a = WebRtcDescriptionHandler(config, source=SineTrack(freq_a), sinks=[meter_a])
+    b = WebRtcDescriptionHandler(config, source=SineTrack(freq_b), sinks=[meter_b])
+    try:
+        offer, answer = await negotiate(a, b)
+        await wait_connected(a, b)
+        await meter_a.wait_frames(40)
+        await meter_b.wait_frames(40)
+        return a, b, offer, answer, meter_a.dominant_frequency(), meter_b.dominant_frequency()
+    except BaseException:
+        await a.close()
+        await b.close()
+        raise
+
+
+@pytest.mark.parametrize("codec, freq_a, freq_b", [("opus", 440.0, 1000.0), ("PCMU", 700.0, 1200.0)])
+async def test_relay_only_tone_heard_both_ways(coturn, codec, freq_a, freq_b):
+    config = relay_config(coturn, codecs=(codec,))
+    a, b, offer, answer, heard_by_a, heard_by_b = await _tone_call(config, freq_a, freq_b)
+    try:
+        assert set(candidate_types(offer)) == {"relay"}
+        assert set(candidate_types(answer)) == {"relay"}
+        for handler in (a, b):
+            pair = selected_candidate_pair(handler.pc)
+            assert pair is not None and pair.local_type == "relay" and pair.remote_type == "relay"
+            assert pair.local_address[0] == "127.0.0.1"
+        assert abs(heard_by_b - freq_a) / freq_a < 0.02, heard_by_b
+        assert abs(heard_by_a - freq_b) / freq_b < 0.02, heard_by_a
+        assert (await a.stats()).codec.lower() == codec.lower()
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_turn_over_tcp(coturn):
+    url = f"turn:{coturn.host}:{coturn.port}?transport=tcp"
+    config = relay_config(coturn, codecs=("PCMU",), url=url)
+    assert config.ice.selected_turn_url == url
+    a, b, _, _, heard_by_a, heard_by_b = await _tone_call(config, 500.0, 900.0)
+    try:
+        connection = a.pc.getTransceivers()[0].receiver.transport.transport._connection
+        assert connection.turn_server == (coturn.host, coturn.port)
+        assert connection.turn_transport == "tcp"
+        assert abs(heard_by_b - 500.0) / 500.0 < 0.02
+        assert abs(heard_by_a - 900.0) / 900.0 < 0.02
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_udp_preferred_over_tcp_by_default(coturn):
+    urls = (f"turn:{coturn.host}:{coturn.port}?transport=tcp", f"turn:{coturn.host}:{coturn.port}")
+    ice = IceConfig(turn_urls=urls, username=coturn.username, credential=coturn.password, relay_only=True)
+    assert ice.selected_turn_url == urls[1]
+    handler = WebRtcDescriptionHandler(MediaConfig(ice=ice))
+    try:
+        await handler.get_description()
+        kwargs = ice_connection_kwargs(handler.pc)
+        assert kwargs["stun_server"] is None
+        assert kwargs["turn_server"] == (coturn.host, coturn.port)
+        connection = handler.pc.getTransceivers()[0].receiver.transport.transport._connection
+        assert connection.turn_transport == "udp"
+    finally:
+        await handler.close()
+
+
+def _closed_udp_port() -> int:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+async def test_unreachable_turn_is_an_ice_error():
+    ice = IceConfig(turn_urls=(f"turn:127.0.0.1:{_closed_udp_port()}",), username="u", credential="secretpw",
+                    relay_only=True, gathering_timeout=1.0)
+    handler = WebRtcDescriptionHandler(MediaConfig(ice=ice))
+    try:
+        with pytest.raises(IceError) as info:
+            await asyncio.wait_for(handler.get_description(), 10)
+        assert "turn:127.0.0.1" in str(info.value)
+        assert "secretpw" not in str(info.value)
+    finally:
+        await handler.close()
+
+
+async def test_rejected_turn_credentials_are_an_ice_error(coturn):
+    ice = IceConfig(turn_urls=(coturn.url,), username=coturn.username, credential="not-the-password",
+                    relay_only=True, gathering_timeout=3.0)
+    handler = WebRtcDescriptionHandler(MediaConfig(ice=ice))
+    try:
+        with pytest.raises(IceError) as info:
+            await asyncio.wait_for(handler.get_description(), 10)
+        assert "not-the-password" not in str(info.value)
+    finally:
+        await handler.close()
