@@ -1,0 +1,428 @@
+"""Media benchmark: stock aiortc vs the lean path, side by side in one process and one run.
+
+Each call is two aiortc peer connections in this process talking over 127.0.0.1
+host candidates, audio flowing both ways.
+
+* stock: an audio-frame tone track encoded by aiortc (executor hop per frame,
+  audio-level loop), aiortc's receiver with its decoder thread, and a task
+  reading the decoded frames, as an application would;
+* lean: :class:`softphone.media.lean.PreEncodedAudioTrack` (encoded once, sent
+  through ``encoder.pack``) and :class:`~softphone.media.lean.CountingRtpReceiver`
+  (no decoding, RTCP kept).
+
+Scenarios run one after another: stock at ``--stock-n`` calls, lean at the same
+N (same-load ratio), then lean at ``--n``.  For each: CPU seconds per
+call-second and per peer-connection-second (``getrusage``, all threads), resident
+memory per call, packets received/expected in the measuring window, event-loop
+lag percentiles (a sampler task), and the load average, since the machine may be
+shared.  Prints a table and writes ``bench/out/media-<time>.json`` and ``.html``.
+No asserts: this measures.
+
+    python bench/media.py --stock-n 16 --n 150 --seconds 10 --codec PCMU
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fractions
+import gc
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import av
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
+
+from softphone.media.lean import (
+    LoopbackCall,
+    PreEncodedAudioTrack,
+    Tone,
+    loopback_host_candidates,
+    open_loopback_call,
+    shared_cache,
+)
+
+OUT_DIR = Path(__file__).resolve().parent / "out"
+
+
+# --- the stock path's pieces ----------------------------------------------------------
+
+
+class ToneFrameTrack(AudioStreamTrack):
+    """A 440 Hz tone as raw 20 ms frames, so aiortc encodes every frame itself (stock)."""
+
+    RATE = 8000
+    SAMPLES = 160
+
+    def __init__(self, pcm: bytes) -> None:
+        super().__init__()
+        self._pcm = pcm
+        self._frames = len(pcm) // (2 * self.SAMPLES)
+        self._n = 0
+        self._start: float | None = None
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        loop = asyncio.get_running_loop()
+        if self._start is None:
+            self._start = loop.time()
+        else:
+            wait = self._start + self._n * 0.02 - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        i = self._n % self._frames
+        frame = av.AudioFrame(format="s16", layout="mono", samples=self.SAMPLES)
+        frame.planes[0].update(self._pcm[i * 320:(i + 1) * 320])
+        frame.sample_rate = self.RATE
+        frame.pts = self._n * self.SAMPLES
+        frame.time_base = fractions.Fraction(1, self.RATE)
+        self._n += 1
+        return frame
+
+
+def tone_pcm(seconds: float = 1.0) -> bytes:
+    tone = Tone(440, seconds, sample_rate=ToneFrameTrack.RATE)
+    return b"".join(bytes(f.planes[0])[: 2 * f.samples] for f in tone.frames())
+
+
+async def consume(track, counter: list[int]) -> None:
+    """What an application does with a stock remote track: read every decoded frame."""
+    try:
+        while True:
+            await track.recv()
+            counter[0] += 1
+    except (MediaStreamError, asyncio.CancelledError):
+        pass
+
+
+# --- measuring ---------------------------------------------------------------------------
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+class LagSampler:
+    """Event-loop lag: how late a 10 ms sleep wakes up, sampled continuously."""
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval = interval
+        self.samples: list[float] = []
+        self._task: asyncio.Task | None = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t = loop.time()
+            await asyncio.sleep(self.interval)
+            self.samples.append(max(0.0, loop.time() - t - self.interval))
+
+    def start(self) -> None:
+        self.samples.clear()
+        self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    def percentile(self, p: float) -> float:
+        if not self.samples:
+            return 0.0
+        s = sorted(self.samples)
+        return s[min(len(s) - 1, int(p / 100 * len(s)))]
+
+
+@dataclass
+class Result:
+    mode: str
+    calls: int
+    codec: str
+    seconds: float
+    connected: int = 0
+    setup_seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    cpu_per_call_second: float = 0.0
+    cpu_per_pc_second: float = 0.0
+    rss_before_mib: float = 0.0
+    rss_during_mib: float = 0.0
+    rss_per_call_kib: float = 0.0
+    packets_received: int = 0
+    packets_expected: int = 0
+    loss_percent: float = 0.0
+    frames_decoded: int = 0
+    lag_p50_ms: float = 0.0
+    lag_p99_ms: float = 0.0
+    lag_max_ms: float = 0.0
+    loadavg_before: list[float] = field(default_factory=list)
+    loadavg_after: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+async def stock_counts(call: LoopbackCall) -> tuple[int, int]:
+    received = expected = 0
+    for leg in (call.caller, call.callee):
+        stats = await leg.receiver.getStats()
+        for s in stats.values():
+            if s.type == "inbound-rtp":
+                received += s.packetsReceived
+                expected += s.packetsReceived + max(0, s.packetsLost)
+    return received, expected
+
+
+def lean_counts(call: LoopbackCall) -> tuple[int, int]:
+    a, b = call.caller.report(), call.callee.report()
+    return a.received + b.received, a.expected + b.expected
+
+
+async def run_scenario(mode: str, n: int, codec: str, seconds: float, warmup: float,
+                       setup_batch: int) -> Result:
+    result = Result(mode=mode, calls=n, codec=codec, seconds=seconds)
+    gc.collect()
+    result.loadavg_before = list(os.getloadavg())
+    result.rss_before_mib = rss_bytes() / 2**20
+    rss_before = rss_bytes()
+    pcm = tone_pcm()
+    calls: list[LoopbackCall] = []
+    consumers: list[asyncio.Task] = []
+    decoded = [0]
+
+    async def open_one() -> LoopbackCall:
+        if mode == "stock":
+            call = await open_loopback_call(codec, ToneFrameTrack(pcm), ToneFrameTrack(pcm), counting=False)
+            for leg in (call.caller, call.callee):
+                consumers.append(asyncio.ensure_future(consume(leg.receiver.track, decoded)))
+        else:
+            tone = Tone(440, 2.0)
+            call = await open_loopback_call(codec, PreEncodedAudioTrack(tone), PreEncodedAudioTrack(tone))
+        return call
+
+    t0 = time.perf_counter()
+    for start in range(0, n, setup_batch):
+        batch = await asyncio.gather(*(open_one() for _ in range(min(setup_batch, n - start))),
+                                     return_exceptions=True)
+        for item in batch:
+            if isinstance(item, BaseException):
+                result.errors.append(f"setup: {item!r}")
+            else:
+                calls.append(item)
+        print(f"\r  {mode}: {len(calls)}/{n} calls up", end="", flush=True)
+    print()
+    result.setup_seconds = time.perf_counter() - t0
+    result.connected = len(calls)
+
+    await asyncio.sleep(warmup)
+    counts = stock_counts if mode == "stock" else None
+
+    async def snapshot() -> tuple[int, int]:
+        r = e = 0
+        for call in calls:
+            got = await counts(call) if counts else lean_counts(call)
+            r += got[0]
+            e += got[1]
+        return r, e
+
+    sampler = LagSampler()
+    rec0, exp0 = await snapshot()
+    dec0 = decoded[0]
+    cpu0 = cpu_seconds()
+    t_start = time.perf_counter()
+    sampler.start()
+    await asyncio.sleep(seconds)
+    await sampler.stop()
+    elapsed = time.perf_counter() - t_start
+    cpu1 = cpu_seconds()
+    rec1, exp1 = await snapshot()
+    rss_during = rss_bytes()
+
+    result.cpu_seconds = cpu1 - cpu0
+    call_seconds = max(1, len(calls)) * elapsed
+    result.cpu_per_call_second = result.cpu_seconds / call_seconds
+    result.cpu_per_pc_second = result.cpu_per_call_second / 2
+    result.rss_during_mib = rss_during / 2**20
+    result.rss_per_call_kib = (rss_during - rss_before) / max(1, len(calls)) / 1024
+    result.packets_received = rec1 - rec0
+    result.packets_expected = exp1 - exp0
+    if result.packets_expected:
+        result.loss_percent = 100.0 * max(0, result.packets_expected - result.packets_received) / result.packets_expected
+    result.frames_decoded = decoded[0] - dec0
+    result.lag_p50_ms = sampler.percentile(50) * 1000
+    result.lag_p99_ms = sampler.percentile(99) * 1000
+    result.lag_max_ms = max(sampler.samples, default=0.0) * 1000
+    result.loadavg_after = list(os.getloadavg())
+
+    for task in consumers:
+        task.cancel()
+    await asyncio.gather(*consumers, return_exceptions=True)
+    for start in range(0, len(calls), 50):
+        await asyncio.gather(*(c.close() for c in calls[start:start + 50]), return_exceptions=True)
+    calls.clear()
+    gc.collect()
+    return result
+
+
+# --- output ------------------------------------------------------------------------------
+
+
+COLUMNS = [
+    ("mode", "mode", "{}"), ("calls", "calls", "{}"), ("pcs", None, "{}"),
+    ("CPU-s/call-s", "cpu_per_call_second", "{:.4f}"), ("CPU-s/pc-s", "cpu_per_pc_second", "{:.4f}"),
+    ("RSS/call KiB", "rss_per_call_kib", "{:.0f}"), ("received", "packets_received", "{}"),
+    ("expected", "packets_expected", "{}"), ("loss %", "loss_percent", "{:.3f}"),
+    ("lag p50 ms", "lag_p50_ms", "{:.1f}"), ("lag p99 ms", "lag_p99_ms", "{:.1f}"),
+    ("load", None, "{}"),
+]
+
+
+def row(r: Result) -> list[str]:
+    out = []
+    for _title, attr, fmt in COLUMNS:
+        if _title == "pcs":
+            out.append(str(2 * r.connected))
+        elif _title == "load":
+            out.append(f"{r.loadavg_before[0]:.1f}")
+        else:
+            out.append(fmt.format(getattr(r, attr)))
+    return out
+
+
+def print_table(results: list[Result], ratios: dict) -> None:
+    rows = [[c[0] for c in COLUMNS]] + [row(r) for r in results]
+    widths = [max(len(x[i]) for x in rows) for i in range(len(COLUMNS))]
+    for i, cells in enumerate(rows):
+        print("  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    for name, value in ratios.items():
+        print(f"{name}: {value:.3f}" if isinstance(value, float) else f"{name}: {value}")
+    for r in results:
+        for e in r.errors[:3]:
+            print(f"  {r.mode}@{r.calls}: {e}")
+
+
+def svg_bars(results: list[Result], attr: str, title: str, unit: str) -> str:
+    width, bar_h, gap, left = 560, 22, 8, 150
+    values = [getattr(r, attr) for r in results]
+    top = max(values) or 1.0
+    height = 30 + len(results) * (bar_h + gap)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">',
+             f'<text x="4" y="16" font-size="13" font-weight="bold">{title}</text>']
+    for i, (r, v) in enumerate(zip(results, values, strict=True)):
+        y = 26 + i * (bar_h + gap)
+        w = (width - left - 90) * v / top
+        color = "#c0504d" if r.mode == "stock" else "#4f81bd"
+        parts.append(f'<text x="4" y="{y + 15}" font-size="12">{r.mode} ×{r.calls}</text>')
+        parts.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{color}"/>')
+        parts.append(f'<text x="{left + w + 4:.1f}" y="{y + 15}" font-size="12">{v:.4g} {unit}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def write_reports(results: list[Result], ratios: dict, meta: dict) -> tuple[Path, Path]:
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    data = {"meta": meta, "ratios": ratios, "results": [asdict(r) for r in results]}
+    json_path = OUT_DIR / f"media-{stamp}.json"
+    json_path.write_text(json.dumps(data, indent=2))
+    head = "".join(f"<th>{c[0]}</th>" for c in COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row(r)) + "</tr>" for r in results)
+    ratio_items = "".join(f"<li>{k}: {v:.3f}</li>" if isinstance(v, float) else f"<li>{k}: {v}</li>"
+                          for k, v in ratios.items())
+    html = f"""<!doctype html><html><head><meta charset="utf-8"><title>softphone media benchmark {stamp}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}</style></head><body>
+<h1>Media benchmark: stock aiortc vs lean path</h1>
+<p>{meta['when']} · {meta['cpus']} CPUs · Python {meta['python']} · aiortc {meta['aiortc']} ·
+codec {meta['codec']} · {meta['seconds']} s measured per scenario · uvloop {meta['uvloop']} ·
+load average at start {meta['loadavg'][0]:.2f} (the machine may be shared: compare ratios, not absolutes)</p>
+<table><tr>{head}</tr>{body}</table><ul>{ratio_items}</ul>
+{svg_bars(results, "cpu_per_pc_second", "CPU seconds per peer-connection-second", "CPU-s")}<br>
+{svg_bars(results, "lag_p99_ms", "Event-loop lag p99", "ms")}<br>
+{svg_bars(results, "loss_percent", "Packet loss", "%")}<br>
+{svg_bars(results, "rss_per_call_kib", "Resident memory per call", "KiB")}
+</body></html>"""
+    html_path = OUT_DIR / f"media-{stamp}.html"
+    html_path.write_text(html)
+    return json_path, html_path
+
+
+# --- main --------------------------------------------------------------------------------
+
+
+async def main(args: argparse.Namespace) -> None:
+    import aiortc
+
+    scenarios = []
+    if args.stock_n > 0:
+        scenarios.append(("stock", args.stock_n))
+        if args.same_load:
+            scenarios.append(("lean", args.stock_n))
+    if args.n > 0:
+        scenarios.append(("lean", args.n))
+    meta = {
+        "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpus": os.cpu_count(), "python": platform.python_version(),
+        "aiortc": aiortc.__version__, "codec": args.codec, "seconds": args.seconds, "uvloop": args.uvloop,
+        "loadavg": list(os.getloadavg()), "scenarios": scenarios,
+    }
+    results: list[Result] = []
+    with loopback_host_candidates():
+        for mode, n in scenarios:
+            print(f"{mode} × {n} calls ({2 * n} peer connections), {args.codec}, {args.seconds:g} s ...")
+            results.append(await run_scenario(mode, n, args.codec, args.seconds, args.warmup, args.setup_batch))
+    ratios: dict = {"encoded cache bytes": shared_cache().memory_bytes}
+    stock = next((r for r in results if r.mode == "stock"), None)
+    same = next((r for r in results if r.mode == "lean" and stock and r.calls == stock.calls), None)
+    if stock and same and stock.cpu_per_call_second:
+        ratios["lean/stock CPU per call-second (same N)"] = same.cpu_per_call_second / stock.cpu_per_call_second
+        ratios["stock/lean speed-up (same N)"] = stock.cpu_per_call_second / max(same.cpu_per_call_second, 1e-9)
+        if stock.rss_per_call_kib > 0:
+            ratios["lean/stock RSS per call (same N)"] = same.rss_per_call_kib / stock.rss_per_call_kib
+    big = next((r for r in reversed(results) if r.mode == "lean"), None)
+    if big:
+        ratios[f"lean x{big.calls}: target (>=150 pcs... loss<0.5%, lag p99<20 ms) met"] = (
+            "yes" if 2 * big.connected >= 150 and big.loss_percent < 0.5 and big.lag_p99_ms < 20 else "no")
+    print()
+    print_table(results, ratios)
+    json_path, html_path = write_reports(results, ratios, meta)
+    print(f"\nwrote {json_path}\nwrote {html_path}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=150, help="lean calls for the big run (default 150)")
+    p.add_argument("--stock-n", type=int, default=16, help="stock calls (default 16; 0 skips stock)")
+    p.add_argument("--no-same-load", dest="same_load", action="store_false",
+                   help="skip lean at the stock N (the same-load ratio)")
+    p.add_argument("--seconds", type=float, default=10.0, help="measuring window per scenario")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds after setup before measuring")
+    p.add_argument("--codec", default="PCMU", help="PCMU, PCMA, G722 or opus")
+    p.add_argument("--setup-batch", type=int, default=10, help="calls set up concurrently")
+    p.add_argument("--uvloop", action="store_true", help="run on uvloop (must be installed)")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    arguments = parse_args()
+    if arguments.uvloop:
+        import uvloop
+
+        uvloop.install()
+    asyncio.run(main(arguments))
