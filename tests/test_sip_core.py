@@ -1,0 +1,147 @@
+"""User-agent core: what it answers by itself, and robustness against bad input."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from softphone.sip.core import ALLOW, CoreConfig, random_token
+from softphone.sip.testing import LoopbackHub, hub_user_agent
+
+BOUND = 5.0
+
+
+@pytest.fixture
+async def setup():
+    hub = LoopbackHub()
+    ua = hub_user_agent(hub, "1001")
+    probe = hub.transport("probe")
+    await probe.connect()
+    got: list = []
+    probe.on("message", got.append)
+    await ua.start()
+    yield hub, ua, probe, got
+    await asyncio.wait_for(ua.stop(), BOUND)
+
+
+def raw_request(ua, method, *, to_tag=None, branch="z9hG4bKprobe1", extra="", call_id="probe-call"):
+    cfg = ua.core.config
+    to = f"<sip:1001@example.test>{';tag=' + to_tag if to_tag else ''}"
+    return (
+        f"{method} sip:{cfg.contact_user}@{cfg.via_host};transport=ws SIP/2.0\r\n"
+        f"Via: SIP/2.0/WS probe.invalid;branch={branch}\r\n"
+        "Max-Forwards: 70\r\n"
+        f"To: {to}\r\n"
+        "From: <sip:9999@example.test>;tag=probetag\r\n"
+        f"Call-ID: {call_id}\r\n"
+        f"CSeq: 1 {method}\r\n"
+        "Contact: <sip:probe@probe.invalid;transport=ws>\r\n"
+        f"{extra}"
+        "Content-Length: 0\r\n\r\n"
+    )
+
+
+async def answers(got, count=1):
+    for _ in range(500):
+        if len(got) >= count:
+            return got
+        await asyncio.sleep(0.002)
+    raise AssertionError(f"expected {count} responses, got {len(got)}")
+
+
+async def test_options_answered_200_with_capabilities(setup):
+    _, ua, probe, got = setup
+    probe.send_text(raw_request(ua, "OPTIONS"))
+    (resp,) = await answers(got)
+    assert resp.status == 200
+    assert resp.headers.get("Allow") == ",".join(ALLOW)
+    assert resp.headers.get("Accept") == "application/sdp"
+    assert "outbound" in resp.headers.get("Supported")
+    assert resp.headers.get("User-Agent").startswith("softphone/")
+
+
+async def test_unknown_method_501_known_not_allowed_405(setup):
+    _, ua, probe, got = setup
+    probe.send_text(raw_request(ua, "FROBNICATE"))
+    probe.send_text(raw_request(ua, "SUBSCRIBE", branch="z9hG4bKprobe2"))
+    first, second = await answers(got, 2)
+    assert first.status == 501
+    assert second.status == 405
+    assert second.headers.get("Allow") == ",".join(ALLOW)
+
+
+async def test_in_dialog_request_for_unknown_dialog_gets_481(setup):
+    _, ua, probe, got = setup
+    probe.send_text(raw_request(ua, "BYE", to_tag="nosuchtag"))
+    probe.send_text(raw_request(ua, "INFO", branch="z9hG4bKprobe3"))  # out of dialog INFO
+    first, second = await answers(got, 2)
+    assert first.status == 481 and second.status == 481
+
+
+async def test_cancel_for_unknown_invite_gets_481(setup):
+    _, ua, probe, got = setup
+    probe.send_text(raw_request(ua, "CANCEL"))
+    (resp,) = await answers(got)
+    assert resp.status == 481
+
+
+async def test_out_of_dialog_message_and_notify_are_accepted_and_emitted(setup):
+    _, ua, probe, got = setup
+    seen = []
+    ua.on("message", lambda req: seen.append(req.method))
+    probe.send_text(raw_request(ua, "MESSAGE"))
+    (resp,) = await answers(got)
+    assert resp.status == 200
+    await asyncio.sleep(0.01)
+    assert seen == ["MESSAGE"]
+
+
+async def test_partial_bad_request_gets_400_naming_the_problem(setup):
+    hub, ua, _, _ = setup
+    bad = raw_request(ua, "OPTIONS").replace("Call-ID: probe-call\r\n", "")
+    ua.transport.receive_text(bad)
+    await asyncio.sleep(0.02)
+    replies = [m for m in hub.messages(source="1001") if getattr(m, "status", None) == 400]
+    assert len(replies) == 1
+    assert "call-id" in replies[0].reason.lower()
+
+
+async def test_garbage_frames_are_dropped_without_crashing(setup):
+    hub, ua, probe, got = setup
+    before = len(hub.messages(source="1001"))
+    for junk in ["", "\r\n", "hello world", "SIP/2.0 abc\r\n\r\n", "INVITE\r\n\r\n", "\x00\xff" * 10,
+                 "SIP/2.0 200 OK\r\nVia: SIP/2.0/WS other.invalid;branch=z9hG4bKx\r\n\r\n"]:
+        ua.transport.receive_text(junk)
+    await asyncio.sleep(0.02)
+    assert len(hub.messages(source="1001")) == before
+    probe.send_text(raw_request(ua, "OPTIONS"))  # still alive and answering
+    (resp,) = await answers(got)
+    assert resp.status == 200
+
+
+async def test_response_for_someone_else_is_dropped(setup):
+    _, ua, _, _ = setup
+    text = (
+        "SIP/2.0 200 OK\r\nVia: SIP/2.0/WS elsewhere.invalid;branch=z9hG4bKzz\r\n"
+        "To: <sip:a@b>;tag=1\r\nFrom: <sip:a@b>;tag=2\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\n"
+        "Content-Length: 0\r\n\r\n"
+    )
+    ua.transport.receive_text(text)  # logged and dropped, nothing raised
+    assert ua.state.value == "started"
+
+
+def test_core_identity_is_random_and_sipjs_shaped():
+    a = CoreConfig(aor="sip:1001@example.test")
+    b = CoreConfig(aor="sip:1001@example.test")
+    assert a.via_host.endswith(".invalid") and a.via_host != b.via_host
+    assert a.contact_user != b.contact_user
+    assert a.domain == "example.test" and a.user == "1001"
+    assert len(random_token(12)) == 12 and random_token().isalnum()
+
+
+async def test_config_never_shows_password():
+    hub = LoopbackHub()
+    ua = hub_user_agent(hub, "1001", password="hunter2-secret")
+    assert "hunter2-secret" not in repr(ua.config)
+    assert "hunter2-secret" not in repr(ua.core.config)
