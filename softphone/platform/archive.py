@@ -65,6 +65,7 @@ class BatchStatus(enum.Enum):
     OK = "ok"
     FAILED = "failed"
     SKIPPED = "skipped"  # not sent: the job stopped before it
+    UNCONFIRMED = "unconfirmed"  # cancelled in flight: the server may or may not have run it
     DRY_RUN = "dry-run"
 
 
@@ -275,7 +276,13 @@ class ArchiveJob:
                     self._move(JobState.INTERRUPTED, "stopped on request before batch "
                                                      f"{batch.index} of {len(self.report.batches)}")
                     break
-                fatal = await self._send(batch)
+                try:
+                    fatal = await self._send(batch)
+                except asyncio.CancelledError:
+                    batch.status = BatchStatus.UNCONFIRMED
+                    batch.message = ("cancelled while in flight: the server may have processed it; "
+                                     "archive is idempotent, so re-running these ids is safe")
+                    raise
                 if self.on_batch:
                     self.on_batch(batch)
                 if fatal:

@@ -128,28 +128,26 @@ def run_command(operation: Operation, *, source: str | None, ids: tuple[str, ...
         click.echo(f"softphone: {exc.message}", err=True)
         sys.exit(EXIT_BAD_INPUT)
 
-    def make_job(client: PlatformClient | None, echo_batch) -> ArchiveJob:
-        return ArchiveJob(client, operation, raw_ids, insert=not no_insert, update=not no_update,
-                          delete=not no_delete, batch_size=batch_size,
-                          wait_office_hours=wait_outside_office_hours, poll_interval=poll_interval,
-                          max_wait=max_wait, on_batch=echo_batch, on_wait=_echo_wait)
-
     try:
-        probe = make_job(None, None)
+        # the client is attached once the command knows it will send
+        job = ArchiveJob(None, operation, raw_ids, insert=not no_insert, update=not no_update,
+                         delete=not no_delete, batch_size=batch_size,
+                         wait_office_hours=wait_outside_office_hours, poll_interval=poll_interval,
+                         max_wait=max_wait, on_wait=_echo_wait)
     except PlatformValidationError as exc:
         click.echo(f"softphone: {exc.message}", err=True)
         sys.exit(EXIT_BAD_INPUT)
-    if probe.report.duplicates:
-        d = probe.report.duplicates
+    if job.report.duplicates:
+        d = job.report.duplicates
         click.echo(f"softphone: warning: {len(d)} duplicate lead id(s) removed: "
                    f"{', '.join(map(str, d[:20]))}{' ...' if len(d) > 20 else ''}", err=True)
-    total = len(probe.report.batches)
-    n_ids = sum(len(b.ids) for b in probe.report.batches)
-    flags = ", ".join(f"{k}={v}" for k, v in probe.flags.items())
+    total = len(job.report.batches)
+    n_ids = sum(len(b.ids) for b in job.report.batches)
+    flags = ", ".join(f"{k}={v}" for k, v in job.flags.items())
     click.echo(f"{operation.value}: {n_ids} lead ids in {total} batch(es) of <= {batch_size} ({flags})", err=True)
 
     if dry_run:
-        final = probe.dry_run()
+        final = job.dry_run()
         for b in final.batches:
             click.echo(_batch_line(b, total))
         click.echo(_totals_line(final))
@@ -168,7 +166,8 @@ def run_command(operation: Operation, *, source: str | None, ids: tuple[str, ...
         click.echo(f"softphone: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)
 
-    final = asyncio.run(_run(client, make_job, total, n_ids, report))
+    job.client = client
+    final = asyncio.run(_run(job, total, n_ids, report))
     click.echo(_totals_line(final))
     if final.state is JobState.INTERRUPTED:
         click.echo(f"softphone: interrupted: {final.stop_reason}", err=True)
@@ -187,7 +186,7 @@ def _echo_wait(b: BatchOutcome, interval: float) -> None:
                f"(wait #{b.office_hours_waits})", err=True)
 
 
-async def _run(client: PlatformClient, make_job, total: int, n_ids: int, report_path: str | None) -> ArchiveReport:
+async def _run(job: ArchiveJob, total: int, n_ids: int, report_path: str | None) -> ArchiveReport:
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     with click.progressbar(length=n_ids, label="leads", file=sys.stderr, show_pos=True) as bar:
@@ -198,7 +197,9 @@ async def _run(client: PlatformClient, make_job, total: int, n_ids: int, report_
             if report_path:  # keep the report current: a crash still leaves what was done
                 job.report.write(report_path)
 
-        job = make_job(client, echo_batch)
+        job.on_batch = echo_batch
+        assert job.client is not None
+        client = job.client
         presses = 0
 
         def on_sigint() -> None:
