@@ -207,8 +207,8 @@ class UserAgent(AsyncIOEventEmitter):
             log.warning("re-registration of %s after reconnect failed: %s", self.aor, exc)
 
     def _on_disconnected(self, reason: str) -> None:
-        self.registerer.transport_lost(reason)
         self.emit("disconnected", reason)
+        self.registerer.transport_lost(reason)
 
     # --- calls ------------------------------------------------------------------------
 
