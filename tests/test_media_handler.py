@@ -1,0 +1,332 @@
+"""WebRtcDescriptionHandler as the SIP layer drives it: offer/answer, hold, rollback, events, close."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+
+import pytest
+from media_support import (
+    SineTrack,
+    ToneMeter,
+    negotiate,
+    packets_during,
+    relay_config,
+    wait_connected,
+)
+
+from softphone.errors import MediaError
+from softphone.media import sdp as sdpmod
+from softphone.media.handler import (
+    NegotiationState,
+    WebRtcDescriptionHandler,
+    WebRtcDescriptionHandlerFactory,
+)
+from softphone.media.sdp import Direction
+from softphone.sip.description_handler import Body, DescriptionOptions, SessionDescriptionHandler
+
+pytestmark = pytest.mark.peer
+
+HOLD = DescriptionOptions(hold=True)
+
+
+def _close_enough(freq: float, expected: float) -> bool:
+    return abs(freq - expected) / expected < 0.02
+
+
+async def _pair(coturn, codecs=("PCMU",), freq_a=440.0, freq_b=1000.0):
+    meter_a, meter_b = ToneMeter(), ToneMeter()
+    a = WebRtcDescriptionHandler(relay_config(coturn, codecs=codecs), source=SineTrack(freq_a), sinks=[meter_a])
+    b = WebRtcDescriptionHandler(relay_config(coturn, codecs=codecs), source=SineTrack(freq_b), sinks=[meter_b])
+    return a, b, meter_a, meter_b
+
+
+async def test_offer_answer_states_and_events(coturn):
+    a, b, _, meter_b = await _pair(coturn)
+    seen: dict[str, list] = {"track": [], "ice": [], "conn": []}
+    b.on("track", seen["track"].append)
+    b.on("ice_state", seen["ice"].append)
+    b.on("connection_state", seen["conn"].append)
+    try:
+        assert isinstance(a, SessionDescriptionHandler)
+        assert a.has_description("application/sdp") and a.has_description("Application/SDP; charset=x")
+        assert not a.has_description("text/plain")
+        assert a.state is NegotiationState.NEW
+        offer = await a.get_description()
+        assert offer.content_type == "application/sdp"
+        assert a.state is NegotiationState.HAVE_LOCAL_OFFER
+        with pytest.raises(MediaError, match="pending"):
+            await a.get_description()
+        assert sdpmod.setup_attribute(offer.content) == "actpass"
+        assert "a=rtcp-mux" in offer.content
+        await b.set_description(offer)
+        assert b.state is NegotiationState.HAVE_REMOTE_OFFER
+        answer = await b.get_description()
+        assert b.state is NegotiationState.STABLE
+        assert sdpmod.setup_attribute(answer.content) == "active"
+        await a.set_description(answer)
+        assert a.state is NegotiationState.STABLE
+        await wait_connected(a, b)
+        await meter_b.wait_frames(25)
+        assert _close_enough(meter_b.dominant_frequency(), 440.0)
+        assert len(seen["track"]) == 1 and seen["track"][0].kind == "audio"
+        assert "completed" in seen["ice"]
+        assert seen["conn"][-1] == "connected"
+        assert a.local_direction is Direction.SENDRECV and b.local_direction is Direction.SENDRECV
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_hold_and_unhold_change_directions_and_media_flow(coturn):
+    a, b, meter_a, _ = await _pair(coturn)
+    try:
+        await negotiate(a, b)
+        await wait_connected(a, b)
+        await meter_a.wait_frames(10)
+        offer, answer = await negotiate(a, b, offer_options=HOLD)  # a holds the call
+        assert sdpmod.audio_direction(offer) is Direction.SENDONLY
+        assert sdpmod.audio_direction(answer) is Direction.RECVONLY
+        assert a.local_direction is Direction.SENDONLY and b.local_direction is Direction.RECVONLY
+        await asyncio.sleep(0.1)  # packets already in flight
+        assert await packets_during(a, 0.4) == 0  # b stopped sending to a
+        assert await packets_during(b, 0.4) > 5  # a still sends (music on hold)
+        offer, answer = await negotiate(a, b)  # unhold
+        assert sdpmod.audio_direction(offer) is Direction.SENDRECV
+        assert sdpmod.audio_direction(answer) is Direction.SENDRECV
+        assert await packets_during(a, 0.4) > 5
+        meter_a.reset()
+        await meter_a.wait_frames(25)
+        assert _close_enough(meter_a.dominant_frequency(), 1000.0)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_remote_inactive_offer_is_answered_inactive_and_stops_both_ways(coturn):
+    a, b, _, _ = await _pair(coturn)
+    try:
+        await negotiate(a, b)
+        await wait_connected(a, b)
+        offer = await b.get_description()
+        inactive = sdpmod.set_audio_direction(offer.content, Direction.INACTIVE)
+        await a.set_description(Body(offer.content_type, inactive))
+        answer = await a.get_description()
+        assert sdpmod.audio_direction(answer.content) is Direction.INACTIVE
+        await b.set_description(answer)
+        assert a.local_direction is Direction.INACTIVE
+        await asyncio.sleep(0.1)
+        assert await packets_during(a, 0.4) == 0
+        assert await packets_during(b, 0.4) == 0
+        await negotiate(b, a)  # back to sendrecv
+        assert a.local_direction is Direction.SENDRECV
+        assert await packets_during(a, 0.4) > 5
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_our_hold_offer_is_inactive_when_the_far_end_does_not_send(coturn):
+    a, b, _, _ = await _pair(coturn)
+    try:
+        offer = await b.get_description()
+        recvonly = sdpmod.set_audio_direction(offer.content, Direction.RECVONLY)  # b will not send
+        await a.set_description(Body(offer.content_type, recvonly))
+        answer = await a.get_description()
+        assert sdpmod.audio_direction(answer.content) is Direction.SENDONLY
+        await b.set_description(answer)
+        hold_offer = await a.get_description(HOLD)
+        assert sdpmod.audio_direction(hold_offer.content) is Direction.INACTIVE
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_holding_while_answering_makes_the_answer_sendonly(coturn):
+    a, b, _, _ = await _pair(coturn)
+    try:
+        _, answer = await negotiate(a, b, answer_options=HOLD)
+        assert sdpmod.audio_direction(answer) is Direction.SENDONLY
+        assert a.local_direction is Direction.RECVONLY
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.parametrize("offered, answered", [("actpass", "active"), ("passive", "active"),
+                                               ("active", "passive")])
+async def test_dtls_setup_of_answers(coturn, offered, answered):
+    a, b, _, _ = await _pair(coturn)
+    try:
+        offer = await a.get_description()
+        await b.set_description(Body(offer.content_type, sdpmod.set_setup_attribute(offer.content, offered)))
+        answer = await b.get_description()
+        assert sdpmod.setup_attribute(answer.content) == answered
+    finally:
+        await a.close()
+        await b.close()
+
+
+CHROMIUM_AUDIO = [
+    "a=rtpmap:111 opus/48000/2", "a=rtcp-fb:111 transport-cc", "a=fmtp:111 minptime=10;useinbandfec=1",
+    "a=rtpmap:63 red/48000/2", "a=fmtp:63 111/111", "a=rtpmap:9 G722/8000", "a=rtpmap:0 PCMU/8000",
+    "a=rtpmap:8 PCMA/8000", "a=rtpmap:13 CN/8000", "a=rtpmap:110 telephone-event/48000",
+    "a=rtpmap:126 telephone-event/8000",
+]
+
+
+def _chromium_like(offer: str) -> str:
+    """Our own offer reshaped into what Chromium 156 sends (peers.md)."""
+    sd = sdpmod.SessionDescription.parse(offer)
+    audio = sd.audio()
+    audio.set_formats("111 63 9 0 8 13 110 126".split())
+    kept = [ln for ln in audio.lines[1:] if not ln.startswith(("a=rtpmap:", "a=fmtp:", "a=rtcp-fb:"))]
+    audio.lines[1:] = [*kept, *CHROMIUM_AUDIO, "a=rtcp-rsize", "a=ice-options:trickle"]
+    return str(sd)
+
+
+async def test_answer_to_a_chromium_offer(coturn):
+    a, b, _, _ = await _pair(coturn, codecs=("opus", "PCMU", "PCMA", "G722"))
+    try:
+        offer = await a.get_description()
+        await b.set_description(Body("application/sdp", _chromium_like(offer.content)))
+        answer = (await b.get_description()).content
+        codecs = sdpmod.audio_codecs(answer)
+        assert codecs[0].name == "opus" and codecs[0].payload_type == 111
+        assert [c.name for c in codecs if c.name != "telephone-event"] == ["opus", "PCMU", "PCMA", "G722"]
+        assert sdpmod.telephone_events(answer) == {110: 48000}
+        assert sdpmod.setup_attribute(answer) == "active"
+        assert "a=rtcp-mux" in answer
+        assert "red/" not in answer and "CN/" not in answer
+        assert b.dtmf_payload_type == 110
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_codec_preference_orders_the_offer(coturn):
+    handler = WebRtcDescriptionHandler(relay_config(coturn, codecs=("PCMA", "opus")))
+    try:
+        offer = (await handler.get_description()).content
+        names = [c.name for c in sdpmod.audio_codecs(offer)]
+        assert names == ["PCMA", "opus", "telephone-event", "telephone-event"]
+        assert sdpmod.telephone_events(offer) == {110: 48000, 126: 8000}
+    finally:
+        await handler.close()
+
+
+async def test_rollback_keeps_the_call_as_it_was(coturn):
+    a, b, _, _ = await _pair(coturn)
+    try:
+        await negotiate(a, b)
+        await wait_connected(a, b)
+        await a.get_description(HOLD)  # the far end rejects this re-INVITE (e.g. 491)
+        assert a.state is NegotiationState.HAVE_LOCAL_OFFER
+        await a.rollback_description()
+        assert a.state is NegotiationState.STABLE and a.hold is False
+        assert a.local_direction is Direction.SENDRECV
+        assert await packets_during(a, 0.4) > 5
+        offer, _ = await negotiate(a, b, offer_options=HOLD)  # a later re-INVITE works
+        assert sdpmod.audio_direction(offer) is Direction.SENDONLY
+        assert a.local_direction is Direction.SENDONLY
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_rollback_of_a_first_offer_returns_to_new(coturn):
+    a = WebRtcDescriptionHandler(relay_config(coturn))
+    try:
+        await a.get_description()
+        await a.rollback_description()
+        assert a.state is NegotiationState.NEW
+        await a.rollback_description()  # nothing pending: no-op
+    finally:
+        await a.close()
+
+
+async def test_replace_source_switches_what_the_far_end_hears(coturn):
+    a, b, _, meter_b = await _pair(coturn, freq_a=500.0)
+    try:
+        await negotiate(a, b)
+        await wait_connected(a, b)
+        await meter_b.wait_frames(25)
+        assert _close_enough(meter_b.dominant_frequency(), 500.0)
+        a.replace_source(SineTrack(1500.0))
+        await asyncio.sleep(0.2)
+        meter_b.reset()
+        await meter_b.wait_frames(25)
+        assert _close_enough(meter_b.dominant_frequency(), 1500.0)
+        with pytest.raises(MediaError, match="kind"):
+            a.replace_source(_VideoTrack(1.0))
+    finally:
+        await a.close()
+        await b.close()
+
+
+class _VideoTrack(SineTrack):
+    kind = "video"
+
+
+async def test_factory_builds_handlers_with_source_and_sinks(coturn):
+    meters: list[ToneMeter] = []
+
+    def sinks(session):
+        meters.append(ToneMeter())
+        return [meters[-1]]
+
+    factory = WebRtcDescriptionHandlerFactory(
+        relay_config(coturn), source_factory=lambda session: SineTrack(session["freq"]), sinks_factory=sinks
+    )
+    a = factory({"freq": 600.0})
+    b = factory({"freq": 1100.0})
+    try:
+        assert a.session == {"freq": 600.0}
+        await negotiate(a, b)
+        await wait_connected(a, b)
+        await meters[1].wait_frames(25)
+        assert _close_enough(meters[1].dominant_frequency(), 600.0)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_close_is_idempotent_and_frees_the_peer_connection(coturn):
+    a, b, _, _ = await _pair(coturn)
+    await negotiate(a, b)
+    await wait_connected(a, b)
+    pc_ref = weakref.ref(a.pc)
+    transceiver_ref = weakref.ref(a.transceiver)
+    await asyncio.gather(a.close(), a.close())
+    await a.close()
+    await b.close()
+    assert a.closed and a.pc.connectionState == "closed"
+    with pytest.raises(MediaError, match="closed"):
+        await a.get_description()
+    with pytest.raises(MediaError, match="closed"):
+        await a.set_description(Body("application/sdp", "v=0\r\n"))
+    assert await a.send_dtmf("1") is False
+    del a
+    await asyncio.sleep(0.05)
+    gc.collect()
+    assert pc_ref() is None, gc.get_referrers(pc_ref())
+    assert transceiver_ref() is None
+
+
+async def test_bad_remote_descriptions_are_media_errors(coturn):
+    a = WebRtcDescriptionHandler(relay_config(coturn))
+    try:
+        with pytest.raises(MediaError, match="content type"):
+            await a.set_description(Body("text/plain", "hello"))
+        with pytest.raises(MediaError, match="v=0"):
+            await a.set_description(Body("application/sdp", "hello"))
+        with pytest.raises(MediaError, match="m=audio"):
+            await a.set_description(Body("application/sdp", "v=0\r\ns=-\r\nt=0 0\r\n"))
+        other = WebRtcDescriptionHandler(relay_config(coturn))
+        no_mux = (await other.get_description()).content.replace("a=rtcp-mux\r\n", "")
+        await other.close()
+        with pytest.raises(MediaError, match="remote offer"):
+            await a.set_description(Body("application/sdp", no_mux))
+    finally:
+        await a.close()
