@@ -1,0 +1,179 @@
+"""The SIP stack against a real Kamailio (WebSocket, digest auth, registrar, proxy)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from softphone.errors import AuthenticationError, SessionError
+from softphone.sip.invitation import AnswerPolicy
+from softphone.sip.null_handler import Direction, sdp_direction
+from softphone.sip.session import SessionState
+from softphone.sip.timers import Timers
+from softphone.sip.transport import KeepAlive, KeepAliveMode, Reconnect
+from softphone.sip.user_agent import UserAgent, UserAgentConfig
+
+pytestmark = pytest.mark.peer
+BOUND = 10.0
+
+
+def make_ua(kam, ext: str, *, password: str | None = None, **kw) -> UserAgent:
+    cfg = UserAgentConfig(
+        ws_url=kam.ws_url,
+        aor=f"sip:{ext}@{kam.domain}",
+        password=password if password is not None else kam.users[ext],
+        timers=kw.pop("timers", Timers.scaled(0.2)),
+        keep_alive=kw.pop("keep_alive", KeepAlive(KeepAliveMode.CRLF, interval=5.0, timeout=3.0)),
+        reconnect=kw.pop("reconnect", Reconnect(min_delay=0.05, max_delay=0.5)),
+        **kw,
+    )
+    return UserAgent(cfg)
+
+
+def count_sent(ua: UserAgent, method: str) -> list[str]:
+    """Record the frames of ``method`` requests this UA puts on the wire."""
+    sent: list[str] = []
+    original = ua.transport.send_text
+
+    def spy(text: str) -> None:
+        if text.startswith(f"{method} "):
+            sent.append(text)
+        original(text)
+
+    ua.transport.send_text = spy  # type: ignore[method-assign]
+    return sent
+
+
+async def until(predicate, timeout=BOUND):
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not predicate():
+        if loop.time() > end:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+async def incoming_call(ua: UserAgent):
+    fut = asyncio.get_running_loop().create_future()
+    ua.once("invite", lambda inv: fut.done() or fut.set_result(inv))
+    return fut
+
+
+async def test_register_and_unregister(kamailio):
+    ua = make_ua(kamailio, "1001")
+    events: list[str] = []
+    ua.on("registered", lambda expires: events.append(f"registered {expires}"))
+    ua.on("unregistered", lambda reason: events.append("unregistered"))
+    registers = count_sent(ua, "REGISTER")
+    async with ua:
+        assert ua.registered
+        assert ua.registerer.granted_expires and ua.registerer.granted_expires > 0
+    assert events[0].startswith("registered") and events[-1] == "unregistered"
+    assert "expires=0" in registers[-1]
+
+
+async def test_wrong_password_is_rejected_without_a_loop(kamailio):
+    ua = make_ua(kamailio, "1002", password="definitely-wrong")
+    registers = count_sent(ua, "REGISTER")
+    with pytest.raises(AuthenticationError) as info:
+        await asyncio.wait_for(ua.start(), BOUND)
+    assert f"authentication rejected for 1002@{kamailio.domain}" in str(info.value)
+    assert "definitely-wrong" not in str(info.value)
+    assert len(registers) == 2
+
+
+async def test_two_agents_call_each_other(kamailio):
+    a, b = make_ua(kamailio, "1003"), make_ua(kamailio, "1004")
+    async with a, b:
+        incoming = await incoming_call(b)
+        progress: list[int] = []
+        inviter = a.invite("1004")
+        inviter.on("progress", lambda r: progress.append(r.status))
+        await asyncio.wait_for(inviter.invite(), BOUND)
+        callee = await asyncio.wait_for(incoming, BOUND)
+        await callee.wait_established(BOUND)
+        assert 180 in progress
+        assert inviter.state is SessionState.ESTABLISHED and callee.state is SessionState.ESTABLISHED
+        assert callee.handler.remote_sdp and inviter.handler.remote_sdp
+        ended = asyncio.get_running_loop().create_future()
+        callee.once("terminated", lambda reason, status: ended.set_result(reason))
+        await asyncio.wait_for(inviter.bye(), BOUND)
+        assert await asyncio.wait_for(ended, BOUND) == "remote hangup"
+
+
+async def test_cancel_before_answer(kamailio):
+    a = make_ua(kamailio, "1005")
+    b = make_ua(kamailio, "1006", answer_policy=AnswerPolicy.manual())
+    async with a, b:
+        incoming = await incoming_call(b)
+        inviter = a.invite("1006")
+        ringing = asyncio.get_running_loop().create_future()
+        inviter.on("progress", lambda r: r.status == 180 and not ringing.done() and ringing.set_result(r))
+        call = asyncio.ensure_future(inviter.invite())
+        await asyncio.wait_for(ringing, BOUND)
+        callee = await asyncio.wait_for(incoming, BOUND)
+        await inviter.cancel()
+        with pytest.raises(SessionError) as info:
+            await asyncio.wait_for(call, BOUND)
+        assert info.value.status_code == 487
+        await callee.wait_terminated(BOUND)
+        assert callee.termination_reason == "cancelled"
+
+
+async def test_reinvite_hold_seen_by_far_end(kamailio):
+    a, b = make_ua(kamailio, "1007"), make_ua(kamailio, "1008")
+    async with a, b:
+        incoming = await incoming_call(b)
+        inviter = await asyncio.wait_for(a.call("1008"), BOUND)
+        callee = await asyncio.wait_for(incoming, BOUND)
+        await callee.wait_established(BOUND)
+        held = asyncio.get_running_loop().create_future()
+        callee.once("hold", lambda direction: held.set_result(direction))
+        await asyncio.wait_for(inviter.hold(), BOUND)
+        assert await asyncio.wait_for(held, BOUND) == "sendonly"
+        assert sdp_direction(callee.handler.remote_sdp) is Direction.SENDONLY
+        assert sdp_direction(inviter.handler.remote_sdp) is Direction.RECVONLY
+        await asyncio.wait_for(inviter.unhold(), BOUND)
+        await until(lambda: not callee.remote_hold)
+        await inviter.bye()
+
+
+async def test_info_dtmf_delivered(kamailio):
+    a, b = make_ua(kamailio, "1009"), make_ua(kamailio, "1010")
+    async with a, b:
+        incoming = await incoming_call(b)
+        inviter = await asyncio.wait_for(a.call("1010"), BOUND)
+        callee = await asyncio.wait_for(incoming, BOUND)
+        await callee.wait_established(BOUND)
+        digits: list[tuple] = []
+        callee.on("dtmf", lambda *args: digits.append(args))
+        assert await asyncio.wait_for(inviter.send_dtmf("19#", duration_ms=40, gap_ms=10), BOUND) == "info"
+        await until(lambda: len(digits) == 3)
+        assert digits == [("1", 40, "info"), ("9", 40, "info"), ("#", 40, "info")]
+        await inviter.bye()
+
+
+async def test_registrar_restart_reconnects_and_reregisters(kamailio_factory):
+    kam = kamailio_factory()
+    a, b = make_ua(kam, "1011"), make_ua(kam, "1012")
+    async with a, b:
+        log: dict[str, list[str]] = {"a": [], "b": []}
+        for name, ua in (("a", a), ("b", b)):
+            for event in ("disconnected", "reconnecting", "connected", "registered", "unregistered"):
+                ua.on(event, lambda *args, _e=event, _n=name: log[_n].append(_e))
+        kam.stop()
+        await until(lambda: "disconnected" in log["a"] and "disconnected" in log["b"])
+        assert not a.registered and not b.registered
+        kam.start()
+        await until(lambda: a.registered and b.registered, timeout=20.0)
+        for name in ("a", "b"):
+            events = log[name]
+            assert events.index("disconnected") < events.index("connected") < events.index("registered")
+            assert "reconnecting" in events and "unregistered" in events
+        # And the phones work again without anyone touching them.
+        incoming = await incoming_call(b)
+        inviter = await asyncio.wait_for(a.call("1012"), BOUND)
+        callee = await asyncio.wait_for(incoming, BOUND)
+        await callee.wait_established(BOUND)
+        await inviter.bye()
