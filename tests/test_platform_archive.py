@@ -294,8 +294,13 @@ def test_cli_unreachable_server_fails_with_message(tmp_path):
 # --- Ctrl-C on the real command (a subprocess) -------------------------------------------
 
 
-async def test_cli_ctrl_c_stops_after_current_batch_and_writes_report(tmp_path):
-    """SIGINT while batch 2 is in flight: batch 2 still completes, batch 3 is not sent, exit 130."""
+@pytest.mark.parametrize("presses", [1, 2])
+async def test_cli_ctrl_c_stops_after_current_batch_and_writes_report(tmp_path, presses):
+    """SIGINT while batch 2 is in flight, exit 130 and a report either way.
+
+    Once: batch 2 still completes, batch 3 is not sent.  Twice: the command
+    aborts at once and reports batch 2 as unconfirmed (it may have run).
+    """
     import os
     import signal
     import sys
@@ -325,27 +330,41 @@ async def test_cli_ctrl_c_stops_after_current_batch_and_writes_report(tmp_path):
     port = site._server.sockets[0].getsockname()[1]
     report = tmp_path / "r.json"
     env = {**os.environ, "SOFTPHONE_AUTH_KEY": "signal-test-key"}
+    ids = " ".join(str(i) for i in range(1, 1201))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "softphone.cli", "leads", "archive", "--ids", " ".join(str(i) for i in range(1, 1201)), "--server", f"http://127.0.0.1:{port}", "--report", str(report),
+        sys.executable, "-m", "softphone.cli", "leads", "archive", "--ids", ids,
+        "--server", f"http://127.0.0.1:{port}", "--report", str(report),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
     try:
         await asyncio.wait_for(in_flight.wait(), 30)
         proc.send_signal(signal.SIGINT)
-        # wait until the command says it will stop after this batch, then let the batch finish
+        # wait until the command says it will stop after this batch
         seen = b""
         while b"stopping after the current batch" not in seen:
             line = await asyncio.wait_for(proc.stderr.readline(), 30)
             assert line, seen.decode()
             seen += line
-        release.set()
-        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        if presses == 2:
+            proc.send_signal(signal.SIGINT)
+            out, err = await asyncio.wait_for(proc.communicate(), 30)
+            release.set()
+        else:
+            release.set()  # let the batch in flight finish
+            out, err = await asyncio.wait_for(proc.communicate(), 30)
     finally:
+        release.set()
         if proc.returncode is None:
             proc.kill()
         await runner.cleanup()
     assert proc.returncode == 130, (out + err).decode()
     assert len(hits) == 2
     data = json.loads(report.read_text())
-    assert [b["status"] for b in data["batches"]] == ["ok", "ok", "skipped"]
-    assert data["state"] == "interrupted" and data["totals"]["insert_count"] == 1000
-    assert b"batch 2/3" in out and b"batch 3/3" not in out
+    assert data["state"] == "interrupted"
+    if presses == 1:
+        assert [b["status"] for b in data["batches"]] == ["ok", "ok", "skipped"]
+        assert data["totals"]["insert_count"] == 1000
+        assert b"batch 2/3" in out and b"batch 3/3" not in out
+    else:
+        assert [b["status"] for b in data["batches"]] == ["ok", "unconfirmed", "skipped"]
+        assert "re-running these ids is safe" in data["batches"][1]["message"]
+        assert data["totals"]["insert_count"] == 500

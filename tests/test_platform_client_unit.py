@@ -82,6 +82,9 @@ class FakeOmni:
             action = scripted.pop(0)
             if action == "hang":
                 await asyncio.wait_for(self.release.wait(), 10)
+            elif action == "drop":  # the request arrived, then the connection dies without an answer
+                request.transport.close()
+                return web.Response(status=200)
             elif action == "html500":
                 return web.Response(status=500, text="<html>boom</html>", content_type="text/html")
             elif action == "text200":
@@ -250,6 +253,18 @@ async def test_timeout_retries_get_but_not_call(fake):
     assert len(calls) == 1
     assert fake.hits["POST /omni/voice/1001/call"] == 1
     assert fake.hits["GET /omni/voice/1001/calls"] == 3
+
+
+async def test_dropped_connection_retries_get_but_not_call(fake):
+    fake.script["/omni/voice/1001/call"] = ["drop"]
+    fake.script["/omni/voice/1001/calls"] = ["drop"]
+    async with client_for(fake, retries=2) as c:
+        await c.authorize()
+        with pytest.raises(PlatformConnectionError, match="connection failed"):
+            await c.call("555", outbound_cli="1", unique_id="u")
+        assert len(await c.active_calls()) == 1
+    assert fake.hits["POST /omni/voice/1001/call"] == 1
+    assert fake.hits["GET /omni/voice/1001/calls"] == 2
 
 
 async def test_connection_refused_is_retried_even_for_call_then_fails():
@@ -494,3 +509,79 @@ async def test_closed_client_refuses(fake):
     with pytest.raises(PlatformError, match="closed"):
         await c.archive_leads([1])
 
+
+
+async def test_from_launch_params(fake):
+    from softphone.params import load_params
+
+    params = load_params(None, flags={
+        "auth_key": KEY, "server": "pbx.invalid", "turn_port": "3478", "customer_id": "1", "user_id": "1001",
+        "username": "agent1", "password": PASSWORD, "expire_date": "2099-01-01T00:00:00+00:00",
+        "api_url": fake.url})
+    async with PlatformClient.from_params(params, backoff=0.01) as c:
+        assert c.user_id == 1001 and c.base_url == fake.url
+        assert (await c.hold(3)).success
+    assert fake.hits["POST /omni/voice/1001/calls/3/hold"] == 1
+
+
+# --- the token cache on its own -----------------------------------------------------------
+
+
+async def test_token_cache_single_flight_and_stale_rejection():
+    from softphone.log import Secret
+    from softphone.platform.auth import TokenCache, TokenState
+    from softphone.platform.models import Token
+
+    issued = []
+
+    async def authorize():
+        await asyncio.sleep(0)
+        issued.append(Token(1, "a", Secret(f"tok-{len(issued)}-xyz"),
+                            dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)))
+        return issued[-1]
+
+    cache = TokenCache(authorize)
+    assert cache.state is TokenState.EMPTY
+    tokens = await asyncio.gather(*(cache.get() for _ in range(10)))
+    assert len(issued) == 1 and all(t is issued[0] for t in tokens)
+    assert cache.state is TokenState.VALID
+    # two requests fail with the same token at once: one refresh, both get the new token
+    fresh = await asyncio.gather(cache.refresh_after_rejection(issued[0]), cache.refresh_after_rejection(issued[0]))
+    assert len(issued) == 2 and fresh[0] is fresh[1] is issued[1]
+    assert "tok-" not in repr(cache)
+
+
+async def test_token_without_expiry_is_used_until_rejected():
+    from softphone.log import Secret
+    from softphone.platform.auth import TokenCache, TokenState
+    from softphone.platform.models import Token
+
+    count = 0
+
+    async def authorize():
+        nonlocal count
+        count += 1
+        return Token(1, "a", Secret("tok-no-expiry"), None)
+
+    cache = TokenCache(authorize)
+    await cache.get()
+    await cache.get()
+    assert count == 1 and cache.state is TokenState.VALID
+
+
+async def test_short_lived_token_margin_is_a_tenth_of_its_life():
+    from softphone.log import Secret
+    from softphone.platform.auth import TokenCache, TokenState
+    from softphone.platform.models import Token
+
+    now = [dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)]
+
+    async def authorize():
+        return Token(1, "a", Secret("tok-short-1"), now[0] + dt.timedelta(seconds=100))
+
+    cache = TokenCache(authorize, clock=lambda: now[0])
+    await cache.get()
+    now[0] += dt.timedelta(seconds=89)
+    assert cache.state is TokenState.VALID  # a 60 s margin would already have expired it
+    now[0] += dt.timedelta(seconds=2)
+    assert cache.state is TokenState.EXPIRED

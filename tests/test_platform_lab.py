@@ -217,8 +217,9 @@ async def test_404_unknown_user_call_campaign(lab):
         assert info.value.status == 404
         with pytest.raises(PlatformNotFoundError, match="user_id 9999"):
             await c.logout(user_id=9999)
+        await c.logout()
         with pytest.raises(PlatformNotFoundError, match="campaign_id 77"):
-            await c.logout() and await c.login(77, "9001")
+            await c.login(77, "9001")
 
 
 async def test_403_token_of_another_user_is_an_auth_error(lab):

@@ -98,8 +98,9 @@ def _batch_line(b: BatchOutcome, total: int) -> str:
 
 def _totals_line(report: ArchiveReport) -> str:
     t = report.totals
+    unconfirmed = f" unconfirmed={t['batches_unconfirmed']}" if t["batches_unconfirmed"] else ""
     return (f"total: {t['ids']} ids in {len(report.batches)} batches: ok={t['batches_ok']} "
-            f"failed={t['batches_failed']} skipped={t['batches_skipped']}; select={t['select_count']} "
+            f"failed={t['batches_failed']} skipped={t['batches_skipped']}{unconfirmed}; select={t['select_count']} "
             f"insert={t['insert_count']} update={t['update_count']} delete={t['delete_count']}")
 
 
