@@ -65,6 +65,8 @@ _PHONE_RE = re.compile(r"^\+?[0-9]{3,18}$")
 _CLI_RE = re.compile(r"^\+?[0-9]{1,20}$")
 _EXTENSION_RE = re.compile(r"^[0-9A-Za-z_.-]{1,20}$")
 _MAX_TEXT = 64
+#: ids are INT UNSIGNED columns
+MAX_ID = 2**32 - 1
 
 LAB_KEY: web.AppKey[Lab] = web.AppKey("lab")
 
@@ -86,8 +88,8 @@ def _int_field(body: dict[str, Any], name: str, *, required: bool = True) -> int
         if required:
             raise _bad(f"{name} is required")
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise _bad(f"{name} must be a non-negative integer")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_ID:
+        raise _bad(f"{name} must be an integer from 0 to {MAX_ID}")
     return value
 
 
@@ -160,7 +162,12 @@ async def error_middleware(request: web.Request, handler: Callable) -> web.Strea
         return _omni_error(exc.status, exc.detail)
     except LeadRequestError as exc:
         return web.json_response(exc.as_json(), status=400)
-    except web.HTTPException:
+    except web.HTTPException as exc:
+        # unknown paths and methods under the API answer JSON like every other error
+        if exc.status >= 400 and (vicidial or request.path.startswith("/omni/")):
+            if vicidial:
+                return web.json_response({"message": exc.reason.lower()}, status=exc.status)
+            return _omni_error(exc.status, exc.reason.lower())
         raise
     except asyncio.CancelledError:
         raise
@@ -219,8 +226,8 @@ async def json_body(request: web.Request, *, required: bool = True) -> dict[str,
 
 def _path_int(request: web.Request, name: str) -> int:
     raw = request.match_info.get(name, "")
-    if not raw.isdigit() or len(raw) > 10:
-        raise _bad(f"{name} must be a non-negative integer")
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 10 or int(raw) > MAX_ID:
+        raise _bad(f"{name} must be an integer from 0 to {MAX_ID}")
     return int(raw)
 
 
@@ -593,7 +600,7 @@ async def connect_calls(request: web.Request) -> web.Response:
     if ids is None:
         raise _bad("call_ids is required")
     if (not isinstance(ids, list) or len(ids) != 2
-            or any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in ids)):
+            or any(not isinstance(i, int) or isinstance(i, bool) or not 0 <= i <= MAX_ID for i in ids)):
         raise _bad("call_ids must be a list of exactly 2 call ids (integers)")
     if ids[0] == ids[1]:
         raise _bad("call_ids must name two different calls")

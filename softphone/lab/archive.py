@@ -48,6 +48,8 @@ from softphone.log import get_logger
 log = get_logger(__name__)
 
 MAX_LEAD_IDS = 500
+#: lead_id is INT(9) UNSIGNED in VICIdial
+MAX_LEAD_ID = 4294967295
 SUCCESS_MESSAGE = "lead_ids batch was successfully processed"
 LIST = "vicidial_list"
 ARCHIVE = "vicidial_list_archive"
@@ -178,6 +180,10 @@ class LeadArchive:
         return await self.process(body, Direction.DEARCHIVE)
 
     async def _locked_ids(self, tx: Tx, table: str, ids: tuple[int, ...]) -> set[int]:
+        # ids outside lead_id's column range cannot exist (and would overflow the driver)
+        ids = tuple(i for i in ids if 0 <= i <= MAX_LEAD_ID)
+        if not ids:
+            return set()
         rows = await tx.fetchall(
             f"SELECT lead_id FROM {table} WHERE lead_id IN ({placeholders(len(ids))}) ORDER BY lead_id"
             + tx.dialect.for_update, ids)
@@ -194,6 +200,8 @@ class LeadArchive:
         if missing:
             raise LeadRequestError("lead_ids does not exist", missing)
         result = ArchiveResult(direction=direction, select_count=len(found), lead_ids=list(ids))
+        ids = tuple(i for i in ids if i in found)  # all of them; now known to fit the column
+        ph = placeholders(len(ids))
         src, dst = direction.source, direction.target
         cols = lead_column_list()
         await self._step("selected")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -164,7 +165,10 @@ class Database(abc.ABC):
             for stmt in schema_statements(self.dialect.name):
                 await tx.execute(stmt)
 
-        await self.run_transaction(create)
+        with warnings.catch_warnings():
+            # MariaDB warns "table already exists" for every IF NOT EXISTS on a restart
+            warnings.simplefilter("ignore")
+            await self.run_transaction(create)
 
 
 def placeholders(n: int) -> str:
