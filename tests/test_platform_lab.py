@@ -550,3 +550,11 @@ def test_cli_wait_gives_up_after_max_wait(tmp_path):
                         "--poll-interval", "0.01", "--max-wait", "0.05")
     assert res.exit_code == 1
     assert "max-wait" in res.stderr
+
+
+def test_cli_debug_trace_shows_requests_not_secrets(tmp_path):
+    with LabThread(db_url="sqlite:///:memory:") as lab:
+        res = leads_cli("archive", "--ids", "1,2", "--server", lab.url, "--debug")
+    assert res.exit_code == 0, res.output
+    assert "POST /vicidial/leads/archive -> 200 in" in res.stderr
+    assert KEY not in res.output

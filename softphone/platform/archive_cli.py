@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+import warnings
 from typing import Any
 
 import click
@@ -109,8 +110,12 @@ def run_command(operation: Operation, *, source: str | None, ids: tuple[str, ...
                 server: str | None, api_url: str | None, auth_key: str | None, ca_file: str | None,
                 insecure: bool, paths_file: str | None, report: str | None, dry_run: bool,
                 wait_outside_office_hours: bool, poll_interval: float, max_wait: float | None,
-                batch_size: int, timeout: float, retries: int) -> None:
+                batch_size: int, timeout: float, retries: int, debug: bool = False) -> None:
     """Body shared by both commands (click has parsed and typed the options)."""
+    if debug:
+        from softphone.log import setup_logging
+
+        setup_logging(debug_console=True)
     if operation is Operation.DEARCHIVE and no_update:
         raise click.UsageError("--no-update does not apply to dearchive: dearchive has no update step "
                                "(it inserts back into vicidial_list, then deletes from the archive)")
@@ -161,8 +166,10 @@ def run_command(operation: Operation, *, source: str | None, ids: tuple[str, ...
     base = _base_url(server, api_url)
     try:
         paths = PlatformPaths.load(paths_file)
-        client = PlatformClient(base, Secret(auth_key), ca_file=ca_file, insecure=insecure, timeout=timeout,
-                                retries=retries, paths=paths)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # --insecure is announced by the client's log warning
+            client = PlatformClient(base, Secret(auth_key), ca_file=ca_file, insecure=insecure,
+                                    timeout=timeout, retries=retries, paths=paths)
     except ConfigurationError as exc:
         click.echo(f"softphone: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)
@@ -177,7 +184,7 @@ def run_command(operation: Operation, *, source: str | None, ids: tuple[str, ...
         click.echo(f"softphone: stopped: {final.stop_reason}", err=True)
     if not final.ok:
         failed = [b for b in final.batches if b.status is BatchStatus.FAILED]
-        if failed:
+        if failed and final.state is not JobState.STOPPED:
             click.echo(f"softphone: {len(failed)} batch(es) failed; first: {failed[0].message}", err=True)
         sys.exit(EXIT_FAILED)
 
@@ -270,6 +277,8 @@ def common_options(func: Any) -> Any:
                      metavar="S", help="seconds to wait for each answer"),
         click.option("--retries", type=click.IntRange(0, 10), default=2, show_default=True,
                      help="retries after a lost connection, timeout or 502/503/504 (archive is idempotent)"),
+        click.option("--debug", is_flag=True, help="debug trace on stderr (each request: method, path, status, "
+                                                   "latency; secrets redacted)"),
     ]
     for option in reversed(options):
         func = option(func)

@@ -254,8 +254,7 @@ class PlatformClient:
                 if not may_retry or attempt > self.retries:
                     raise exc.error from None
                 delay = self.backoff * (2 ** (attempt - 1))
-                log.info("%s %s: %s; retry %d/%d in %.2fs", endpoint.method, path, exc.error.message,
-                         attempt, self.retries, delay)
+                log.info("%s; retry %d/%d in %.2fs", exc.error.message, attempt, self.retries, delay)
                 await asyncio.sleep(delay)
 
     async def _send(self, endpoint: Endpoint, path: str, body: Any, token: Token | None) -> Any:
