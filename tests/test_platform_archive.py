@@ -7,7 +7,10 @@ exactly; the same job runs against the real lab in test_platform_lab.py.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import ipaddress
 import json
+import ssl
 
 import pytest
 from click.testing import CliRunner
@@ -368,3 +371,85 @@ async def test_cli_ctrl_c_stops_after_current_batch_and_writes_report(tmp_path, 
         assert [b["status"] for b in data["batches"]] == ["ok", "unconfirmed", "skipped"]
         assert "re-running these ids is safe" in data["batches"][1]["message"]
         assert data["totals"]["insert_count"] == 500
+
+
+# --- CLI TLS options against an https loopback server ------------------------------------------
+
+
+def _self_signed(tmp_path):
+    """A self-signed certificate for 127.0.0.1: (server SSL context, PEM file)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "softphone test")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert_file, key_file)
+    return ctx, cert_file
+
+
+def test_cli_tls_verified_by_default_ca_file_and_insecure(tmp_path):
+    import threading
+
+    from aiohttp import web
+
+    ctx, cert_file = _self_signed(tmp_path)
+    received: list[list[int]] = []
+
+    async def archive(request: web.Request) -> web.Response:
+        ids = (await request.json())["lead_ids"]
+        received.append(ids)
+        n = len(ids)
+        return web.json_response({"message": "lead_ids batch was successfully processed", "select_count": n,
+                                  "insert_count": n, "update_count": 0, "delete_count": n})
+
+    ready, url = threading.Event(), []
+
+    async def serve(stop: asyncio.Event):
+        app = web.Application()
+        app.router.add_post("/vicidial/leads/archive", archive)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
+        await site.start()
+        url.append(f"https://127.0.0.1:{site._server.sockets[0].getsockname()[1]}")
+        holder.append((asyncio.get_running_loop(), stop))
+        ready.set()
+        await asyncio.wait_for(stop.wait(), 120)
+        await runner.cleanup()
+
+    holder: list = []
+    thread = threading.Thread(target=lambda: asyncio.run(serve(asyncio.Event())), daemon=True)
+    thread.start()
+    assert ready.wait(30)
+    try:
+        env = {"SOFTPHONE_AUTH_KEY": "tls-test-key"}
+        res = run_cli("archive", "--ids", "1,2", "--server", url[0], env=env)
+        assert res.exit_code == 1
+        assert "not trusted" in res.stderr and "--ca-file" in res.stderr
+        res = run_cli("archive", "--ids", "1,2", "--server", url[0], "--ca-file", str(cert_file), env=env)
+        assert res.exit_code == 0, res.output
+        res = run_cli("archive", "--ids", "3", "--server", url[0], "--insecure", env=env)
+        assert res.exit_code == 0, res.output
+        assert "verification is OFF" in res.stderr
+        assert run_cli("archive", "--ids", "3", "--server", url[0], "--insecure", "--ca-file", str(cert_file),
+                       env=env).exit_code == 2
+    finally:
+        loop, stop = holder[0]
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(30)
+    assert received == [[1, 2], [3]]
