@@ -224,6 +224,12 @@ class PlatformClient:
 
         Public so API tests can send what the typed methods would refuse.
         """
+        body, _attempts = await self._request(name, body, retry_safe=retry_safe, **path_values)
+        return body
+
+    async def _request(self, name: str, body: Any = None, *, retry_safe: bool | None = None,
+                       **path_values: Any) -> tuple[Any, int]:
+        """(decoded answer, attempts the last send took)."""
         endpoint = self.paths[name]
         path = endpoint.path(**path_values)
         safe = (name in RETRY_SAFE or endpoint.method == "GET") if retry_safe is None else retry_safe
@@ -240,15 +246,12 @@ class PlatformClient:
         return await self._send_with_retries(endpoint, path, body, token, safe)
 
     async def _send_with_retries(self, endpoint: Endpoint, path: str, body: Any, token: Token | None,
-                                 safe: bool) -> Any:
+                                 safe: bool) -> tuple[Any, int]:
         attempt = 0
         while True:
             attempt += 1
             try:
-                result = await self._send(endpoint, path, body, token)
-                if isinstance(result, dict) and attempt > 1:
-                    result.setdefault("_attempts", attempt)
-                return result
+                return await self._send(endpoint, path, body, token), attempt
             except _Retryable as exc:
                 may_retry = exc.before_send or safe
                 if not may_retry or attempt > self.retries:
@@ -364,7 +367,10 @@ class PlatformClient:
         return self.user_id
 
     async def _obj(self, name: str, body: Any = None, **path_values: Any) -> dict[str, Any]:
-        data = await self.request(name, body, **path_values)
+        return self._dict(await self.request(name, body, **path_values), name)
+
+    @staticmethod
+    def _dict(data: Any, name: str) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise PlatformServerError(f"{name}: answer is not a JSON object")
         return data
@@ -502,8 +508,8 @@ class PlatformClient:
                 "delete_leads": delete_leads, "lead_ids": ids}
         if validate:
             self._check_flags(body)
-        data = await self._obj("lead_archive", body)
-        return ArchiveResult.from_json(data, "lead_archive", attempts=int(data.get("_attempts", 1)))
+        data, attempts = await self._request("lead_archive", body)
+        return ArchiveResult.from_json(self._dict(data, "lead_archive"), "lead_archive", attempts=attempts)
 
     async def dearchive_leads(self, lead_ids: Iterable[int], *, insert_leads: Any = True,
                               delete_leads: Any = True, validate: bool = True) -> ArchiveResult:
@@ -512,8 +518,8 @@ class PlatformClient:
         body = {"insert_leads": insert_leads, "delete_leads": delete_leads, "lead_ids": ids}
         if validate:
             self._check_flags(body)
-        data = await self._obj("lead_dearchive", body)
-        return ArchiveResult.from_json(data, "lead_dearchive", attempts=int(data.get("_attempts", 1)))
+        data, attempts = await self._request("lead_dearchive", body)
+        return ArchiveResult.from_json(self._dict(data, "lead_dearchive"), "lead_dearchive", attempts=attempts)
 
     @staticmethod
     def _check_flags(body: Mapping[str, Any]) -> None:
