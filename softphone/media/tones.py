@@ -319,7 +319,7 @@ class DtmfDecoder:
         """End of stream: report a digit still held."""
         done: list[DtmfDigit] = []
         if self.state is DtmfState.TONE:
-            self._finish(done)
+            self._finish(done, at_end=True)
         return done
 
     def _step(self, digit: str | None, index: int, done: list[DtmfDigit]) -> None:
@@ -356,10 +356,14 @@ class DtmfDecoder:
         self._pending_start.append((digit, self._centre_seconds(first) - self.hop / 2 / self.rate))
         log.debug("DTMF %s started at %.3f s", digit, self._centre_seconds(first))
 
-    def _finish(self, done: list[DtmfDigit]) -> None:
+    def _finish(self, done: list[DtmfDigit], at_end: bool = False) -> None:
+        """Close the held digit; at the end of the stream it lasted to its last window's end."""
         assert self._digit is not None
         start = self._centre_seconds(self._digit_first) - self.hop / 2 / self.rate
-        end = self._centre_seconds(self._digit_last) + self.hop / 2 / self.rate
+        if at_end:
+            end = (self._digit_last + self.window) / self.rate
+        else:
+            end = self._centre_seconds(self._digit_last) + self.hop / 2 / self.rate
         done.append(DtmfDigit(self._digit, max(0.0, start), end - max(0.0, start)))
         log.debug("DTMF %s ended, %.1f ms", self._digit, (end - start) * 1000)
         self.state = DtmfState.IDLE
