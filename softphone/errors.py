@@ -104,6 +104,16 @@ class AiortcCompatibilityError(MediaError):
     """The installed aiortc lacks internals a media hook relies on (version mismatch)."""
 
 
+class DescriptionError(MediaError, SipError):
+    """The media layer cannot make or use a session description (bad SDP, no common
+    codec, closed handler).  Also a SipError, so sessions answer it like any
+    unusable description (488) without knowing about media."""
+
+
+class IceGatheringError(IceError, DescriptionError):
+    """No usable local description: ICE gathering timed out or got no relay candidate."""
+
+
 # --- platform REST API ----------------------------------------------------------
 
 
