@@ -69,6 +69,7 @@ _MAX_TEXT = 64
 MAX_ID = 2**32 - 1
 
 LAB_KEY: web.AppKey[Lab] = web.AppKey("lab")
+TOKEN_USER: web.RequestKey[int] = web.RequestKey("token_user_id", int)
 
 
 def iso(ts: float | None) -> str | None:
@@ -194,7 +195,7 @@ async def auth_middleware(request: web.Request, handler: Callable) -> web.Stream
             user_id = await lab.store.token_user(token, lab.clock()) if token else None
             if user_id is None:
                 return _omni_error(401, "invalid or expired token")
-            request["token_user_id"] = user_id
+            request[TOKEN_USER] = user_id
     return await handler(request)
 
 
@@ -238,7 +239,7 @@ async def path_user(request: web.Request) -> User:
     user = await lab.store.user(user_id)
     if user is None:
         raise LabApiError(404, f"unknown user_id {user_id}")
-    if request.get("token_user_id") != user_id:
+    if request.get(TOKEN_USER) != user_id:
         raise LabApiError(403, f"token does not belong to user_id {user_id}")
     return user
 
