@@ -1,0 +1,220 @@
+"""SIP benchmark: N user agents registering to a real Kamailio from one process.
+
+Starts its own Kamailio with the tests/peers launcher (or uses ``--ws-url``
+with ``--domain`` and ``--password``), then starts ``--n`` user agents
+(default 100, up to 500), each opening its own WebSocket and registering with
+digest authentication, ``--concurrency`` at a time.  Reports registrations per
+second, p50/p95/max latency of connect and of REGISTER (challenge + retry
+included), CPU seconds per registration for this process (``getrusage``) and
+for Kamailio (``/proc``), then un-registers everyone.  If SIP-A's parser
+benchmark (``bench/sip_parse.py``) is present, it runs first.  No asserts:
+this measures.
+
+    python bench/sip.py --n 200 --concurrency 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from softphone.sip.timers import Timers  # noqa: E402
+from softphone.sip.transport import KeepAlive, KeepAliveMode, Reconnect  # noqa: E402
+from softphone.sip.user_agent import UserAgent, UserAgentConfig  # noqa: E402
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def process_tree_cpu(pid: int) -> float | None:
+    """User+system CPU seconds of ``pid`` and its children (Kamailio forks workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    try:
+        pids = {pid}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[1]) == pid:
+                    pids.add(int(entry.name))
+        for p in pids:
+            try:
+                fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / tick
+    except OSError:
+        return None
+    return total
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def run_parse_benchmark() -> None:
+    """SIP-A's parser benchmark, if it is in the tree (import guarded)."""
+    try:
+        module = importlib.import_module("bench.sip_parse")
+    except ImportError:
+        print("(bench/sip_parse.py not present: parser benchmark skipped)")
+        return
+    for name in ("run", "benchmark", "bench", "main"):
+        fn = getattr(module, name, None)
+        if callable(fn):
+            print(f"--- parser benchmark (bench/sip_parse.py:{name}) ---")
+            try:
+                fn()
+            except SystemExit:
+                pass
+            except Exception as exc:  # a broken sibling benchmark must not stop this one
+                print(f"parser benchmark failed: {exc}")
+            print()
+            return
+    print("(bench/sip_parse.py has no run/benchmark/main function: skipped)")
+
+
+def start_kamailio(users: dict[str, str]):
+    """A Kamailio from the tests/peers launcher, with ``users`` provisioned."""
+    try:
+        launcher = importlib.import_module("tests.peers.kamailio")
+    except ImportError as exc:
+        raise SystemExit(
+            f"tests/peers Kamailio launcher not importable ({exc}); pass --ws-url, --domain and --password"
+        ) from exc
+    for name in ("start_kamailio", "launch", "start"):
+        fn = getattr(launcher, name, None)
+        if callable(fn):
+            return fn(users=users)
+    cls = getattr(launcher, "Kamailio", None) or getattr(launcher, "KamailioPeer", None)
+    if cls is None:
+        raise SystemExit("tests/peers/kamailio.py exposes no launcher this benchmark knows")
+    instance = cls(users=users)
+    started = instance.start()
+    return started if started is not None else instance
+
+
+async def register_one(ws_url: str, domain: str, ext: str, password: str, results: dict) -> UserAgent | None:
+    ua = UserAgent(UserAgentConfig(
+        ws_url=ws_url, aor=f"sip:{ext}@{domain}", password=password, register=False,
+        keep_alive=KeepAlive(KeepAliveMode.NONE), reconnect=Reconnect(enabled=False),
+        timers=Timers(), connect_timeout=30.0))
+    t0 = time.perf_counter()
+    try:
+        await ua.start()
+        t1 = time.perf_counter()
+        await ua.registerer.register()
+        t2 = time.perf_counter()
+    except Exception as exc:
+        results["errors"].append(f"{ext}: {exc}")
+        await ua.stop()
+        return None
+    results["connect"].append(t1 - t0)
+    results["register"].append(t2 - t1)
+    return ua
+
+
+async def run(args: argparse.Namespace) -> None:
+    n = args.n
+    extensions = [str(args.first_extension + i) for i in range(n)]
+    kam = None
+    if args.ws_url:
+        ws_url, domain = args.ws_url, args.domain
+        passwords = dict.fromkeys(extensions, args.password)
+    else:
+        wanted = {ext: f"pw-{ext}-bench" for ext in extensions}
+        kam = start_kamailio(wanted)
+        ws_url, domain = kam.ws_url, kam.domain
+        passwords = {ext: kam.users.get(ext, wanted[ext]) for ext in extensions}
+    kam_pid = getattr(kam, "pid", None)
+    try:
+        results: dict = {"connect": [], "register": [], "errors": []}
+        semaphore = asyncio.Semaphore(args.concurrency)
+
+        async def bounded(ext: str):
+            async with semaphore:
+                return await register_one(ws_url, domain, ext, passwords[ext], results)
+
+        kam_cpu0 = process_tree_cpu(kam_pid) if kam_pid else None
+        cpu0, wall0 = cpu_seconds(), time.perf_counter()
+        agents = await asyncio.gather(*(bounded(ext) for ext in extensions))
+        wall, cpu = time.perf_counter() - wall0, cpu_seconds() - cpu0
+        kam_cpu = (process_tree_cpu(kam_pid) - kam_cpu0) if kam_cpu0 is not None else None
+        ok = [a for a in agents if a is not None]
+
+        unreg0 = time.perf_counter()
+        await asyncio.gather(*(a.stop() for a in ok), return_exceptions=True)
+        unreg_wall = time.perf_counter() - unreg0
+    finally:
+        if kam is not None and hasattr(kam, "stop"):
+            kam.stop()
+
+    registered = len(ok)
+    print(f"SIP registration benchmark: {n} user agents, concurrency {args.concurrency}, one process")
+    print(f"{'metric':<38}{'value':>14}")
+    rows = [
+        ("registered / attempted", f"{registered}/{n}"),
+        ("wall time (s)", f"{wall:.3f}"),
+        ("registrations per second", f"{registered / wall:.1f}" if wall else "n/a"),
+        ("connect latency p50 (ms)", f"{percentile(results['connect'], 0.5) * 1000:.1f}"),
+        ("connect latency p95 (ms)", f"{percentile(results['connect'], 0.95) * 1000:.1f}"),
+        ("REGISTER latency p50 (ms)", f"{percentile(results['register'], 0.5) * 1000:.1f}"),
+        ("REGISTER latency p95 (ms)", f"{percentile(results['register'], 0.95) * 1000:.1f}"),
+        ("REGISTER latency max (ms)", f"{max(results['register'], default=float('nan')) * 1000:.1f}"),
+        ("REGISTER latency mean (ms)",
+         f"{statistics.fmean(results['register']) * 1000:.1f}" if results["register"] else "n/a"),
+        ("client CPU s per registration", f"{cpu / max(1, registered):.5f}"),
+        ("Kamailio CPU s per registration",
+         f"{kam_cpu / max(1, registered):.5f}" if kam_cpu is not None else "n/a"),
+        ("un-REGISTER + close all (s)", f"{unreg_wall:.3f}"),
+        ("load average (1 min)", f"{os.getloadavg()[0]:.2f}"),
+    ]
+    for name, value in rows:
+        print(f"{name:<38}{value:>14}")
+    if results["errors"]:
+        print(f"\n{len(results['errors'])} failures, first ones:")
+        for line in results["errors"][:5]:
+            print(f"  {line}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=100, help="user agents (1-500, default 100)")
+    parser.add_argument("--concurrency", type=int, default=50, help="registrations in flight at once")
+    parser.add_argument("--first-extension", type=int, default=2001)
+    parser.add_argument("--ws-url", help="use this registrar instead of starting Kamailio")
+    parser.add_argument("--domain", default="127.0.0.1")
+    parser.add_argument("--password", default="", help="password of every extension with --ws-url")
+    parser.add_argument("--skip-parse", action="store_true", help="do not run bench/sip_parse.py")
+    args = parser.parse_args(argv)
+    if not 1 <= args.n <= 500:
+        parser.error("--n must be between 1 and 500")
+    if args.concurrency < 1:
+        parser.error("--concurrency must be >= 1")
+    if not args.skip_parse:
+        run_parse_benchmark()
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
