@@ -267,6 +267,8 @@ def test_cli_ids_option_and_batch_size(tmp_path):
      (["archive", "--ids", "1"], "no system key"),
      (["archive", "--ids", "1", "--auth-key", "k"], "no server"),
      (["archive", "--ids", "1", "--poll-interval", "1"], "--wait-outside-office-hours"),
+     (["archive", "--ids", "1", "--poll-interval", "60"], "--wait-outside-office-hours"),
+     (["archive", "--ids", "1", "--max-wait", "5"], "--wait-outside-office-hours"),
      (["archive", "--ids", "1", "--no-insert", "--no-update", "--no-delete"], "nothing to do"),
      (["archive", "--ids", "1", "--ids-file", "/nonexistent/ids"], "cannot read"),
      (["archive", "oops"], "unexpected argument"),

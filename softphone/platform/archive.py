@@ -11,7 +11,8 @@ A failed batch does not stop the job when the failure concerns that batch
 the same way (401 credentials, 403 office hours, connection lost, timeout).
 Archive is refused during office hours (403): the job then stops, or with
 ``wait_office_hours`` re-sends the batch every ``poll_interval`` until the
-server accepts it or ``max_wait`` has passed.  A stop request (Ctrl-C) ends
+server accepts it or ``max_wait`` seconds of waiting (in total, over the whole
+job) have passed.  A stop request (Ctrl-C) ends
 the job after the batch in flight.
 """
 
@@ -233,6 +234,7 @@ class ArchiveJob:
         self.wait_office_hours = wait_office_hours
         self.poll_interval = poll_interval
         self.max_wait = max_wait
+        self.waited = 0.0  # seconds spent waiting for office hours to end, whole job
         self.on_batch = on_batch
         self.on_wait = on_wait
         self._sleep = sleep
@@ -300,7 +302,6 @@ class ArchiveJob:
     async def _send(self, batch: BatchOutcome) -> str:
         """Send one batch, recording its outcome; a non-empty return stops the job."""
         assert self.client is not None
-        waited_since: float | None = None
         while True:
             try:
                 if self.operation is Operation.ARCHIVE:
@@ -313,11 +314,9 @@ class ArchiveJob:
                     batch.status = BatchStatus.FAILED
                     return ("refused during office hours (403); run outside office hours or pass "
                             "--wait-outside-office-hours")
-                now = self._clock()
-                waited_since = now if waited_since is None else waited_since
-                if self.max_wait is not None and now - waited_since >= self.max_wait:
+                if self.max_wait is not None and self.waited >= self.max_wait:
                     batch.status = BatchStatus.FAILED
-                    return f"still office hours after waiting {now - waited_since:.0f}s (max-wait)"
+                    return f"still office hours after waiting {self.waited:.0f}s (max-wait {self.max_wait:g}s)"
                 if self._stop.is_set():
                     batch.status = BatchStatus.SKIPPED
                     return "stopped on request while waiting for office hours to end"
@@ -325,7 +324,9 @@ class ArchiveJob:
                 self._move(JobState.WAITING_OFFICE_HOURS)
                 if self.on_wait:
                     self.on_wait(batch, self.poll_interval)
+                started = self._clock()
                 await self._wait(self.poll_interval)
+                self.waited += self._clock() - started
                 continue
             except PlatformValidationError as exc:
                 batch.status, batch.http_status, batch.message = BatchStatus.FAILED, exc.status, exc.message

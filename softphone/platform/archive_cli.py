@@ -121,7 +121,10 @@ def run_command(operation: Operation, *, source: str | None, ids: tuple[str, ...
                                "(it inserts back into vicidial_list, then deletes from the archive)")
     if ca_file and insecure:
         raise click.UsageError("--ca-file and --insecure are exclusive")
-    if (poll_interval != 60.0 or max_wait is not None) and not wait_outside_office_hours:
+    ctx = click.get_current_context()
+    given = {n for n in ("poll_interval", "max_wait")
+             if ctx.get_parameter_source(n) is not click.core.ParameterSource.DEFAULT}
+    if given and not wait_outside_office_hours:
         raise click.UsageError("--poll-interval/--max-wait only make sense with --wait-outside-office-hours")
     if not 1 <= batch_size <= MAX_ARCHIVE_IDS:
         raise click.BadParameter(f"must be 1..{MAX_ARCHIVE_IDS}", param_hint="--batch-size")
@@ -270,7 +273,7 @@ def common_options(func: Any) -> Any:
         click.option("--poll-interval", type=click.FloatRange(min=0.001), default=60.0, show_default=True,
                      metavar="S", help="seconds between office-hours retries"),
         click.option("--max-wait", type=click.FloatRange(min=0), default=None, metavar="S",
-                     help="give up waiting for office hours to end after S seconds"),
+                     help="give up after waiting S seconds in total for office hours to end"),
         click.option("--batch-size", type=click.IntRange(1, MAX_ARCHIVE_IDS), default=MAX_ARCHIVE_IDS,
                      show_default=True, help="ids per request (the API takes at most 500)"),
         click.option("--timeout", type=click.FloatRange(min=0.001), default=60.0, show_default=True,
