@@ -76,6 +76,7 @@ def test_parse_ids_accepts_commas_spaces_newlines():
      ("1\n2\n 3.5", "line 3, column 2 (id #3): '3.5'"),
      ("1 0", "(id #2): '0'"),
      ("-4", "'-4'"),
+     ("1 +5", "(id #2): '+5'"),
      ('"5"', "'\"5\"'")],
 )
 def test_parse_ids_names_the_bad_token(text, where):

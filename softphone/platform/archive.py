@@ -44,7 +44,7 @@ from softphone.platform.models import ArchiveResult
 log = get_logger(__name__)
 
 _TOKEN_RE = re.compile(r"[^\s,]+")
-_INT_RE = re.compile(r"^\+?[0-9]+$")
+_INT_RE = re.compile(r"^[0-9]+$")
 COUNT_KEYS = ("select_count", "insert_count", "update_count", "delete_count")
 
 
