@@ -168,3 +168,25 @@ async def test_registerer_rejects_negative_expires_and_terminated_use():
         assert reg.state is RegistererState.TERMINATED
         with pytest.raises(RegistrationError):
             await reg.register()
+
+
+async def test_reregistration_after_reconnect_retries_until_accepted():
+    hub = LoopbackHub(users=dict(USERS))
+    ua = hub_user_agent(hub, "1001")
+    async with ua:
+        failures = []
+
+        def refuse_twice(msg, src):
+            if getattr(msg, "method", None) == "REGISTER" and len(failures) < 2:
+                failures.append(msg)
+                hub.respond(src, msg, 500, "Server Internal Error")
+                return True
+            return False
+
+        hub.interceptors.append(refuse_twice)
+        failed = _events(ua, "registration_failed")
+        ua.transport.drop()
+        ua.transport.restore()
+        await _until(lambda: ua.registered)
+        assert len(failures) == 2 and len(failed) == 2
+        assert all(isinstance(f[1], RegistrationError) for f in failed)

@@ -22,7 +22,7 @@ from typing import Any
 from pyee.asyncio import AsyncIOEventEmitter
 
 from softphone import __version__
-from softphone.errors import ConfigurationError, SipError
+from softphone.errors import AuthenticationError, ConfigurationError, SipError
 from softphone.log import Secret, get_logger
 from softphone.sip.core import CoreConfig, UserAgentCore
 from softphone.sip.description_handler import SessionDescriptionHandlerFactory
@@ -201,10 +201,20 @@ class UserAgent(AsyncIOEventEmitter):
             self._spawn(self._reregister())
 
     async def _reregister(self) -> None:
-        try:
-            await self.registerer.register()
-        except SipError as exc:
-            log.warning("re-registration of %s after reconnect failed: %s", self.aor, exc)
+        """Register again on a fresh connection; keep trying (backing off) while connected."""
+        attempt = 0
+        while self.state is UserAgentState.STARTED and self.transport.connected:
+            attempt += 1
+            try:
+                await self.registerer.register()
+                return
+            except SipError as exc:
+                delay = self.config.reconnect.delay(attempt)
+                log.warning("re-registration of %s after reconnect failed (%s); retrying in %.2fs",
+                            self.aor, exc, delay)
+                if isinstance(exc, AuthenticationError):
+                    return  # the credentials are wrong: retrying will not help
+                await asyncio.sleep(delay)
 
     def _on_disconnected(self, reason: str) -> None:
         self.emit("disconnected", reason)
