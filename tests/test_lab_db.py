@@ -1,0 +1,108 @@
+"""Database URLs, the VICIdial schema as created, and the dialect seam."""
+
+from __future__ import annotations
+
+import pytest
+
+from softphone.errors import ConfigurationError
+from softphone.lab.db import MYSQL, SQLITE, make_database, open_database, parse_database_url
+from softphone.lab.schema import LEAD_COLUMN_NAMES, schema_statements
+from softphone.lab.seed import load_seed, make_lead
+from softphone.log import redact
+
+#: VICIdial's vicidial_list columns, in order (extras/MySQL_AST_CREATE_tables.sql).
+VICIDIAL_COLUMNS = (
+    "lead_id entry_date modify_date status user vendor_lead_code source_id list_id gmt_offset_now "
+    "called_since_last_reset phone_code phone_number title first_name middle_initial last_name address1 "
+    "address2 address3 city state province postal_code country_code gender date_of_birth alt_phone email "
+    "security_phrase comments called_count last_local_call_time rank owner entry_list_id"
+).split()
+
+
+def test_sqlite_urls():
+    assert parse_database_url("sqlite:///:memory:").path == ":memory:"
+    assert parse_database_url("sqlite://:memory:").path == ":memory:"
+    assert parse_database_url("sqlite:///lab.db").path == "lab.db"
+    assert parse_database_url("sqlite:////tmp/x/lab.db").path == "/tmp/x/lab.db"
+    assert parse_database_url("sqlite:///lab.db").dialect is SQLITE
+
+
+def test_mysql_url_keeps_password_secret():
+    url = parse_database_url("mysql://lab:s3cr%40t@127.0.0.1:3307/labdb")
+    assert (url.dialect, url.host, url.port, url.user, url.database) == (MYSQL, "127.0.0.1", 3307, "lab", "labdb")
+    assert url.password is not None and url.password.reveal() == "s3cr@t"
+    assert "s3cr" not in url.display and "s3cr" not in repr(make_database(url))
+    assert "s3cr@t" not in redact("password s3cr@t")
+    assert parse_database_url("mariadb://u:p@localhost/db").port == 3306
+
+
+@pytest.mark.parametrize(("url", "fragment"), [
+    ("", "empty"),
+    ("lab.db", "missing scheme"),
+    ("postgres://u:p@h/db", "unsupported scheme 'postgres'"),
+    ("sqlite://", "sqlite needs a file path"),
+    ("sqlite:///", "sqlite needs a file path"),
+    ("mysql://u:p@h:notaport/db", "port is not a number"),
+    ("mysql://u:p@h:3306/", "needs exactly one database name"),
+    ("mysql://u:p@h:3306/a/b", "needs exactly one database name"),
+    ("mysql://h:3306/db", "has no user"),
+])
+def test_bad_urls_are_configuration_errors(url, fragment):
+    with pytest.raises(ConfigurationError, match="database url") as info:
+        parse_database_url(url)
+    assert fragment in str(info.value)
+
+
+def test_schema_has_vicidial_columns_for_both_dialects():
+    assert list(LEAD_COLUMN_NAMES) == VICIDIAL_COLUMNS
+    mysql = schema_statements("mysql")
+    assert "`lead_id` INT(9) UNSIGNED AUTO_INCREMENT PRIMARY KEY NOT NULL" in mysql[0]
+    assert "ENUM('M','F','U')" in mysql[0] and "DECIMAL(4,2)" in mysql[0]
+    assert mysql[1] == "CREATE TABLE IF NOT EXISTS vicidial_list_archive LIKE vicidial_list"
+    assert mysql[2] == "ALTER TABLE vicidial_list_archive MODIFY `lead_id` INT(9) UNSIGNED NOT NULL"
+    assert all("IF NOT EXISTS" in s for s in schema_statements("sqlite") if s.startswith("CREATE"))
+
+
+async def test_sqlite_schema_is_idempotent_and_archive_has_no_autoincrement(tmp_path):
+    url = f"sqlite:///{tmp_path}/lab.db"
+    for _ in range(2):
+        db = await open_database(url)
+        await db.close()
+    db = await open_database(url)
+    try:
+        cols = await db.run_transaction(lambda tx: tx.fetchall("PRAGMA table_info(vicidial_list_archive)"))
+        assert [c[1] for c in cols] == VICIDIAL_COLUMNS
+        sql = await db.run_transaction(lambda tx: tx.fetchone(
+            "SELECT sql FROM sqlite_master WHERE name = 'vicidial_list_archive'"))
+        assert "AUTOINCREMENT" not in sql[0]
+        # CHECK constraints stand in for VICIdial's ENUMs
+        with pytest.raises(Exception, match="CHECK"):
+            await db.run_transaction(lambda tx: tx.execute(
+                "INSERT INTO vicidial_list (lead_id, phone_number, gender) VALUES (1, '1', 'X')"))
+    finally:
+        await db.close()
+
+
+def test_seed_and_sample_leads_are_deterministic():
+    seed = load_seed()
+    assert seed.api_key == "lab-system-key"
+    assert [(u["user_id"], u["user_name"]) for u in seed.users] == [(1001, "agent1"), (1002, "agent2"),
+                                                                   (1003, "agent3")]
+    assert [c["status"] for c in seed.campaigns] == [1, 0]
+    assert [lead["lead_id"] for lead in seed.leads] == list(range(1, 51))
+    assert {lead["list_id"] for lead in seed.leads} == {101}
+    assert make_lead(17) == make_lead(17)
+    assert set(make_lead(17)) == set(VICIDIAL_COLUMNS)
+    assert all(len(make_lead(i)["phone_number"]) <= 18 for i in range(1, 2000))
+
+
+def test_bad_seed_files_are_configuration_errors(tmp_path):
+    path = tmp_path / "seed.json"
+    path.write_text('{"api_key": "k", "users": [{"user_id": "x"}], "campaigns": []}')
+    with pytest.raises(ConfigurationError, match=r"users\[0\].user_id"):
+        load_seed(path)
+    path.write_text("not json")
+    with pytest.raises(ConfigurationError, match="not valid JSON"):
+        load_seed(path)
+    with pytest.raises(ConfigurationError, match="cannot read"):
+        load_seed(tmp_path / "missing.json")
