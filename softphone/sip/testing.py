@@ -340,7 +340,10 @@ def hub_user_agent(hub: LoopbackHub, ext: str, *, password: str | None = None, s
                    **config: Any) -> Any:
     """A :class:`~softphone.sip.user_agent.UserAgent` on ``hub`` with timers scaled for tests."""
     from softphone.sip.timers import Timers
+    from softphone.sip.transport import Reconnect
     from softphone.sip.user_agent import UserAgent, UserAgentConfig
+
+    config.setdefault("reconnect", Reconnect(min_delay=0.01 * scale * 100, max_delay=0.05 * scale * 100))
 
     if password is None and hub.users is not None:
         password = hub.users.get(ext)
