@@ -16,7 +16,7 @@ from media_support import (
     wait_connected,
 )
 
-from softphone.errors import MediaError
+from softphone.errors import DescriptionError, MediaError, SipError
 from softphone.media import sdp as sdpmod
 from softphone.media.handler import (
     NegotiationState,
@@ -25,6 +25,8 @@ from softphone.media.handler import (
 )
 from softphone.media.sdp import Direction
 from softphone.sip.description_handler import Body, DescriptionOptions, SessionDescriptionHandler
+from softphone.sip.session import SessionState
+from softphone.sip.testing import LoopbackHub, hub_user_agent
 
 pytestmark = pytest.mark.peer
 
@@ -326,7 +328,65 @@ async def test_bad_remote_descriptions_are_media_errors(coturn):
         other = WebRtcDescriptionHandler(relay_config(coturn))
         no_mux = (await other.get_description()).content.replace("a=rtcp-mux\r\n", "")
         await other.close()
-        with pytest.raises(MediaError, match="remote offer"):
+        with pytest.raises(MediaError, match="remote offer") as info:
             await a.set_description(Body("application/sdp", no_mux))
+        # the SIP layer answers SipErrors from its handler with 488
+        assert isinstance(info.value, DescriptionError) and isinstance(info.value, SipError)
     finally:
         await a.close()
+
+
+async def test_sip_sessions_drive_webrtc_media(coturn):
+    """The SIP layer's own sessions (in-memory registrar/proxy) with this handler as media."""
+    pytest.importorskip("softphone.sip.message", reason="SIP message parser not landed yet")
+    users = {"1001": "secret-1001", "1002": "secret-1002"}
+    hub = LoopbackHub(users=dict(users))
+    meters: dict[str, ToneMeter] = {}
+
+    def factory(name: str, freq: float) -> WebRtcDescriptionHandlerFactory:
+        return WebRtcDescriptionHandlerFactory(
+            relay_config(coturn, codecs=("PCMU",)), source_factory=lambda session: SineTrack(freq),
+            sinks_factory=lambda session: [meters.setdefault(name, ToneMeter())])
+
+    a = hub_user_agent(hub, "1001", scale=0.1, description_handler_factory=factory("a", 440.0))
+    b = hub_user_agent(hub, "1002", scale=0.1, description_handler_factory=factory("b", 1000.0))
+    await a.start()
+    await b.start()
+    callee_fut = asyncio.get_running_loop().create_future()
+    b.on("invite", lambda invitation: callee_fut.done() or callee_fut.set_result(invitation))
+    try:
+        caller = await asyncio.wait_for(a.call("1002"), 10)
+        callee = await asyncio.wait_for(callee_fut, 5)
+        await callee.wait_established(5)
+        digits: list = []
+        callee.handler.on("dtmf", digits.append)
+        await wait_connected(caller.handler, callee.handler)
+        await meters["b"].wait_frames(25)
+        await meters["a"].wait_frames(25)
+        assert _close_enough(meters["b"].dominant_frequency(), 440.0)
+        assert _close_enough(meters["a"].dominant_frequency(), 1000.0)
+
+        await asyncio.wait_for(caller.hold(), 10)
+        assert caller.handler.local_direction is Direction.SENDONLY
+        assert callee.handler.local_direction is Direction.RECVONLY
+        await asyncio.sleep(0.1)
+        assert await packets_during(caller.handler, 0.4) == 0
+        await asyncio.wait_for(caller.unhold(), 10)
+        assert caller.handler.local_direction is Direction.SENDRECV
+        assert await packets_during(caller.handler, 0.4) > 5
+
+        assert await asyncio.wait_for(caller.send_dtmf("12#"), 10) == "rtp"
+        async def _three():
+            while len(digits) < 3:
+                await asyncio.sleep(0.02)
+        await asyncio.wait_for(_three(), 5)
+        assert [d.digit for d in digits] == ["1", "2", "#"]
+
+        handler = caller.handler
+        await asyncio.wait_for(caller.bye(), 10)
+        assert caller.state is SessionState.TERMINATED
+        await asyncio.sleep(0.1)
+        assert handler.closed and handler.pc.connectionState == "closed"
+    finally:
+        await asyncio.wait_for(a.stop(), 10)
+        await asyncio.wait_for(b.stop(), 10)

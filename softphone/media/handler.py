@@ -26,7 +26,7 @@ from aiortc import RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from pyee.asyncio import AsyncIOEventEmitter
 
-from softphone.errors import MediaError
+from softphone.errors import DescriptionError, MediaError
 from softphone.log import get_logger
 from softphone.media import sdp as sdpmod
 from softphone.media.config import MediaConfig
@@ -124,7 +124,7 @@ class WebRtcDescriptionHandler(SessionDescriptionHandler, AsyncIOEventEmitter):
             self._configure_dtmf()
         else:
             if self.state is NegotiationState.HAVE_LOCAL_OFFER:
-                raise MediaError("get_description: an offer is already pending its answer")
+                raise DescriptionError("get_description: an offer is already pending its answer")
             self.transceiver.direction = self._offer_direction().value
             offer = await self._aiortc("create offer", pc.createOffer())
             local = await set_local_description(pc, offer, self.config)
@@ -142,7 +142,7 @@ class WebRtcDescriptionHandler(SessionDescriptionHandler, AsyncIOEventEmitter):
     async def set_description(self, body: Body, options: DescriptionOptions | None = None) -> None:
         self._check_open()
         if not self.has_description(body.content_type):
-            raise MediaError(f"set_description: unsupported content type {body.content_type!r}")
+            raise DescriptionError(f"set_description: unsupported content type {body.content_type!r}")
         text = body.content
         parsed = sdpmod.SessionDescription.parse(text)
         audio = parsed.audio()
@@ -273,23 +273,23 @@ class WebRtcDescriptionHandler(SessionDescriptionHandler, AsyncIOEventEmitter):
 
     def _move(self, state: NegotiationState) -> None:
         if self.state is NegotiationState.CLOSED and state is not NegotiationState.CLOSED:
-            raise MediaError("description handler is closed")
+            raise DescriptionError("description handler is closed")
         if state is not self.state:
             log.debug("negotiation %s -> %s", self.state.value, state.value)
             self.state = state
 
     def _check_open(self) -> None:
         if self.closed:
-            raise MediaError("description handler is closed")
+            raise DescriptionError("description handler is closed")
 
     async def _aiortc(self, what: str, coro):
-        """Run an aiortc step; its ValueError/InvalidStateError become MediaError naming the step."""
+        """Run an aiortc step; its ValueError/InvalidStateError become DescriptionError naming the step."""
         try:
             return await coro
         except MediaError:
             raise
         except Exception as exc:
-            raise MediaError(f"{what}: {type(exc).__name__}: {exc}") from exc
+            raise DescriptionError(f"{what}: {type(exc).__name__}: {exc}") from exc
 
     def _offer_direction(self) -> Direction:
         """SIP.js hold semantics: sendonly, or inactive if the far end is not sending to us."""

@@ -4,7 +4,7 @@ SIP carries one offer and one answer per exchange and no trickle ICE, so a
 local description is only usable once ICE gathering is complete.  aiortc's
 ``setLocalDescription`` already gathers before returning; this module bounds
 that with the configured gathering timeout (5 s, as SIP.js) and turns a stuck
-TURN server into :class:`~softphone.errors.IceError`.
+TURN server into :class:`~softphone.errors.IceGatheringError`.
 
 DTLS roles: aiortc offers ``a=setup:actpass`` (every offer, re-offers too,
 as browsers do) and answers ``actpass``/``passive`` offers with ``active``
@@ -23,7 +23,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from aiortc.rtcrtpsender import RTCRtpSender
 
-from softphone.errors import IceError, MediaError
+from softphone.errors import DescriptionError, IceGatheringError, MediaError
 from softphone.log import get_logger
 from softphone.media.config import MediaConfig
 from softphone.media.sdp import Direction, candidate_types
@@ -66,19 +66,19 @@ async def set_local_description(pc: RTCPeerConnection, description: RTCSessionDe
     try:
         await asyncio.wait_for(pc.setLocalDescription(description), timeout)
     except TimeoutError:
-        raise IceError(
+        raise IceGatheringError(
             f"ICE gathering did not complete within {timeout:g} s "
             f"(TURN server {config.ice.selected_turn_url or 'none'})"
         ) from None
     local = pc.localDescription
     types = candidate_types(local.sdp)
     if config.ice.relay_only and "relay" not in types:
-        raise IceError(
+        raise IceGatheringError(
             f"no relay candidate from TURN server {config.ice.selected_turn_url}: "
             "unreachable or credentials (username/credential) rejected"
         )
     if not types:
-        raise IceError("ICE gathering produced no candidates (no usable interface or TURN server)")
+        raise IceGatheringError("ICE gathering produced no candidates (no usable interface or TURN server)")
     return local
 
 
@@ -91,7 +91,7 @@ def check_answer_setup(offer_setup: str | None, answer_setup: str | None) -> Non
         None: {"active", "passive"},
     }
     if answer_setup not in allowed.get(offer_setup, set()):
-        raise MediaError(f"a=setup: answer {answer_setup!r} does not fit offer {offer_setup!r}")
+        raise DescriptionError(f"a=setup: answer {answer_setup!r} does not fit offer {offer_setup!r}")
 
 
 def transceiver_direction(transceiver: RTCRtpTransceiver) -> Direction | None:

@@ -13,7 +13,7 @@ import enum
 import re
 from dataclasses import dataclass, field
 
-from softphone.errors import MediaError
+from softphone.errors import DescriptionError
 from softphone.log import get_logger
 
 log = get_logger(__name__)
@@ -21,7 +21,7 @@ log = get_logger(__name__)
 _RTPMAP_RE = re.compile(r"^a=rtpmap:(\d+) ([^/\s]+)/(\d+)(?:/(\d+))?\s*$")
 
 
-class SdpError(MediaError, ValueError):
+class SdpError(DescriptionError, ValueError):
     """An SDP body is not usable (no media section, bad m= line)."""
 
 
