@@ -428,3 +428,45 @@ async def test_stop_hangs_up_live_calls():
         assert inviter.state is SessionState.TERMINATED
         await asyncio.wait_for(callee.wait_terminated(BOUND), BOUND)
         assert "1001" not in hub.bindings
+
+
+async def test_null_handler_follows_offer_answer_directions():
+    from softphone.sip.description_handler import Body, DescriptionOptions
+
+    caller, callee = NullDescriptionHandler(), NullDescriptionHandler()
+    offer = await caller.get_description(DescriptionOptions(hold=True))
+    assert sdp_direction(offer.content) is Direction.SENDONLY
+    await callee.set_description(offer)
+    answer = await callee.get_description()
+    assert sdp_direction(answer.content) is Direction.RECVONLY
+    await caller.set_description(answer)
+    # Both hold: the answer to a sendonly offer from a holding callee is inactive.
+    offer2 = await caller.get_description(DescriptionOptions(hold=True))
+    await callee.set_description(offer2)
+    answer2 = await callee.get_description(DescriptionOptions(hold=True))
+    assert sdp_direction(answer2.content) is Direction.INACTIVE
+    # The o= version increases with every description (RFC 3264 section 8).
+    versions = [int(b.content.split("\r\n")[1].split()[2]) for b in (offer, offer2)]
+    assert versions[1] > versions[0]
+    assert await caller.send_dtmf("1") is False
+    with pytest.raises(SessionError):
+        await callee.set_description(Body("application/sdp", "not sdp"))
+    with pytest.raises(SessionError):
+        await callee.set_description(Body("text/plain", "v=0"))
+    await caller.close()
+    with pytest.raises(SessionError):
+        await caller.get_description()
+
+
+def test_timers_are_derived_and_scalable():
+    from softphone.sip.timers import Timers
+
+    t = Timers()
+    assert (t.t1, t.t2, t.t4) == (0.5, 4.0, 5.0)
+    assert t.timer_b == t.timer_f == t.timer_h == t.timer_l == t.timer_m == 32.0
+    assert t.timer_d == t.timer_i == t.timer_j == t.timer_k == 0.0  # reliable transport
+    fast = Timers.scaled(0.01)
+    assert fast.t1 == pytest.approx(0.005) and fast.timer_b == pytest.approx(0.32)
+    assert fast.glare_owner[1] == pytest.approx(0.04)
+    with pytest.raises(ValueError):
+        Timers.scaled(0)
