@@ -1,0 +1,144 @@
+"""Webhook notifications delivered to a real local aiohttp receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import socket
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from softphone.lab.server import start_lab
+
+KEY = {"Authorization": "Key=lab-system-key"}
+
+
+class Receiver:
+    """A local HTTP server that records every POST; ``gate`` can hold answers back."""
+
+    def __init__(self) -> None:
+        self.received: list[dict] = []
+        self.arrived = asyncio.Event()
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.status = 200
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.received.append(await request.json())
+        self.arrived.set()
+        await asyncio.wait_for(self.gate.wait(), 30)
+        return web.Response(status=self.status)
+
+    async def wait_for(self, count: int) -> list[dict]:
+        async def until() -> None:
+            while len(self.received) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+
+        await asyncio.wait_for(until(), 10)
+        return self.received
+
+
+@pytest.fixture
+async def receiver():
+    rec = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook", rec.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    rec.url = f"http://{host}:{port}/hook"
+    yield rec
+    rec.gate.set()
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def client():
+    async with await start_lab(notification_timeout=2) as lab, aiohttp.ClientSession(lab.url) as session:
+        async with session.post("/omni/user/authorize", headers=KEY, json={
+                "user_name": "agent1", "password": base64.b64encode(b"agent1pass").decode()}) as resp:
+            token = (await resp.json())["token_key"]
+        session.headers.update({**KEY, "tokenKey": token})
+        session.lab = lab
+        yield session
+
+
+async def post(session, path, body=None):
+    async with session.post(path, json=body) as resp:
+        data = await resp.json()
+        assert resp.status == 200, data
+        return data
+
+
+async def test_user_status_call_and_call_end(client, receiver):
+    await post(client, "/omni/notifications/endpoint", {"url": receiver.url})
+    await post(client, "/omni/users/1001/login", {"campaign_id": 1, "extension": "9001"})
+    call = await post(client, "/omni/voice/1001/call", {"phone_number": "0821234567", "outbound_cli": "27110001111",
+                                                      "unique_id": "ref-77", "lead_id": 12})
+    call_id = call["call_id"]
+    await post(client, f"/omni/voice/1001/calls/{call_id}/recording/start")
+    await post(client, f"/omni/voice/1001/calls/{call_id}/dispose", {"disposition_code": "SALE"})
+    await post(client, f"/omni/voice/1001/calls/{call_id}/hangup")
+    await post(client, "/omni/users/1001/logout")
+    got = await receiver.wait_for(4)
+    by_type = {}
+    for n in got:
+        by_type.setdefault(n["type"], []).append(n["payload"])
+    assert sorted(by_type) == ["call", "call_end", "user_status"]
+    # delivery is concurrent and best effort: order is not promised
+    assert sorted(p["status_id"] for p in by_type["user_status"]) == [0, 1]
+    login = next(p for p in by_type["user_status"] if p["status_id"] == 1)
+    assert login == {"user_id": 1001, "campaign_id": 1, "status_id": 1, "status": "Available", "break_name": None}
+    assert by_type["call"] == [{"call_id": call_id, "phone_number": "0821234567", "reference_id": "ref-77",
+                                "call_direction": "outbound", "user_id": 1001, "campaign_id": 1, "list_id": 101,
+                                "call_type": "manual"}]
+    cdr = by_type["call_end"][0]
+    assert set(cdr) == {"call_id", "phone_number", "caller_id", "reference_id", "call_direction", "dispostion_code",
+                        "sip_code", "user_id", "campaign_id", "list_id", "call_type", "recording_url",
+                        "start_date_time", "end_time_time", "ivr_time", "ring_time", "talk_time", "user_time",
+                        "hold_time", "wrapup_time"}
+    assert (cdr["call_id"], cdr["caller_id"], cdr["dispostion_code"], cdr["sip_code"]) == (
+        call_id, "27110001111", "SALE", 200)
+    assert cdr["recording_url"].endswith(f"/recordings/call-{call_id}.wav")
+    assert all(isinstance(cdr[k], int) and cdr[k] >= 0
+               for k in ("ivr_time", "ring_time", "talk_time", "user_time", "hold_time", "wrapup_time"))
+
+
+async def test_slow_receiver_never_blocks_the_api(client, receiver):
+    await post(client, "/omni/notifications/endpoint", {"url": receiver.url})
+    receiver.gate.clear()  # the receiver holds every answer until the test says so
+    # if login waited for its webhook, this would hang until wait_for gives up
+    await asyncio.wait_for(post(client, "/omni/users/1001/login", {"campaign_id": 1, "extension": "9001"}), 10)
+    await receiver.wait_for(1)
+    receiver.gate.set()
+    await client.lab.lab.notifier.drain()
+    assert client.lab.lab.notifier.sent == 1
+
+
+async def test_unreachable_or_failing_receiver_is_best_effort(client, receiver):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    await post(client, "/omni/notifications/endpoint", {"url": f"http://127.0.0.1:{dead_port}/hook"})
+    await post(client, "/omni/users/1001/login", {"campaign_id": 1, "extension": "9001"})
+    notifier = client.lab.lab.notifier
+    await notifier.drain()
+    assert (notifier.sent, notifier.failed) == (0, 1)
+    receiver.status = 500
+    await post(client, "/omni/notifications/endpoint", {"url": receiver.url})
+    await post(client, "/omni/users/1001/logout")
+    await notifier.drain()
+    assert (notifier.sent, notifier.failed) == (0, 2)
+    assert len(receiver.received) == 1
+
+
+async def test_no_endpoint_no_notifications(client):
+    await post(client, "/omni/users/1001/login", {"campaign_id": 1, "extension": "9001"})
+    notifier = client.lab.lab.notifier
+    await notifier.drain()
+    assert (notifier.sent, notifier.failed) == (0, 0)
