@@ -94,8 +94,9 @@ class NullDescriptionHandler(SessionDescriptionHandler):
         self.hold = options.hold
         if self._state is _Offer.HAVE_REMOTE_OFFER:
             remote = self.remote_direction or Direction.SENDRECV
-            # Answer: send only if the offerer receives, receive only if it sends.
-            direction = Direction.of(remote.receives and not self.hold, remote.sends)
+            # Answer: send only if the offerer receives, receive only if it sends;
+            # holding (SIP.js's hold modifier) means we stop receiving: sendonly/inactive.
+            direction = Direction.of(remote.receives, remote.sends and not self.hold)
             self._state = _Offer.STABLE
         else:
             direction = Direction.SENDONLY if self.hold else Direction.SENDRECV
