@@ -151,9 +151,13 @@ class AudioSource(MediaStreamTrack):
             log.error("%s: %s; continuing as finished", type(self).__name__, exc)
             self._finish(exc)
             return b""
-        if len(data) < n * self.bytes_per_sample:
+        if len(data) < n * self.bytes_per_sample or self._at_end():
             self._finish(None)
         return data
+
+    def _at_end(self) -> bool:
+        """Hook: True when the content is known to be exhausted (so ``played`` fires on time)."""
+        return False
 
     def reset(self) -> None:
         """Play the content again from the start (pacing and pts continue)."""
@@ -232,6 +236,9 @@ class AudioSource(MediaStreamTrack):
             self.stop()
             raise MediaStreamError
         data = self.read(n)
+        if not data and self.finished and self.on_end is EndBehavior.STOP:
+            self.stop()
+            raise MediaStreamError
         frame = self._make_frame(data, n)
         self.frames_sent += 1
         for tap in list(self._taps):
@@ -302,11 +309,11 @@ def resample_pcm(pcm: bytes, from_rate: int, from_channels: int, to_rate: int, t
 class PcmSource(AudioSource):
     """Plays s16 PCM held in memory (converted once to the track's format)."""
 
-    def __init__(self, pcm: bytes | np.ndarray, rate: int, channels: int = 1, *, loop: bool = False,
+    def __init__(self, pcm: bytes | np.ndarray, rate: int, *, pcm_channels: int = 1, loop: bool = False,
                  **kwargs):
         super().__init__(**kwargs)
         self._pcm_in = _to_pcm16_bytes(pcm)
-        self._in_rate, self._in_channels = int(rate), int(channels)
+        self._in_rate, self._in_channels = int(rate), int(pcm_channels)
         self.loop = loop
         self._pos = 0
         self._pcm = resample_pcm(self._pcm_in, self._in_rate, self._in_channels, self.sample_rate,
@@ -334,6 +341,9 @@ class PcmSource(AudioSource):
                     break
                 self._pos = 0
         return bytes(out)
+
+    def _at_end(self) -> bool:
+        return not self.loop and self._pos >= len(self._pcm)
 
     def _rewind(self) -> None:
         self._pos = 0
@@ -385,6 +395,11 @@ class _Decoder:
         out = bytes(self._buf[:want])
         del self._buf[:want]
         return out
+
+    @property
+    def exhausted(self) -> bool:
+        """Everything decoded and handed out."""
+        return self.eof and not self._buf
 
     def _decode_more(self) -> None:
         assert self._frames is not None
@@ -485,7 +500,7 @@ class FileSource(AudioSource):
         self._decoder: _Decoder | None = None
         if preload:
             self._pcm = PcmSource(decode_file(self.path, self.sample_rate, self.channels), self.sample_rate,
-                                  self.channels, loop=loop, sample_rate=self.sample_rate,
+                                  pcm_channels=self.channels, loop=loop, sample_rate=self.sample_rate,
                                   channels=self.channels, realtime=False)
         else:
             self._decoder = _Decoder(self.path, self.sample_rate, self.channels)
@@ -511,6 +526,13 @@ class FileSource(AudioSource):
             reopened_empty = not more
             out += more
         return bytes(out)
+
+    def _at_end(self) -> bool:
+        if self.loop:
+            return False
+        if self._pcm is not None:
+            return self._pcm.finished
+        return self._decoder is not None and self._decoder.exhausted
 
     def _rewind(self) -> None:
         if self._pcm is not None:
@@ -565,6 +587,9 @@ class ToneSource(AudioSource):
             pcm = np.repeat(pcm, 2)
         return pcm.tobytes()
 
+    def _at_end(self) -> bool:
+        return self.duration is not None and self._pos >= round(self.duration * self.sample_rate)
+
     def _rewind(self) -> None:
         self._pos = 0
 
@@ -582,6 +607,9 @@ class SilenceSource(AudioSource):
             n = max(0, min(n, round(self.duration * self.sample_rate) - self._pos))
         self._pos += n
         return bytes(n * self.bytes_per_sample)
+
+    def _at_end(self) -> bool:
+        return self.duration is not None and self._pos >= round(self.duration * self.sample_rate)
 
     def _rewind(self) -> None:
         self._pos = 0
@@ -748,7 +776,7 @@ def write_wav(path: str | os.PathLike, samples: bytes | np.ndarray | Sequence[fl
     """Write s16 PCM (int16 array, float array in [-1, 1) or bytes) as a WAV file."""
     p = Path(path)
     try:
-        with wave.open(str(p), "wb") as w:
+        with open(p, "wb") as fh, wave.open(fh, "wb") as w:
             w.setnchannels(channels)
             w.setsampwidth(2)
             w.setframerate(int(rate))
