@@ -145,3 +145,54 @@ async def test_config_never_shows_password():
     ua = hub_user_agent(hub, "1001", password="hunter2-secret")
     assert "hunter2-secret" not in repr(ua.config)
     assert "hunter2-secret" not in repr(ua.core.config)
+
+
+SAMPLE = (
+    "INVITE sip:u@h.invalid SIP/2.0\r\nVia: SIP/2.0/WS p.invalid;branch=z9hG4bKf\r\n"
+    "To: <sip:u@h>\r\nFrom: <sip:p@h>;tag=1\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n"
+    "Contact: <sip:p@p.invalid>\r\nContent-Type: application/sdp\r\nContent-Length: 4\r\n\r\nv=0\n"
+)
+
+
+@pytest.mark.parametrize("seed", range(3))
+async def test_mangled_frames_never_escape_the_transport(seed):
+    """Random cuts, duplications and byte flips of a valid INVITE: never an exception."""
+    import random
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    hub = LoopbackHub()
+    ua = hub_user_agent(hub, "1001", register=False)
+    await ua.start()
+    rng = random.Random(seed)
+
+    def mangle(text: str, cuts: list[int]) -> str:
+        out = text
+        for c in cuts:
+            i = c % max(1, len(out))
+            op = rng.randrange(4)
+            if op == 0:
+                out = out[:i] + out[i + 1:]
+            elif op == 1:
+                out = out[:i] + chr(rng.randrange(0, 0x2FF)) + out[i:]
+            elif op == 2:
+                out = out[:i] + out[i:i + 20] + out[i:]
+            else:
+                out = out[:i]
+        return out
+
+    seen = []
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(st.integers(min_value=0, max_value=400), max_size=6))
+    def feed(cuts):
+        frame = mangle(SAMPLE, cuts)
+        ua.transport.receive_text(frame)  # must not raise
+        seen.append(frame)
+
+    feed()
+    await asyncio.sleep(0.05)  # let any 400/answers go out and any tasks run
+    assert seen
+    assert ua.state.value == "started"
+    await ua.stop()

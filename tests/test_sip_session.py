@@ -470,3 +470,28 @@ def test_timers_are_derived_and_scalable():
     assert fast.glare_owner[1] == pytest.approx(0.04)
     with pytest.raises(ValueError):
         Timers.scaled(0)
+
+
+async def test_invite_while_disconnected_fails_with_503_at_once():
+    hub = LoopbackHub()
+    a = hub_user_agent(hub, "1001", register=False)
+    async with a:
+        a.transport.drop("cable cut")
+        inviter = a.invite("1002")
+        with pytest.raises(SessionError) as info:
+            await asyncio.wait_for(inviter.invite(), BOUND)
+        assert info.value.status_code == 503
+        assert "not connected" in str(info.value)
+        assert inviter.state is SessionState.TERMINATED
+
+
+async def test_invite_timer_b_when_nobody_answers():
+    hub = LoopbackHub()
+    a = hub_user_agent(hub, "1001", register=False, scale=0.002)
+    async with a:
+        hub.interceptors.append(lambda msg, src: getattr(msg, "method", None) == "INVITE")
+        inviter = a.invite("1002")
+        with pytest.raises(SessionError) as info:
+            await asyncio.wait_for(inviter.invite(), BOUND)
+        assert info.value.status_code == 408
+        assert "timer B" in str(info.value)

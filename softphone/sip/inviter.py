@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from softphone.errors import AuthenticationError, SessionError, SipError
+from softphone.errors import AuthenticationError, SessionError, SipError, TransportError
 from softphone.log import get_logger
 from softphone.sip.core import OutgoingRequest, UserAgentCore
 from softphone.sip.description_handler import Body, SessionDescriptionHandlerFactory
@@ -80,9 +80,10 @@ class Inviter(Session):
         except AuthenticationError:
             await self._terminate("authentication rejected", 401)
             raise
-        except SipError as exc:  # timer B, transport gone
-            await self._terminate(f"INVITE failed: {exc}", 408)
-            raise SessionError(f"INVITE to {self.target} failed: {exc}", 408) from exc
+        except SipError as exc:  # timer B (408), transport gone (503, RFC 3261 8.1.3.1)
+            status = 503 if isinstance(exc, TransportError) else 408
+            await self._terminate(f"INVITE failed: {exc}", status)
+            raise SessionError(f"INVITE to {self.target} failed: {exc}", status) from exc
         except TimeoutError:
             log.info("INVITE to %s: no answer within %gs, cancelling", self.target, self.no_answer_timeout)
             await self.cancel("no answer")
