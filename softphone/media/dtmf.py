@@ -238,8 +238,6 @@ class DtmfReceiver:
         self._payload_types: dict[int, int] = {}
         self._decoders: dict[int, TelephoneEventDecoder] = {}
         self._timer: asyncio.TimerHandle | None = None
-        self._original = receiver._handle_rtp_packet
-        self._registered_on: set[int] = set()
         self.packets = 0
         receiver._handle_rtp_packet = self._handle_rtp_packet  # type: ignore[method-assign]
 
@@ -265,8 +263,12 @@ class DtmfReceiver:
     async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
         rate = self._payload_types.get(packet.payload_type)
         receiver = self._receiver
-        if rate is None or receiver is None:
-            await self._original(packet, arrival_time_ms=arrival_time_ms)
+        if receiver is None:
+            return
+        if rate is None:
+            # Looked up on the class at call time, so a receiver whose class is
+            # swapped later (the lean path's counting receiver) keeps working.
+            await type(receiver)._handle_rtp_packet(receiver, packet, arrival_time_ms=arrival_time_ms)
             return
         if not receiver._enabled:
             return  # on hold: the receiver is disabled, digits too
@@ -305,7 +307,6 @@ class DtmfReceiver:
         if self._receiver is not None:
             self._receiver.__dict__.pop("_handle_rtp_packet", None)
             self._receiver = None
-        self._original = None  # type: ignore[assignment]
         self._on_event = lambda event: None
 
 
