@@ -51,6 +51,31 @@ async def lab():
         await server.close()
 
 
+@pytest.fixture(params=["sqlite", pytest.param("mariadb", marks=pytest.mark.peer)])
+def lab_db_url(request, tmp_path):
+    """A fresh lab database: a SQLite file, or a new database on the MariaDB peer."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'lab.db'}"
+        return
+    import os
+
+    from softphone.lab.testing import MYSQL_URL_ENV, drop_mysql_database, fresh_mysql_url
+
+    url = fresh_mysql_url(os.environ.get(MYSQL_URL_ENV) or request.getfixturevalue("mariadb"))
+    yield url
+    drop_mysql_database(url)
+
+
+@pytest.fixture
+async def archive_lab(lab_db_url):
+    """A lab on each database backend, for the archive tests where the database matters."""
+    server = await start_lab(db_url=lab_db_url)
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
 def agent(lab, **kw) -> PlatformClient:
     kw.setdefault("backoff", 0.01)
     return PlatformClient(lab.url, KEY, username="agent1", password="agent1pass", **kw)
@@ -276,7 +301,8 @@ async def test_500_on_call_is_not_retried():
 # --- lead archive on the lab ------------------------------------------------------------------
 
 
-async def test_archive_then_dearchive_round_trip(lab):
+async def test_archive_then_dearchive_round_trip(archive_lab):
+    lab = archive_lab
     before = await lab.db.run_transaction(
         lambda tx: tx.fetchall(f"SELECT {lead_column_list()} FROM vicidial_list WHERE lead_id <= 10 "
                                "ORDER BY lead_id"), readonly=True)
@@ -358,7 +384,8 @@ async def test_403_office_hours_blocks_archive_not_dearchive():
         await server.close()
 
 
-async def test_500_during_archive_rolls_back_and_loses_nothing(lab):
+async def test_500_during_archive_rolls_back_and_loses_nothing(archive_lab):
+    lab = archive_lab
     def fault(step: str) -> None:
         if step == "updated":  # after insert and update, before delete
             raise RuntimeError("disk full")
@@ -455,15 +482,29 @@ def leads_cli(*args: str, input: str | None = None):
                               catch_exceptions=False)
 
 
-def test_cli_archives_1234_leads_and_loses_none(tmp_path):
-    db_file = tmp_path / "lab.db"
+def snapshot(db_url: str) -> dict[str, dict[int, tuple]]:
+    """Both lead tables, read through the lab's own data layer (any backend)."""
+    from softphone.lab.db import open_database
+    from softphone.lab.testing import table_snapshot
+
+    async def read():
+        db = await open_database(db_url)
+        try:
+            return await table_snapshot(db)
+        finally:
+            await db.close()
+
+    return asyncio.run(read())
+
+
+def test_cli_archives_1234_leads_and_loses_none(tmp_path, lab_db_url):
     ids_file = tmp_path / "ids.txt"
     # commas, spaces and newlines mixed, plus three duplicates
     chunks = [",".join(map(str, range(i, min(i + 37, 1235)))) for i in range(1, 1235, 37)]
     ids_file.write_text("\n".join(chunks) + "\n5 6\n1234\n")
     report = tmp_path / "report.json"
-    with LabThread(db_url=f"sqlite:///{db_file}", seed=seed_file(tmp_path, 1300)) as lab:
-        before = table(db_file, "vicidial_list")
+    with LabThread(db_url=lab_db_url, seed=seed_file(tmp_path, 1300)) as lab:
+        before = snapshot(lab_db_url)["vicidial_list"]
         res = leads_cli("archive", "--ids-file", str(ids_file), "--server", lab.url, "--report", str(report))
     assert res.exit_code == 0, res.output
     assert "3 duplicate lead id(s) removed: 5, 6, 1234" in res.stderr
@@ -474,7 +515,8 @@ def test_cli_archives_1234_leads_and_loses_none(tmp_path):
         "batch 3/3 ids 1001..1234 (234): ok select=234 insert=234 update=0 delete=234",
     ]
     assert "total: 1234 ids in 3 batches: ok=3 failed=0 skipped=0; select=1234 insert=1234" in res.stdout
-    after_list, after_archive = table(db_file, "vicidial_list"), table(db_file, "vicidial_list_archive")
+    after = snapshot(lab_db_url)
+    after_list, after_archive = after["vicidial_list"], after["vicidial_list_archive"]
     assert set(after_archive) == set(range(1, 1235))
     assert set(after_list) == set(range(1235, 1301))  # the leads not asked for stay
     assert all(after_archive[i] == before[i] for i in range(1, 1235))  # every column copied exactly
