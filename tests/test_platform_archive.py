@@ -273,7 +273,8 @@ def test_cli_ids_option_and_batch_size(tmp_path):
      (["archive", "--ids", "1", "--no-insert", "--no-update", "--no-delete"], "nothing to do"),
      (["archive", "--ids", "1", "--ids-file", "/nonexistent/ids"], "cannot read"),
      (["archive", "oops"], "unexpected argument"),
-     (["archive", "--ids", " , "], "atleast 1")],
+     (["archive", "--ids", " , "], "atleast 1"),
+     (["archive", "--ids", "1", "--dry-run", "--report", "/nonexistent-dir/r.json"], "cannot write")],
 )
 def test_cli_usage_errors(args, needle):
     res = run_cli(*args)

@@ -155,6 +155,13 @@ def run_command(operation: Operation, *, source: str | None, ids: tuple[str, ...
     flags = ", ".join(f"{k}={v}" for k, v in job.flags.items())
     click.echo(f"{operation.value}: {n_ids} lead ids in {total} batch(es) of <= {batch_size} ({flags})", err=True)
 
+    if report:
+        try:  # fail before sending anything, not after the first batch
+            job.report.write(report)
+        except OSError as exc:
+            click.echo(f"softphone: --report {report}: cannot write: {exc.strerror or exc}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+
     if dry_run:
         final = job.dry_run()
         for b in final.batches:
