@@ -334,3 +334,25 @@ async def test_no_dtmf_while_the_far_end_holds_us(coturn):
     finally:
         await a.close()
         await b.close()
+
+
+@pytest.mark.peer
+async def test_digits_reach_a_lean_counting_receiver(coturn):
+    from softphone.media.lean import install_counting_receiver
+
+    a = WebRtcDescriptionHandler(relay_config(coturn, codecs=("PCMU",)), source=SineTrack(400))
+    b = WebRtcDescriptionHandler(relay_config(coturn, codecs=("PCMU",)), source=SineTrack(900), decode=False)
+    install_counting_receiver(b.receiver, decode=False)  # after the RFC 4733 hook: order must not matter
+    got: list = []
+    b.on("dtmf", got.append)
+    try:
+        await negotiate(a, b)
+        await wait_connected(a, b)
+        assert await a.send_dtmf("4*", 80, 60)
+        await _wait_digits(got, 2)
+        assert [(e.digit, e.duration_ms) for e in got] == [("4", 80), ("*", 80)]
+        quality = await b.stats()
+        assert quality.packets_received > 0 and quality.packets_lost == 0
+    finally:
+        await a.close()
+        await b.close()

@@ -336,6 +336,38 @@ async def test_bad_remote_descriptions_are_media_errors(coturn):
         await a.close()
 
 
+async def test_offer_without_a_common_codec_is_a_description_error(coturn):
+    a = WebRtcDescriptionHandler(relay_config(coturn, codecs=("PCMU",)))
+    b = WebRtcDescriptionHandler(relay_config(coturn, codecs=("opus",)))
+    try:
+        offer = await a.get_description()
+        with pytest.raises(DescriptionError, match="remote offer"):
+            await b.set_description(offer)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_repeated_calls_leave_no_peer_connections_behind(coturn):
+    from aiortc import RTCPeerConnection
+
+    def alive() -> int:
+        gc.collect()
+        return sum(isinstance(o, RTCPeerConnection) for o in gc.get_objects())
+
+    before = alive()
+    for _ in range(3):
+        a, b, _, _ = await _pair(coturn)
+        await negotiate(a, b)
+        await wait_connected(a, b)
+        await a.send_dtmf("1", 40, 40)
+        await a.close()
+        await b.close()
+        del a, b
+    await asyncio.sleep(0.1)
+    assert alive() == before
+
+
 async def test_sip_sessions_drive_webrtc_media(coturn):
     """The SIP layer's own sessions (in-memory registrar/proxy) with this handler as media."""
     pytest.importorskip("softphone.sip.message", reason="SIP message parser not landed yet")

@@ -8,7 +8,7 @@ import socket
 import pytest
 from media_support import SineTrack, ToneMeter, negotiate, relay_config, wait_connected
 
-from softphone.errors import IceError
+from softphone.errors import IceError, IceGatheringError
 from softphone.media.config import IceConfig, MediaConfig
 from softphone.media.handler import WebRtcDescriptionHandler
 from softphone.media.peer import ice_connection_kwargs, selected_candidate_pair
@@ -103,6 +103,22 @@ async def test_unreachable_turn_is_an_ice_error():
         assert "secretpw" not in str(info.value)
     finally:
         await handler.close()
+
+
+async def test_silent_turn_server_hits_the_gathering_timeout():
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound, never answers
+    silent.bind(("127.0.0.1", 0))
+    try:
+        ice = IceConfig(turn_urls=(f"turn:127.0.0.1:{silent.getsockname()[1]}",), username="u",
+                        credential="secretpw", relay_only=True, gathering_timeout=0.5)
+        handler = WebRtcDescriptionHandler(MediaConfig(ice=ice))
+        try:
+            with pytest.raises(IceGatheringError, match=r"within 0\.5 s"):
+                await asyncio.wait_for(handler.get_description(), 10)
+        finally:
+            await handler.close()
+    finally:
+        silent.close()
 
 
 async def test_rejected_turn_credentials_are_an_ice_error(coturn):
