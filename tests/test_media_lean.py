@@ -191,6 +191,19 @@ async def test_track_without_codec_or_binding_says_so():
         await track.recv()
 
 
+async def test_pacer_wakes_at_or_after_the_deadline_and_isolates_cancellation():
+    loop = asyncio.get_running_loop()
+    pacer = lean.frame_pacer()
+    assert lean.frame_pacer() is pacer
+    deadline = loop.time() + 0.01
+    futures = [pacer.sleep_until(deadline) for _ in range(5)]
+    futures[2].cancel()
+    await asyncio.wait_for(asyncio.gather(*futures[:2], *futures[3:]), 2)
+    assert loop.time() >= deadline
+    assert futures[2].cancelled() and all(f.result() is None for i, f in enumerate(futures) if i != 2)
+    assert pacer.pending == 0
+
+
 # --- the cache ------------------------------------------------------------------------
 
 
@@ -528,3 +541,41 @@ async def test_released_calls_are_freed_and_leave_no_threads():
     assert [r() for r in refs] == [None] * len(refs)
     leftover = [t for t in threading.enumerate() if t.ident not in threads_before and "decoder" in t.name]
     assert leftover == []
+
+
+# --- wired into the WebRTC description handler ------------------------------------------
+
+
+async def test_handler_lean_call_counts_rtp_and_still_carries_dtmf():
+    from media_support import negotiate, wait_connected
+
+    from softphone.media.config import MediaConfig
+    from softphone.media.handler import WebRtcDescriptionHandler
+
+    # The offer prefers opus, the answerer only speaks PCMU: the bound tracks follow.
+    a_track = PreEncodedAudioTrack(Tone(440, 0.5))
+    b_track = PreEncodedAudioTrack(Tone(880, 0.5))
+    a = WebRtcDescriptionHandler(MediaConfig(codecs=("opus", "PCMU"), decode=False), source=a_track)
+    b = WebRtcDescriptionHandler(MediaConfig(codecs=("PCMU",), decode=False), source=b_track)
+    digits = []
+    b.on("dtmf", lambda event: digits.append(event.digit))
+    try:
+        assert isinstance(a.receiver, CountingRtpReceiver) and not a.receiver.decoding
+        await negotiate(a, b)
+        await wait_connected(a, b)
+        await wait_until(lambda: a.receiver.report().received > 10 and b.receiver.report().received > 10,
+                         what="media both ways")
+        assert a_track.audio.codec.name == b_track.audio.codec.name == "PCMU"
+        assert await a.send_dtmf("1#", duration_ms=100, gap_ms=50)
+        await wait_until(lambda: digits == ["1", "#"], what="DTMF digits")
+        report = b.receiver.report()
+        # DTMF packets share the audio sequence space: counted, no false loss.
+        assert report.lost == 0 and report.duplicates == 0
+        events = [pt for pt in report.payload_types if pt != 0]
+        assert 0 in report.payload_types and len(events) == 1 and 96 <= events[0] <= 127
+        assert a.remote_track is not None and a._drain_task is None  # nothing decodes, nothing to drain
+        quality = await b.stats()
+        assert quality.packets_received > 0
+    finally:
+        await a.close()
+        await b.close()

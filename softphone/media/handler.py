@@ -31,6 +31,7 @@ from softphone.log import get_logger
 from softphone.media import sdp as sdpmod
 from softphone.media.config import MediaConfig
 from softphone.media.dtmf import DtmfEvent, DtmfReceiver, DtmfSender, validate_tones
+from softphone.media.lean import PreEncodedAudioTrack, install_counting_receiver
 from softphone.media.peer import (
     add_audio_transceiver,
     check_answer_setup,
@@ -73,6 +74,11 @@ class WebRtcDescriptionHandler(SessionDescriptionHandler, AsyncIOEventEmitter):
         self.transceiver = add_audio_transceiver(self.pc, self.config, source)
         self.sender = self.transceiver.sender
         self.receiver = self.transceiver.receiver
+        # Counts RTP on every call and decodes only when asked (before the RFC 4733
+        # hook below, which captures the receiver's packet handler).
+        install_counting_receiver(self.receiver, decode=self.decode)
+        if isinstance(source, PreEncodedAudioTrack):
+            source.bind(self.transceiver)  # sends in whatever codec gets negotiated
         self.remote_track: MediaStreamTrack | None = None
         self.local_sdp: str | None = None
         self.remote_sdp: str | None = None
@@ -262,6 +268,8 @@ class WebRtcDescriptionHandler(SessionDescriptionHandler, AsyncIOEventEmitter):
         self._check_open()
         if track is not None and track.kind != "audio":
             raise MediaError(f"replace_source: track kind {track.kind!r} is not audio")
+        if isinstance(track, PreEncodedAudioTrack):
+            track.bind(self.transceiver)
         self.sender.replaceTrack(track)
         self.source = track
 
@@ -326,7 +334,7 @@ class WebRtcDescriptionHandler(SessionDescriptionHandler, AsyncIOEventEmitter):
         self.emit("track", track)
         if self.sinks and self.decode:
             self._sink_task = asyncio.ensure_future(self._start_sinks(track))
-        else:
+        elif self.decode:
             # Decoded frames queue up in the track until read: drain them when nobody listens.
             self._drain_task = asyncio.ensure_future(self._drain(track))
 

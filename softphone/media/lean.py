@@ -68,6 +68,7 @@ _RECEIVER_PRIVATE = (
 _RECEIVER_METHODS = ("receive", "stop", "_handle_rtp_packet", "_run_rtcp")
 
 FRAME_SECONDS = 0.02  # every codec here is sent in 20 ms packets, as browsers do
+ACTIVE_SSRC_EVERY = 50  # packets between refreshes of the receiver's active-SSRC time
 
 
 # --- codecs ---------------------------------------------------------------------------
@@ -324,6 +325,56 @@ class EncodedPacket:
         return self.payload
 
 
+class FramePacer:
+    """Wakes every track of one event loop from one timer per 2 ms slot.
+
+    ``asyncio.sleep`` per packet costs a timer-heap entry and a callback per
+    track (about 14 us per wake here); sharing one timer per slot among all
+    tracks due in it costs about 6 us.  Tracks wake up to one slot late, a
+    constant offset for each track (20 ms is a whole number of slots), so it adds
+    no jitter.  Each waiter gets its own future, so cancelling one task never
+    wakes or cancels another.
+    """
+
+    SLOT = 0.002
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._slots: dict[int, list[asyncio.Future]] = {}
+
+    def sleep_until(self, deadline: float) -> asyncio.Future:
+        """A future done at the first slot boundary at or after ``deadline`` (loop time)."""
+        key = math.ceil(deadline / self.SLOT)
+        waiters = self._slots.get(key)
+        if waiters is None:
+            waiters = self._slots[key] = []
+            self._loop.call_at(key * self.SLOT, self._fire, key)
+        future = self._loop.create_future()
+        waiters.append(future)
+        return future
+
+    def _fire(self, key: int) -> None:
+        for future in self._slots.pop(key, ()):
+            if not future.done():
+                future.set_result(None)
+
+    @property
+    def pending(self) -> int:
+        return sum(len(w) for w in self._slots.values())
+
+
+_pacers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FramePacer] = weakref.WeakKeyDictionary()
+
+
+def frame_pacer(loop: asyncio.AbstractEventLoop | None = None) -> FramePacer:
+    """The running loop's shared :class:`FramePacer`."""
+    loop = loop or asyncio.get_running_loop()
+    pacer = _pacers.get(loop)
+    if pacer is None:
+        pacer = _pacers[loop] = FramePacer(loop)
+    return pacer
+
+
 class PlaybackState(enum.Enum):
     WAITING = "waiting"  # no packet asked for yet (codec may still be unknown)
     PLAYING = "playing"
@@ -388,9 +439,10 @@ class PreEncodedAudioTrack(MediaStreamTrack):
             self._start = loop.time()
             self.state = PlaybackState.PLAYING
         else:
-            wait = self._start + self._index * FRAME_SECONDS - loop.time()
+            due = self._start + self._index * FRAME_SECONDS
+            wait = due - loop.time()
             if wait > 0:
-                await asyncio.sleep(wait)
+                await frame_pacer(loop).sleep_until(due)
             elif wait < -self.MAX_LAG:
                 # Starved loop: carry on from now instead of flooding the far end.
                 self._start -= wait
@@ -504,8 +556,10 @@ class CountingRtpReceiver(RTCRtpReceiver):
         if self._lean_decode:
             await super()._handle_rtp_packet(packet, arrival_time_ms)  # counts via the counter
             return
-        self._RTCRtpReceiver__active_ssrc[packet.ssrc] = aiortc_clock.current_datetime()
         counter.add(packet)
+        if counter.packets_received % ACTIVE_SSRC_EVERY == 1:
+            # getSynchronizationSources() looks 10 s back: once a second is plenty.
+            self._RTCRtpReceiver__active_ssrc[packet.ssrc] = aiortc_clock.current_datetime()
 
     async def stop(self) -> None:
         await super().stop()
