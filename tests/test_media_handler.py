@@ -129,6 +129,28 @@ async def test_remote_inactive_offer_is_answered_inactive_and_stops_both_ways(co
         await b.close()
 
 
+async def test_media_starts_on_unhold_when_the_call_began_on_hold(coturn):
+    a, b, meter_a, _ = await _pair(coturn)
+    try:
+        offer = await b.get_description()
+        held = sdpmod.set_audio_direction(offer.content, Direction.SENDONLY)  # b holds from the start
+        await a.set_description(Body(offer.content_type, held))
+        answer = await a.get_description()
+        assert sdpmod.audio_direction(answer.content) is Direction.RECVONLY
+        await b.set_description(answer)
+        await wait_connected(a, b)
+        await asyncio.sleep(0.2)
+        assert await packets_during(b, 0.4) == 0  # a's sender never started
+        await negotiate(b, a)  # b retrieves the call
+        assert a.local_direction is Direction.SENDRECV
+        assert await packets_during(b, 0.4) > 5
+        await meter_a.wait_frames(25)
+        assert _close_enough(meter_a.dominant_frequency(), 1000.0)
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def test_our_hold_offer_is_inactive_when_the_far_end_does_not_send(coturn):
     a, b, _, _ = await _pair(coturn)
     try:
