@@ -50,10 +50,15 @@ class SipError(SoftphoneError):
 
 
 class SipParseError(SipError, ValueError):
-    """Bytes from the network are not a SIP message; ``reason`` says why."""
+    """Bytes from the network are not a SIP message; ``reason`` says why.
 
-    def __init__(self, reason: str):
+    ``partial`` is the request as far as it parsed when enough of it (start
+    line, Via, From, To, Call-ID, CSeq) is there to answer 400 with the reason.
+    """
+
+    def __init__(self, reason: str, partial: object = None):
         self.reason = reason
+        self.partial = partial
         super().__init__(reason)
 
 
