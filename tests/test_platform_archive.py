@@ -143,6 +143,37 @@ async def test_bad_batch_fails_alone():
     assert report.totals["batches_failed"] == 2
 
 
+def missing(ids):
+    return PlatformValidationError("lead_archive (POST /vicidial/leads/archive): lead_ids does not exist", 400,
+                                   ids=ids)
+
+
+async def test_skip_missing_resends_without_the_missing_ids():
+    client = FakeArchiveClient({1: missing([3, 7])})
+    report = await ArchiveJob(client, Operation.ARCHIVE, range(1, 11), skip_missing=True).run()
+    assert [ids for _, ids, _ in client.calls] == [list(range(1, 11)), [1, 2, 4, 5, 6, 8, 9, 10]]
+    batch = report.batches[0]
+    assert batch.status is BatchStatus.OK and batch.missing_ids == [3, 7] and batch.result.insert_count == 8
+    assert report.totals["missing"] == 2 and report.as_dict()["batches"][0]["missing_ids"] == [3, 7]
+    assert report.remaining_ids() == []
+
+
+async def test_skip_missing_all_gone_and_unhelpful_answers():
+    client = FakeArchiveClient({1: missing([1, 2])})
+    report = await ArchiveJob(client, Operation.ARCHIVE, [1, 2], skip_missing=True).run()
+    assert report.batches[0].status is BatchStatus.OK and "nothing to do" in report.batches[0].message
+    assert len(client.calls) == 1
+    # the server names ids that are not in the batch: no loop, the batch fails
+    client = FakeArchiveClient({1: missing([99])})
+    report = await ArchiveJob(client, Operation.ARCHIVE, [1, 2], skip_missing=True).run()
+    assert report.batches[0].status is BatchStatus.FAILED and len(client.calls) == 1
+    assert report.remaining_ids() == [1, 2]
+    # without the option the batch fails and keeps its ids for the remaining list
+    client = FakeArchiveClient({1: missing([2])})
+    report = await ArchiveJob(client, Operation.ARCHIVE, [1, 2, 3]).run()
+    assert report.batches[0].status is BatchStatus.FAILED and report.batches[0].offending_ids == [2]
+
+
 async def test_auth_failure_stops_the_job():
     client = FakeArchiveClient({1: PlatformAuthError("unable to validate api user", 401)})
     report = await ArchiveJob(client, Operation.ARCHIVE, range(1, 1200)).run()
@@ -274,7 +305,8 @@ def test_cli_ids_option_and_batch_size(tmp_path):
      (["archive", "--ids", "1", "--ids-file", "/nonexistent/ids"], "cannot read"),
      (["archive", "oops"], "unexpected argument"),
      (["archive", "--ids", " , "], "atleast 1"),
-     (["archive", "--ids", "1", "--dry-run", "--report", "/nonexistent-dir/r.json"], "cannot write")],
+     (["archive", "--ids", "1", "--dry-run", "--report", "/nonexistent-dir/r.json"], "cannot write"),
+     (["archive", "--ids", "1", "--dry-run", "--remaining", "/nonexistent-dir/r.txt"], "cannot write")],
 )
 def test_cli_usage_errors(args, needle):
     res = run_cli(*args)
@@ -336,11 +368,12 @@ async def test_cli_ctrl_c_stops_after_current_batch_and_writes_report(tmp_path, 
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
     report = tmp_path / "r.json"
+    remaining = tmp_path / "left.txt"
     env = {**os.environ, "SOFTPHONE_AUTH_KEY": "signal-test-key"}
     ids = " ".join(str(i) for i in range(1, 1201))
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "softphone.cli", "leads", "archive", "--ids", ids,
-        "--server", f"http://127.0.0.1:{port}", "--report", str(report),
+        "--server", f"http://127.0.0.1:{port}", "--report", str(report), "--remaining", str(remaining),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
     try:
         await asyncio.wait_for(in_flight.wait(), 30)
@@ -371,10 +404,12 @@ async def test_cli_ctrl_c_stops_after_current_batch_and_writes_report(tmp_path, 
         assert [b["status"] for b in data["batches"]] == ["ok", "ok", "skipped"]
         assert data["totals"]["insert_count"] == 1000
         assert b"batch 2/3" in out and b"batch 3/3" not in out
+        assert parse_ids(remaining.read_text()) == list(range(1001, 1201))
     else:
         assert [b["status"] for b in data["batches"]] == ["ok", "unconfirmed", "skipped"]
         assert "re-running these ids is safe" in data["batches"][1]["message"]
         assert data["totals"]["insert_count"] == 500
+        assert parse_ids(remaining.read_text()) == list(range(501, 1201))
 
 
 # --- CLI TLS options against an https loopback server ------------------------------------------

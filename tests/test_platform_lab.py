@@ -544,6 +544,28 @@ def test_cli_dearchive_from_stdin_and_failed_batch_exit_status(tmp_path):
     assert set(table(db_file, "vicidial_list_archive")) == {6, 7}
 
 
+def test_cli_skip_missing_and_remaining_ids(tmp_path):
+    db_file = tmp_path / "lab.db"
+    left = tmp_path / "left.txt"
+    report = tmp_path / "r.json"
+    with LabThread(db_url=f"sqlite:///{db_file}", seed=seed_file(tmp_path, 30)) as lab:
+        res = leads_cli("archive", "--ids", "1,2,3,900,4,901", "--server", lab.url, "--skip-missing",
+                        "--remaining", str(left), "--report", str(report))
+        assert res.exit_code == 0, res.output
+        assert "batch 1/1 ids 1..901 (6): ok select=4 insert=4 update=0 delete=4 (2 missing id(s) left out)" \
+            in res.stdout
+        assert "missing=2" in res.stdout and left.read_text() == ""
+        assert json.loads(report.read_text())["batches"][0]["missing_ids"] == [900, 901]
+        # re-running the same ids: the archived ones are gone from vicidial_list now
+        res = leads_cli("archive", "--ids", "1,2,3,4,5", "--server", lab.url, "--remaining", str(left))
+        assert res.exit_code == 1 and "[ids: 1, 2, 3, 4]" in res.stdout
+        assert "5 lead id(s) not confirmed processed; written to" in res.stderr
+        assert left.read_text() == "1\n2\n3\n4\n5\n"
+        res = leads_cli("archive", "--ids-file", str(left), "--server", lab.url, "--skip-missing")
+        assert res.exit_code == 0, res.output
+    assert set(snapshot(f"sqlite:///{db_file}")["vicidial_list_archive"]) == {1, 2, 3, 4, 5}
+
+
 def test_cli_bad_key_stops_with_server_message(tmp_path):
     with LabThread(db_url="sqlite:///:memory:") as lab:
         res = CliRunner().invoke(main, ["leads", "archive", "--ids", "1", "--server", lab.url,

@@ -46,6 +46,8 @@ log = get_logger(__name__)
 _TOKEN_RE = re.compile(r"[^\s,]+")
 _INT_RE = re.compile(r"^[0-9]+$")
 COUNT_KEYS = ("select_count", "insert_count", "update_count", "delete_count")
+#: The 400 message of ids absent from the source table (vicidial_list, or the archive for dearchive).
+MISSING_MESSAGE = "lead_ids does not exist"
 
 
 class Operation(enum.Enum):
@@ -123,6 +125,15 @@ class BatchOutcome:
     http_status: int | None = None
     offending_ids: list[Any] = field(default_factory=list)
     office_hours_waits: int = 0
+    missing_ids: list[int] = field(default_factory=list)  # dropped with skip_missing
+
+    @property
+    def sendable(self) -> list[int]:
+        """The ids still to send: all of them minus those the server said do not exist."""
+        if not self.missing_ids:
+            return self.ids
+        gone = set(self.missing_ids)
+        return [i for i in self.ids if i not in gone]
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -143,6 +154,8 @@ class BatchOutcome:
             out["offending_ids"] = self.offending_ids
         if self.office_hours_waits:
             out["office_hours_waits"] = self.office_hours_waits
+        if self.missing_ids:
+            out["missing_ids"] = self.missing_ids
         return out
 
 
@@ -161,6 +174,7 @@ class ArchiveReport:
     def totals(self) -> dict[str, int]:
         totals = {k: sum(getattr(b.result, k) for b in self.batches if b.result) for k in COUNT_KEYS}
         totals["ids"] = sum(len(b.ids) for b in self.batches)
+        totals["missing"] = sum(len(b.missing_ids) for b in self.batches)
         for status in BatchStatus:
             totals[f"batches_{status.value.replace('-', '_')}"] = sum(
                 1 for b in self.batches if b.status is status)
@@ -170,6 +184,11 @@ class ArchiveReport:
     def ok(self) -> bool:
         """True when every batch was processed (or listed, in a dry run)."""
         return all(b.status in (BatchStatus.OK, BatchStatus.DRY_RUN) for b in self.batches)
+
+    def remaining_ids(self) -> list[int]:
+        """Ids not confirmed processed (failed, skipped or unconfirmed batches), in order."""
+        return [i for b in self.batches if b.status not in (BatchStatus.OK, BatchStatus.DRY_RUN)
+                for i in b.sendable]
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -211,6 +230,7 @@ class ArchiveJob:
         delete: bool = True,
         batch_size: int = MAX_ARCHIVE_IDS,
         wait_office_hours: bool = False,
+        skip_missing: bool = False,
         poll_interval: float = 60.0,
         max_wait: float | None = None,
         on_batch: Callable[[BatchOutcome], None] | None = None,
@@ -232,6 +252,7 @@ class ArchiveJob:
         if operation is Operation.ARCHIVE:
             self.flags = {"insert_leads": insert, "update_leads": update, "delete_leads": delete}
         self.wait_office_hours = wait_office_hours
+        self.skip_missing = skip_missing
         self.poll_interval = poll_interval
         self.max_wait = max_wait
         self.waited = 0.0  # seconds spent waiting for office hours to end, whole job
@@ -305,9 +326,9 @@ class ArchiveJob:
         while True:
             try:
                 if self.operation is Operation.ARCHIVE:
-                    result = await self.client.archive_leads(batch.ids, **self.flags)
+                    result = await self.client.archive_leads(batch.sendable, **self.flags)
                 else:
-                    result = await self.client.dearchive_leads(batch.ids, **self.flags)
+                    result = await self.client.dearchive_leads(batch.sendable, **self.flags)
             except OfficeHoursError as exc:
                 batch.http_status, batch.message = exc.status, exc.message
                 if not self.wait_office_hours:
@@ -329,6 +350,12 @@ class ArchiveJob:
                 self.waited += self._clock() - started
                 continue
             except PlatformValidationError as exc:
+                if self._drop_missing(batch, exc):
+                    if not batch.sendable:
+                        batch.status, batch.http_status = BatchStatus.OK, exc.status
+                        batch.message = "every id is missing from the source table: nothing to do"
+                        return ""
+                    continue
                 batch.status, batch.http_status, batch.message = BatchStatus.FAILED, exc.status, exc.message
                 batch.offending_ids = list(exc.ids)
                 return ""
@@ -343,6 +370,18 @@ class ArchiveJob:
             batch.status, batch.result, batch.message, batch.http_status = (
                 BatchStatus.OK, result, result.message, 200)
             return ""
+
+    def _drop_missing(self, batch: BatchOutcome, exc: PlatformValidationError) -> bool:
+        """With skip_missing, set aside the ids the server says do not exist; True to re-send."""
+        if not self.skip_missing or not exc.message.endswith(MISSING_MESSAGE):
+            return False
+        pending = set(batch.sendable)
+        gone = [i for i in exc.ids if isinstance(i, int) and not isinstance(i, bool) and i in pending]
+        if not gone:
+            return False  # nothing we can drop: re-sending would loop
+        log.info("batch %d: %d id(s) do not exist, re-sending without them", batch.index, len(gone))
+        batch.missing_ids.extend(gone)
+        return True
 
     async def _wait(self, seconds: float) -> None:
         """Sleep, but wake early on a stop request."""

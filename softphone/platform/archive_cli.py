@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import warnings
@@ -84,8 +85,12 @@ def _batch_line(b: BatchOutcome, total: int) -> str:
     if b.status is BatchStatus.OK and b.result is not None:
         r = b.result
         extra = f" after {r.attempts} attempts" if r.attempts > 1 else ""
+        if b.missing_ids:
+            extra += f" ({len(b.missing_ids)} missing id(s) left out)"
         return (f"{head}: ok select={r.select_count} insert={r.insert_count} update={r.update_count} "
                 f"delete={r.delete_count}{extra}")
+    if b.status is BatchStatus.OK:
+        return f"{head}: ok, {b.message} ({len(b.missing_ids)} missing id(s))"
     if b.status is BatchStatus.DRY_RUN:
         return f"{head}: dry run, not sent"
     status = f"HTTP {b.http_status}: " if b.http_status else ""
@@ -100,6 +105,7 @@ def _batch_line(b: BatchOutcome, total: int) -> str:
 def _totals_line(report: ArchiveReport) -> str:
     t = report.totals
     unconfirmed = f" unconfirmed={t['batches_unconfirmed']}" if t["batches_unconfirmed"] else ""
+    unconfirmed += f" missing={t['missing']}" if t["missing"] else ""
     return (f"total: {t['ids']} ids in {len(report.batches)} batches: ok={t['batches_ok']} "
             f"failed={t['batches_failed']} skipped={t['batches_skipped']}{unconfirmed}; select={t['select_count']} "
             f"insert={t['insert_count']} update={t['update_count']} delete={t['delete_count']}")
@@ -110,7 +116,8 @@ def run_command(operation: Operation, *, source: str | None, ids: tuple[str, ...
                 server: str | None, api_url: str | None, auth_key: str | None, ca_file: str | None,
                 insecure: bool, paths_file: str | None, report: str | None, dry_run: bool,
                 wait_outside_office_hours: bool, poll_interval: float, max_wait: float | None,
-                batch_size: int, timeout: float, retries: int, debug: bool = False) -> None:
+                batch_size: int, timeout: float, retries: int, debug: bool = False,
+                skip_missing: bool = False, remaining: str | None = None) -> None:
     """Body shared by both commands (click has parsed and typed the options)."""
     if debug:
         from softphone.log import setup_logging
@@ -142,7 +149,7 @@ def run_command(operation: Operation, *, source: str | None, ids: tuple[str, ...
         job = ArchiveJob(None, operation, raw_ids, insert=not no_insert, update=not no_update,
                          delete=not no_delete, batch_size=batch_size,
                          wait_office_hours=wait_outside_office_hours, poll_interval=poll_interval,
-                         max_wait=max_wait, on_wait=_echo_wait)
+                         max_wait=max_wait, on_wait=_echo_wait, skip_missing=skip_missing)
     except PlatformValidationError as exc:
         click.echo(f"softphone: {exc.message}", err=True)
         sys.exit(EXIT_BAD_INPUT)
@@ -155,12 +162,16 @@ def run_command(operation: Operation, *, source: str | None, ids: tuple[str, ...
     flags = ", ".join(f"{k}={v}" for k, v in job.flags.items())
     click.echo(f"{operation.value}: {n_ids} lead ids in {total} batch(es) of <= {batch_size} ({flags})", err=True)
 
-    if report:
-        try:  # fail before sending anything, not after the first batch
-            job.report.write(report)
-        except OSError as exc:
-            click.echo(f"softphone: --report {report}: cannot write: {exc.strerror or exc}", err=True)
-            sys.exit(EXIT_BAD_INPUT)
+    for option, target in (("--report", report), ("--remaining", remaining)):
+        if target:
+            try:  # fail before sending anything, not after the first batch
+                if option == "--report":
+                    job.report.write(target)
+                else:
+                    _write_remaining(target, [])
+            except OSError as exc:
+                click.echo(f"softphone: {option} {target}: cannot write: {exc.strerror or exc}", err=True)
+                sys.exit(EXIT_BAD_INPUT)
 
     if dry_run:
         final = job.dry_run()
@@ -187,6 +198,13 @@ def run_command(operation: Operation, *, source: str | None, ids: tuple[str, ...
     job.client = client
     final = asyncio.run(_run(job, total, n_ids, report))
     click.echo(_totals_line(final))
+    left = final.remaining_ids()
+    if remaining:
+        _write_remaining(remaining, left)
+    if left:
+        hint = f"written to {remaining} (pass it back with --ids-file)" if remaining else \
+            "rerun with --remaining FILE to save them"
+        click.echo(f"softphone: {len(left)} lead id(s) not confirmed processed; {hint}", err=True)
     if final.state is JobState.INTERRUPTED:
         click.echo(f"softphone: interrupted: {final.stop_reason}", err=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -197,6 +215,14 @@ def run_command(operation: Operation, *, source: str | None, ids: tuple[str, ...
         if failed and final.state is not JobState.STOPPED:
             click.echo(f"softphone: {len(failed)} batch(es) failed; first: {failed[0].message}", err=True)
         sys.exit(EXIT_FAILED)
+
+
+def _write_remaining(path: str, ids: list[int]) -> None:
+    """One id per line, written atomically: a file --ids-file reads back."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write("".join(f"{i}\n" for i in ids))
+    os.replace(tmp, path)
 
 
 def _echo_wait(b: BatchOutcome, interval: float) -> None:
@@ -274,6 +300,10 @@ def common_options(func: Any) -> Any:
                      help="JSON/TOML file overriding REST paths [env SOFTPHONE_PATHS_FILE]"),
         click.option("--report", type=click.Path(dir_okay=False, writable=True),
                      help="write a JSON report (per batch and totals) to this file"),
+        click.option("--remaining", type=click.Path(dir_okay=False, writable=True),
+                     help="write the ids not confirmed processed (failed, skipped, interrupted), one per line"),
+        click.option("--skip-missing", is_flag=True,
+                     help="on 'lead_ids does not exist', re-send the batch without those ids (listed in the report)"),
         click.option("--dry-run", is_flag=True, help="validate and print the batches; send nothing"),
         click.option("--wait-outside-office-hours", is_flag=True,
                      help="on 403 office hours, retry the batch until the server allows it"),
