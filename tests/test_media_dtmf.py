@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.rtp import HeaderExtensionsMap, RtcpByePacket, RtpPacket, is_rtcp
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from media_support import SineTrack, negotiate, relay_config, wait_connected
 
@@ -356,3 +356,44 @@ async def test_digits_reach_a_lean_counting_receiver(coturn):
     finally:
         await a.close()
         await b.close()
+
+
+async def _no_wait(_seconds: float) -> None:
+    await asyncio.sleep(0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    tones=st.text(alphabet="0123456789*#ABCD", min_size=1, max_size=6),
+    duration=st.integers(40, 400),
+    rate=st.sampled_from([8000, 48000]),
+    seed=st.integers(0, 2**16),
+)
+def test_any_digit_string_survives_reordering_duplicates_and_loss(tones, duration, rate, seed):
+    """Whatever the sender emits decodes to the same digits and durations, even when
+    non-final packets are lost and end packets arrive twice (the end is sent three times)."""
+    import random
+
+    async def scenario():
+        transport = RecordingTransport()
+        dtmf = DtmfSender(RTCRtpSender("audio", transport), sleep=_no_wait)
+        dtmf.configure(payload_type=101, event_clock_rate=rate, audio_clock_rate=rate, mid=None)
+        await dtmf.send(tones, duration_ms=duration, gap_ms=50)
+        return [RtpPacket.parse(p) for p in transport.sent]
+
+    packets = asyncio.run(scenario())
+    rng = random.Random(seed)
+    delivered = []
+    for p in packets:
+        end = TelephoneEvent.parse(p.payload).end
+        if not end and rng.random() < 0.3:
+            continue  # lost
+        delivered.append(p)
+        if end and rng.random() < 0.3:
+            delivered.append(p)  # duplicated
+    decoder = TelephoneEventDecoder()
+    got = []
+    for p in delivered:
+        got += decoder.feed(p.timestamp, p.payload, rate)
+    got += decoder.flush()
+    assert [(e.digit, e.duration_ms) for e in got] == [(t, duration) for t in tones]

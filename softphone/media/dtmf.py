@@ -25,7 +25,7 @@ import math
 import random
 import struct
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiortc
@@ -386,14 +386,17 @@ class DtmfSender:
     final duration; long digits are split into 0xFFFF segments.
     """
 
-    def __init__(self, sender: RTCRtpSender, *, packet_interval: float = 0.02) -> None:
+    def __init__(self, sender: RTCRtpSender, *, packet_interval: float = 0.02,
+                 sleep: Callable[[float], Awaitable[None]] | None = None) -> None:
         check_aiortc_supported()
         self._sender: RTCRtpSender | None = sender
         self.packet_interval = packet_interval
+        self._sleep = sleep or asyncio.sleep  # injectable so tests need not wait in real time
         self.payload_type: int | None = None
         self.event_clock_rate = 8000
         self.mid: str | None = None
         self._lock = asyncio.Lock()
+        self._next_ts: int | None = None  # a new event never starts inside the previous one
         self.tap = RtpSenderTap(sender.transport)
         sender.setTransport(self.tap)  # type: ignore[arg-type]
 
@@ -424,13 +427,13 @@ class DtmfSender:
         async with self._lock:
             for i, tone in enumerate(tones):
                 if tone == ",":
-                    await asyncio.sleep(PAUSE_MS / 1000)
+                    await self._sleep(PAUSE_MS / 1000)
                     continue
                 await self._send_digit(EVENT_CODES[tone], duration_ms)
                 if on_sent is not None:
                     on_sent(DtmfEvent(tone, duration_ms))
                 if i < len(tones) - 1:
-                    await asyncio.sleep(gap_ms / 1000)
+                    await self._sleep(gap_ms / 1000)
 
     async def _send_digit(self, code: int, duration_ms: int) -> None:
         sender, pt = self._sender, self.payload_type
@@ -444,6 +447,9 @@ class DtmfSender:
         step = max(1, round(self.packet_interval * rate))
         count = max(1, math.ceil(total / step))
         segment_ts = tap.timestamp_now()
+        if self._next_ts is not None and 0 < (self._next_ts - segment_ts) & 0xFFFFFFFF < 1 << 31:
+            segment_ts = self._next_ts
+        first_ts = segment_ts
         segment_start = 0
         start = loop.time()
         tap.suppress_audio = True
@@ -457,9 +463,10 @@ class DtmfSender:
                 await self._packet(pt, segment_ts, code, elapsed - segment_start, False, k == 1)
                 delay = start + k * self.packet_interval - loop.time()
                 if delay > 0:
-                    await asyncio.sleep(delay)
+                    await self._sleep(delay)
             for _ in range(END_PACKETS):
                 await self._packet(pt, segment_ts, code, total - segment_start, True, False)
+            self._next_ts = (first_ts + round(total * scale) + 1) & 0xFFFFFFFF
         finally:
             tap.suppress_audio = False
 
