@@ -111,7 +111,7 @@ def test_toml_file_from_env_variable(tmp_path):
 def test_bad_files_name_the_file(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(ConfigurationError, match="bad.json"):
+    with pytest.raises(ConfigurationError, match=r"bad\.json"):
         DEFAULT_PATHS.override_from_file(bad)
     with pytest.raises(ConfigurationError, match="cannot read"):
         DEFAULT_PATHS.override_from_file(tmp_path / "missing.json")
