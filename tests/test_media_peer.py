@@ -20,6 +20,7 @@ from softphone.media.config import (
     TurnTransport,
 )
 from softphone.media.peer import (
+    AIORTC_DEFAULT_ICE_SERVERS,
     add_audio_transceiver,
     check_answer_setup,
     codec_capabilities,
@@ -106,10 +107,14 @@ def test_no_servers_means_an_explicit_empty_list():
 
 
 async def test_peer_connection_never_uses_a_public_stun_server():
-    stock = RTCPeerConnection()  # what aiortc does on its own, for contrast
-    stock.addTransceiver("audio")
-    assert ice_connection_kwargs(stock)["stun_server"] == ("stun.l.google.com", 19302)
-    await stock.close()
+    # aiortc on its own would use Google's STUN server when no iceServers are given ...
+    assert [s.urls for s in AIORTC_DEFAULT_ICE_SERVERS()] == ["stun:stun.l.google.com:19302"]
+    # ... importing softphone.media.peer removes that fallback for every peer connection,
+    bare = RTCPeerConnection()
+    bare.addTransceiver("audio")
+    assert ice_connection_kwargs(bare)["stun_server"] is None
+    await bare.close()
+    # and ours pass an explicit list anyway.
 
     for ice in (IceConfig(), IceConfig(turn_urls=("turn:127.0.0.1:3478",), relay_only=True, **CRED)):
         pc = create_peer_connection(MediaConfig(ice=ice))

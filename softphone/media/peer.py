@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from aiortc import RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
+from aiortc.rtcicetransport import RTCIceGatherer
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from aiortc.rtcrtpsender import RTCRtpSender
 
@@ -29,6 +30,27 @@ from softphone.media.config import MediaConfig
 from softphone.media.sdp import Direction, candidate_types
 
 log = get_logger(__name__)
+
+#: aiortc's own fallback (``stun:stun.l.google.com:19302``), kept for tests that show it is gone.
+AIORTC_DEFAULT_ICE_SERVERS = RTCIceGatherer.getDefaultIceServers
+
+
+def _no_default_ice_servers(cls) -> list:
+    return []
+
+
+def forbid_default_stun() -> None:
+    """Defence in depth: make aiortc's "no iceServers given" fallback an empty list.
+
+    Our peer connections always pass an explicit list; this also covers any
+    other ``RTCPeerConnection()`` in the process (tests, the lab, libraries),
+    which would otherwise resolve and query Google's public STUN server.
+    Applied when this module is imported.
+    """
+    RTCIceGatherer.getDefaultIceServers = classmethod(_no_default_ice_servers)  # type: ignore[method-assign]
+
+
+forbid_default_stun()
 
 
 def codec_capabilities(names: tuple[str, ...] | list[str]) -> list[RTCRtpCodecCapability]:
