@@ -286,8 +286,11 @@ def test_cli_bad_token_exits_2_naming_it(tmp_path):
 
 
 def test_cli_ids_option_and_batch_size(tmp_path):
-    res = run_cli("dearchive", "--ids", "1 2 3", "--ids", "4", "--batch-size", "3", "--dry-run")
+    left = tmp_path / "left.txt"
+    res = run_cli("dearchive", "--ids", "1 2 3", "--ids", "4 2", "--batch-size", "3", "--dry-run",
+                  "--remaining", str(left))
     assert res.exit_code == 0
+    assert left.read_text() == "1\n2\n3\n4\n"  # a dry run processes nothing
     assert "batch 2/2 ids 4..4 (1)" in res.stdout
     assert run_cli("archive", "--ids", "1", "--batch-size", "501", "--dry-run").exit_code == 2
 

@@ -180,6 +180,8 @@ def run_command(operation: Operation, *, source: str | None, ids: tuple[str, ...
         click.echo(_totals_line(final))
         if report:
             final.write(report)
+        if remaining:  # nothing was processed: every id is still to do
+            _write_remaining(remaining, [i for b in final.batches for i in b.ids])
         return
 
     if not auth_key:
