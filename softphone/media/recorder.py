@@ -11,7 +11,9 @@ Duration: a recording is as long as the stream it received.  Frames carry
 ahead) the gap is filled with silence, up to ``max_gap`` seconds, so the
 file stays aligned with the call's timeline.  Bigger jumps (RTP timestamp
 resets, a restarted source) are treated as discontinuities and not padded.
-``pad_gaps=False`` writes only what arrived.
+``pad_gaps=False`` writes only what arrived.  A recording that received
+nothing is an empty WAV/FLAC file, or one frame of silence for codecs with
+fixed frames (Opus, MP3, AAC), whose files cannot be read without a packet.
 
 :class:`CallRecorder` records both directions: one stereo file (left =
 remote, right = local) or two files.  The local direction is tapped from our
@@ -36,7 +38,7 @@ from aiortc.mediastreams import MediaStreamTrack
 
 from softphone.errors import AudioFileError, ConfigurationError
 from softphone.log import get_logger
-from softphone.media.sinks import AudioSink, SinkFanout, SinkState
+from softphone.media.sinks import AudioSink, FrameConverter, SinkFanout, SinkState
 
 log = get_logger(__name__)
 
@@ -104,7 +106,7 @@ class Recorder(AudioSink):
         self.discontinuities = 0
         self._expected: fractions.Fraction | None = None
         self._stream = None
-        self._resampler: av.AudioResampler | None = None
+        self._converter: FrameConverter | None = None
         try:
             self._container = av.open(str(self.path), mode="w", format=format)
         except (av.FFmpegError, OSError, ValueError) as exc:
@@ -142,7 +144,7 @@ class Recorder(AudioSink):
         except (av.FFmpegError, ValueError) as exc:
             raise AudioFileError(f"{self.path}: cannot add a {self.codec_name} stream ({_reason(exc)})") from exc
         self._stream = stream
-        self._resampler = av.AudioResampler(format=fmt, layout=_LAYOUTS[self.channels], rate=self.rate)
+        self._converter = FrameConverter(fmt, _LAYOUTS[self.channels], self.rate)
         log.debug("recording %s: %s %d Hz x%d", self.path, self.codec_name, self.rate, self.channels)
 
     # --- writing ------------------------------------------------------------------
@@ -151,7 +153,8 @@ class Recorder(AudioSink):
         if self._stream is None:
             self._open_stream(frame.sample_rate)
         self._handle_gap(frame)
-        for out in self._resample(frame):
+        assert self._converter is not None
+        for out in self._converter.convert(frame):
             self._encode(out)
 
     def _handle_gap(self, frame: av.AudioFrame) -> None:
@@ -171,17 +174,6 @@ class Recorder(AudioSink):
                 if missing > 0:
                     self._pad(missing)
         self._expected = end
-
-    def _resample(self, frame: av.AudioFrame) -> list[av.AudioFrame]:
-        assert self._resampler is not None
-        try:
-            return list(self._resampler.resample(frame))
-        except ValueError:
-            # The input format changed (another source, another codec): start a new resampler.
-            flushed = list(self._resampler.resample(None))
-            self._resampler = av.AudioResampler(format=self.sample_format, layout=_LAYOUTS[self.channels],
-                                                rate=self.rate)
-            return flushed + list(self._resampler.resample(frame))
 
     def _pad(self, samples: int) -> None:
         silence = av.AudioFrame(format=self.sample_format, layout=_LAYOUTS[self.channels], samples=samples)
@@ -208,17 +200,25 @@ class Recorder(AudioSink):
             raise AudioFileError(f"{self.path}: encoding/writing failed ({_reason(exc)})") from exc
         finally:
             if frame is not None and saved is not None:
-                frame.pts, frame.time_base = saved
+                frame.pts = saved[0]
+                if saved[1] is not None:
+                    frame.time_base = saved[1]
 
     def _close(self) -> None:
         try:
             if self._stream is None:
-                # Nothing arrived: still leave a valid, empty audio file behind.
+                # Nothing arrived: still leave a valid audio file behind.
                 self._open_stream(self.requested_rate or DEFAULT_RATE)
-            elif self._resampler is not None:
-                for out in self._resampler.resample(None):
+            elif self._converter is not None:
+                for out in self._converter.flush():
                     self._encode(out)
+            if self.written == 0:
+                if not (self.codec_name == "flac" or self.codec_name.startswith("pcm_")):
+                    # Ogg, MP3 and MP4 files without a packet cannot be read back: one frame of silence.
+                    self._pad(round(self.rate * 0.02))
             self._encode(None)
+            if self.written == 0:
+                self._container.start_encoding()  # WAV/FLAC: the header alone is a valid empty file
         finally:
             try:
                 self._container.close()
@@ -253,7 +253,7 @@ class _Channel:
 
     def __init__(self, rate: int):
         self.pending = np.zeros(0, dtype="<i2")
-        self.resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
+        self.converter = FrameConverter("s16", "mono", rate)
         self.expected: fractions.Fraction | None = None
         self.started = False
 
@@ -339,7 +339,7 @@ class CallRecorder:
         left, right = self._channels
         n = max(left.pending.size, right.pending.size)
         for ch in self._channels:
-            for out in ch.resampler.resample(None):
+            for out in ch.converter.flush():
                 ch.pending = np.concatenate((ch.pending, _s16_mono(out)))
             n = max(n, ch.pending.size)
         for ch in self._channels:
@@ -378,12 +378,7 @@ class CallRecorder:
         if frame.pts is not None and frame.time_base is not None:
             tb = fractions.Fraction(frame.time_base.numerator, frame.time_base.denominator)
             ch.expected = frame.pts * tb + fractions.Fraction(frame.samples, frame.sample_rate)
-        try:
-            outs = ch.resampler.resample(frame)
-        except ValueError:
-            ch.resampler = av.AudioResampler(format="s16", layout="mono", rate=self.rate)
-            outs = ch.resampler.resample(frame)
-        for out in outs:
+        for out in ch.converter.convert(frame):
             ch.pending = np.concatenate((ch.pending, _s16_mono(out)))
         self._fill_lagging()
         self._flush()

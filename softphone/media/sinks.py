@@ -60,6 +60,34 @@ def frame_to_mono(frame: av.AudioFrame) -> np.ndarray:
     return mono[: frame.samples]
 
 
+class FrameConverter:
+    """``av.AudioResampler`` that survives input format changes.
+
+    PyAV's resampler switches to pass-through when the first frame already
+    has the output format and then hands back *any* later frame unchanged,
+    even one of another rate or layout; it raises on a change otherwise.
+    Either way a stream whose format changes (a switched source, another
+    codec after a re-INVITE) needs a fresh resampler, which this does.
+    """
+
+    def __init__(self, format: str, layout: str, rate: int):
+        self.format, self.layout, self.rate = format, layout, rate
+        self._resampler = av.AudioResampler(format=format, layout=layout, rate=rate)
+        self._input: tuple | None = None
+
+    def convert(self, frame: av.AudioFrame) -> list[av.AudioFrame]:
+        key = (frame.format.name, frame.layout.name, frame.sample_rate)
+        out: list[av.AudioFrame] = []
+        if self._input is not None and key != self._input:
+            out += self.flush()
+            self._resampler = av.AudioResampler(format=self.format, layout=self.layout, rate=self.rate)
+        self._input = key
+        return out + list(self._resampler.resample(frame))
+
+    def flush(self) -> list[av.AudioFrame]:
+        return list(self._resampler.resample(None))
+
+
 class SinkState(enum.Enum):
     IDLE = "idle"          # nothing written yet
     RUNNING = "running"    # frames are arriving

@@ -39,6 +39,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from softphone.errors import AudioFileError, ConfigurationError
 from softphone.log import get_logger
 from softphone.media import tones
+from softphone.media.sinks import FrameConverter
 
 log = get_logger(__name__)
 
@@ -378,7 +379,7 @@ class _Decoder:
             raise AudioFileError(f"{self.path}: contains no audio stream")
         self.stream = streams[0]
         self._frames = self._container.decode(self.stream)
-        self._resampler = av.AudioResampler(format="s16", layout=_LAYOUTS[self.channels], rate=self.rate)
+        self._converter = FrameConverter("s16", _LAYOUTS[self.channels], self.rate)
         self._buf = bytearray()
         self.eof = False
 
@@ -386,7 +387,7 @@ class _Decoder:
         """New output format; already decoded PCM is converted, decoding continues."""
         self._buf = bytearray(resample_pcm(bytes(self._buf), self.rate, self.channels, rate, channels))
         self.rate, self.channels = rate, channels
-        self._resampler = av.AudioResampler(format="s16", layout=_LAYOUTS[channels], rate=rate)
+        self._converter = FrameConverter("s16", _LAYOUTS[channels], rate)
 
     def read(self, n: int) -> bytes:
         want = n * 2 * self.channels
@@ -412,16 +413,9 @@ class _Decoder:
             raise AudioFileError(f"{self.path}: decoding failed ({_reason(exc)})") from exc
         if frame is None:
             self.eof = True
-            out = self._resampler.resample(None)
+            out = self._converter.flush()
         else:
-            frame.pts = None  # let the resampler count; input pts may be sparse
-            try:
-                out = self._resampler.resample(frame)
-            except ValueError:
-                # The stream changed format mid-file (chained ogg, etc.): restart the resampler.
-                self._resampler = av.AudioResampler(format="s16", layout=_LAYOUTS[self.channels],
-                                                    rate=self.rate)
-                out = self._resampler.resample(frame)
+            out = self._converter.convert(frame)  # copes with chained streams changing format
         for f in out:
             self._buf += bytes(f.planes[0])[: f.samples * 2 * self.channels]
 
