@@ -15,7 +15,7 @@ import pytest
 from softphone.errors import TelephonyError
 from softphone.lab.server import start_lab
 from softphone.lab.telephony import InMemoryTelephony
-from softphone.lab.testing import MYSQL_URL_ENV, drop_mysql_database, fresh_mysql_url
+from softphone.lab.testing import MYSQL_URL_ENV, PrivateMariaDB, drop_mysql_database, fresh_mysql_url
 
 KEY = "lab-system-key"
 
@@ -414,11 +414,28 @@ async def test_logs_never_show_key_passwords_or_tokens(api, caplog):
     assert "logged in" in caplog.text  # the log is not simply empty
 
 
+@pytest.fixture(scope="module")
+def mariadb_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """$SOFTPHONE_TEST_MYSQL_URL, else the ``mariadb`` peer fixture, else a private mariadbd."""
+    if os.environ.get(MYSQL_URL_ENV):
+        yield os.environ[MYSQL_URL_ENV]
+        return
+    try:
+        yield request.getfixturevalue("mariadb")
+        return
+    except pytest.FixtureLookupError:
+        pass
+    server = PrivateMariaDB(str(tmp_path_factory.mktemp("mariadb"))).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.mark.peer
-async def test_api_flow_on_mariadb(request):
+async def test_api_flow_on_mariadb(mariadb_server):
     """The same state machine on the real database (calls, tokens, campaigns in InnoDB)."""
-    server_ref = os.environ.get(MYSQL_URL_ENV) or request.getfixturevalue("mariadb")
-    url = fresh_mysql_url(server_ref)
+    url = fresh_mysql_url(mariadb_server)
     try:
         async with await start_lab(db_url=url) as server, aiohttp.ClientSession(server.url) as session:
             api = Api(session)
@@ -430,6 +447,9 @@ async def test_api_flow_on_mariadb(request):
             assert data["calls"][0]["call_state"] == "hold"
             assert (await api.req("POST", "/omni/users/1001/logout"))[0] == 200
             assert (await api.req("POST", "/omni/campaigns/2/status", {"status": 2}))[0] == 200
+            for hook in ("http://127.0.0.1:9/a", "http://127.0.0.1:9/b"):  # upsert, twice
+                assert (await api.req("POST", "/omni/notifications/endpoint", {"url": hook}))[0] == 200
+            assert await server.lab.store.setting("notification_url") == "http://127.0.0.1:9/b"
         # state survives a restart on the same database; seeding again changes nothing
         async with await start_lab(db_url=url) as server, aiohttp.ClientSession(server.url) as session:
             api = Api(session)

@@ -17,19 +17,41 @@ from softphone.lab.archive import MAX_LEAD_IDS, Direction, LeadArchive, validate
 from softphone.lab.db import Database, open_database
 from softphone.lab.schema import LEAD_COLUMN_NAMES
 from softphone.lab.seed import apply_seed, load_seed
-from softphone.lab.testing import MYSQL_URL_ENV, drop_mysql_database, fresh_mysql_url, table_snapshot
+from softphone.lab.testing import (
+    MYSQL_URL_ENV,
+    PrivateMariaDB,
+    drop_mysql_database,
+    fresh_mysql_url,
+    table_snapshot,
+)
 
 ALL = {"insert_leads": True, "update_leads": True, "delete_leads": True}
 
 
-def mysql_url(request: pytest.FixtureRequest) -> str:
-    server = os.environ.get(MYSQL_URL_ENV) or request.getfixturevalue("mariadb")
-    return fresh_mysql_url(server)
+@pytest.fixture(scope="module")
+def mariadb_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """$SOFTPHONE_TEST_MYSQL_URL, else the ``mariadb`` peer fixture, else a private mariadbd."""
+    if os.environ.get(MYSQL_URL_ENV):
+        yield os.environ[MYSQL_URL_ENV]
+        return
+    try:
+        yield request.getfixturevalue("mariadb")
+        return
+    except pytest.FixtureLookupError:
+        pass
+    server = PrivateMariaDB(str(tmp_path_factory.mktemp("mariadb"))).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("mariadb", marks=pytest.mark.peer)])
 async def db(request: pytest.FixtureRequest):
-    url = "sqlite:///:memory:" if request.param == "sqlite" else mysql_url(request)
+    if request.param == "sqlite":
+        url = "sqlite:///:memory:"
+    else:
+        url = fresh_mysql_url(request.getfixturevalue("mariadb_server"))
     database = await open_database(url)
     await apply_seed(database, load_seed())
     yield database

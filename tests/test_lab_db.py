@@ -106,3 +106,22 @@ def test_bad_seed_files_are_configuration_errors(tmp_path):
         load_seed(path)
     with pytest.raises(ConfigurationError, match="cannot read"):
         load_seed(tmp_path / "missing.json")
+
+
+def test_upsert_is_spelled_per_dialect():
+    assert SQLITE.upsert("t", ["k"], ["v"]) == (
+        "INSERT INTO t (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v")
+    assert MYSQL.upsert("t", ["k"], ["v"]) == "INSERT INTO t (k, v) VALUES (?, ?) ON DUPLICATE KEY UPDATE v = VALUES(v)"
+    assert MYSQL.same("a.x", "b.x") == "a.x <=> b.x" and SQLITE.same("a.x", "b.x") == "a.x IS b.x"
+
+
+async def test_sqlite_upsert_inserts_then_updates():
+    db = await open_database("sqlite:///:memory:")
+    try:
+        sql = db.dialect.upsert("lab_settings", ["name"], ["value"])
+        for value in ("one", "two"):
+            await db.run_transaction(lambda tx, value=value: tx.execute(sql, ("k", value)))
+        rows = await db.run_transaction(lambda tx: tx.fetchall("SELECT name, value FROM lab_settings"))
+        assert rows == [("k", "two")]
+    finally:
+        await db.close()

@@ -6,6 +6,7 @@ lives in :class:`Dialect` and the two backends below:
 
 * placeholders: ``?`` for SQLite, ``%s`` for aiomysql (translated here);
 * NULL-safe equality: ``IS`` (SQLite) versus ``<=>`` (MariaDB);
+* upsert: ``ON CONFLICT ... DO UPDATE`` versus ``ON DUPLICATE KEY UPDATE``;
 * locking: ``BEGIN IMMEDIATE`` takes SQLite's write lock up front; MariaDB
   runs READ COMMITTED transactions and callers lock rows with
   :attr:`Dialect.for_update` (``SELECT ... FOR UPDATE``);
@@ -50,6 +51,15 @@ class Dialect:
     def same(self, left: str, right: str) -> str:
         """A NULL-safe "left equals right" predicate."""
         return f"{left} {self.null_safe_eq} {right}"
+
+    def upsert(self, table: str, keys: Sequence[str], columns: Sequence[str]) -> str:
+        """INSERT of ``keys + columns`` that updates ``columns`` when the key exists."""
+        names = [*keys, *columns]
+        head = f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+        if self.name == "mysql":
+            return head + " ON DUPLICATE KEY UPDATE " + ", ".join(f"{c} = VALUES({c})" for c in columns)
+        return (head + f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET "
+                + ", ".join(f"{c} = excluded.{c}" for c in columns))
 
 
 SQLITE = Dialect(name="sqlite", null_safe_eq="IS", for_update="")

@@ -252,9 +252,5 @@ class LabStore:
         return None if row is None else str(row[0])
 
     async def set_setting(self, name: str, value: str) -> None:
-        async def run(tx: Tx) -> None:
-            if await tx.execute("UPDATE lab_settings SET value = ? WHERE name = ?", (value, name)) == 0:
-                if not await tx.fetchone("SELECT 1 FROM lab_settings WHERE name = ?", (name,)):
-                    await tx.execute("INSERT INTO lab_settings (name, value) VALUES (?, ?)", (name, value))
-
-        await self.db.run_transaction(run)
+        sql = self.db.dialect.upsert("lab_settings", ["name"], ["value"])
+        await self.db.run_transaction(lambda tx: tx.execute(sql, (name, value)))
