@@ -234,6 +234,14 @@ async def test_call_never_replaced_after_503(fake):
     assert fake.hits["POST /omni/voice/1001/shotgun"] == 1
 
 
+async def test_retry_safe_override_for_raw_requests(fake):
+    fake.script["/omni/voice/1001/calls/8/hold"] = [(503, {"success": False, "detail": "busy"})] * 2
+    async with client_for(fake, retries=2) as c:
+        answer = await c.request("hold", {}, retry_safe=True, user_id=1001, call_id=8)
+    assert answer["success"] is True
+    assert fake.hits["POST /omni/voice/1001/calls/8/hold"] == 3
+
+
 async def test_archive_retried_and_attempts_reported(fake):
     fake.script["/vicidial/leads/archive"] = [(503, {"message": "busy"})]
     async with client_for(fake, retries=2) as c:

@@ -213,6 +213,20 @@ async def test_expired_token_is_refreshed_once(lab):
         await server.close()
 
 
+async def test_concurrent_401s_cause_one_refresh():
+    now = [dt.datetime.now(dt.timezone.utc).timestamp()]
+    server = await start_lab(db_url="sqlite:///:memory:", clock=lambda: now[0])
+    try:
+        async with agent(server) as c:
+            await c.campaign_status(1)
+            now[0] += 2 * 3600
+            results = await asyncio.gather(*(c.campaign_status(1) for _ in range(15)))
+        assert all(r.campaign_id == 1 for r in results)
+        assert c.authorizations == 2  # fifteen rejected requests, one re-authorization
+    finally:
+        await server.close()
+
+
 async def test_token_reused_for_many_calls(lab):
     async with agent(lab) as c:
         await asyncio.gather(*(c.campaign_status(1) for _ in range(10)))
