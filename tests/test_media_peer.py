@@ -32,6 +32,29 @@ from softphone.params import load_params
 
 CRED = dict(username="agent7", credential="turn-secret-123")
 
+#: A throw-away self-signed CA certificate (openssl req -x509, CN "softphone test CA").
+_SELF_SIGNED_CA = """\
+-----BEGIN CERTIFICATE-----
+MIIDGTCCAgGgAwIBAgIUKFKrBK2ZPICgDYVFUmAPHM15OnYwDQYJKoZIhvcNAQEL
+BQAwHDEaMBgGA1UEAwwRc29mdHBob25lIHRlc3QgQ0EwHhcNMjYxMTI3MDMyNDMx
+WhcNMzYxMTI0MDMyNDMxWjAcMRowGAYDVQQDDBFzb2Z0cGhvbmUgdGVzdCBDQTCC
+ASIwDQYJKoZIhvcNAQEBBQADggEPADCCAQoCggEBALv5g4EuLyw87O0PVm7xmXQV
+wIru7xcsC58gdbjt+mTVYIipKbtdkdj/kKr1lbwLqPU7fXRn9/dzdPdjXxsNyj7Q
+0GVu4K6n2Gr05Qv6zZKtb/IPSFw/S0sZJRSio0bw8Lnurir1AWSQqivGxniE6N0m
+zJkQx1Kri3DmYBLH/j6sZHW2YB2pIh9mNlTW3X2Ns7POK+07YVQ+KBGwqvy/Hj+7
+T0VahCq7sWNkOdwQJy8eIrXobhXwotmfZjn2d01OwGGsxp8EcP/RWLdwuRgWD2AG
+66K6wc6CucZU4hGY9FPcw2+pkjonNfkv84LJ42zW5QAtBZ3ERQdEIK25vD8HtrMC
+AwEAAaNTMFEwHQYDVR0OBBYEFKWd9l2cvtTOjG49v6uGis/ci6CZMB8GA1UdIwQY
+MBaAFKWd9l2cvtTOjG49v6uGis/ci6CZMA8GA1UdEwEB/wQFMAMBAf8wDQYJKoZI
+hvcNAQELBQADggEBACTt26Q8HHDUCQEyGzwvX3/IuleALov0EvgZ8Jr4a4suaGOu
+qVY3qCNqGDz0Btw8m7QNR+gHgPln1QmUm8HylotBPZ50pYYdtbryRFPqbypV/QPY
+waABDLfpIRs3JgQZcZIXxxe30fcPzqFVF+YY9LMoQf1YOAJaygVwXOhQ8FzKQFsY
+LzQSD36iajFw/QxEEj1I1NoGOsVAWzwcjDDp/OKfi30xKItGlk3uQgOZxiysJHZH
+7oiK1yC7wgGwHUgBkw8+sXCuDLRkdGMYphnyTfzH47ia23aAkUA4M0Q6l7CI9T6k
+jDrfXXbhuXFGrJ35rbjI2+6WoB5TDJiajVz46tg=
+-----END CERTIFICATE-----
+"""
+
 # --- IceConfig ----------------------------------------------------------------------------
 
 
@@ -98,6 +121,36 @@ def test_credential_is_a_secret_and_never_shown():
     for text in (repr(ice), str(ice), ice.describe(), repr(MediaConfig(ice=ice))):
         assert "turn-secret-123" not in text
     assert REDACTED in repr(ice)
+
+
+async def test_turns_is_verified_by_default_and_a_ca_file_or_insecure_is_explicit(tmp_path):
+    import ssl
+
+    turns = dict(turn_urls=("turns:turn.example:5349",), relay_only=True, **CRED)
+
+    def connection_ssl(ice: IceConfig):
+        config = MediaConfig(ice=ice)
+        pc = create_peer_connection(config)
+        add_audio_transceiver(pc, config)
+        return pc, pc.getTransceivers()[0].receiver.transport.transport._connection.turn_ssl
+
+    pc, default = connection_ssl(IceConfig(**turns))
+    assert default is True  # aioice: ssl=True -> system CAs, hostname checked
+    await pc.close()
+    pc, insecure = connection_ssl(IceConfig(tls_insecure=True, **turns))
+    assert isinstance(insecure, ssl.SSLContext) and insecure.verify_mode is ssl.CERT_NONE
+    await pc.close()
+    ca = tmp_path / "ca.pem"
+    ca.write_text(_SELF_SIGNED_CA)
+    pc, custom = connection_ssl(IceConfig(tls_ca_file=str(ca), **turns))
+    assert isinstance(custom, ssl.SSLContext) and custom.verify_mode is ssl.CERT_REQUIRED
+    assert custom.check_hostname and custom.cert_store_stats()["x509_ca"] == 1
+    await pc.close()
+    with pytest.raises(ConfigurationError, match="tls_ca_file"):
+        IceConfig(tls_ca_file=str(tmp_path / "missing.pem"), **turns)
+    with pytest.raises(ConfigurationError, match="tls_insecure"):
+        IceConfig(tls_ca_file=str(ca), tls_insecure=True, **turns)
+    assert IceConfig(tls_insecure=True, turn_urls=("turn:t.example",), **CRED).turn_tls_context() is None
 
 
 def test_no_servers_means_an_explicit_empty_list():

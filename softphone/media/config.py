@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import re
+import ssl
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -109,6 +110,10 @@ class IceConfig:
     transport_preference: tuple[str, ...] = ("udp", "tcp", "tls")
     gathering_timeout: float = DEFAULT_GATHERING_TIMEOUT
     stun_urls: tuple[str, ...] = ()
+    tls_ca_file: str | None = None
+    """CA bundle for a ``turns:`` server's certificate (default: the system's)."""
+    tls_insecure: bool = False
+    """Accept any ``turns:`` certificate: an explicit opt-in, never a fallback."""
 
     def __post_init__(self) -> None:
         if isinstance(self.turn_urls, str):
@@ -135,6 +140,13 @@ class IceConfig:
             )
         if self.relay_only and not self.turn_urls:
             raise ConfigurationError("relay_only: needs at least one TURN URL in turn_urls")
+        if self.tls_ca_file and self.tls_insecure:
+            raise ConfigurationError("tls_ca_file/tls_insecure: give one or the other, not both")
+        if self.tls_ca_file is not None:
+            import os
+
+            if not os.path.isfile(self.tls_ca_file):
+                raise ConfigurationError(f"tls_ca_file: {self.tls_ca_file!r} is not a readable file")
         if self.turn_urls and (not self.username or not self.credential):
             raise ConfigurationError("username/credential: TURN URLs need both (long-term credentials)")
 
@@ -151,6 +163,25 @@ class IceConfig:
         """The one TURN URL aiortc will use (it ignores all but the first)."""
         ordered = self.ordered_turn_urls
         return ordered[0].url if ordered else None
+
+    def turn_tls_context(self) -> ssl.SSLContext | None:
+        """The TLS context for a ``turns:`` server when it differs from aioice's default.
+
+        aioice verifies ``turns:`` certificates against the system CAs (``ssl=True``);
+        a CA file or the explicit insecure flag need a context of our own.
+        """
+        selected = self.ordered_turn_urls
+        if not selected or selected[0].transport is not TurnTransport.TLS:
+            return None
+        if self.tls_insecure:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            log.warning("TURN over TLS to %s without certificate verification (tls_insecure)", selected[0].host)
+            return context
+        if self.tls_ca_file:
+            return ssl.create_default_context(cafile=self.tls_ca_file)
+        return None
 
     def ice_servers(self) -> list[RTCIceServer]:
         """An explicit (possibly empty) list: never ``None``, so no public STUN default."""

@@ -78,6 +78,10 @@ def add_audio_transceiver(pc: RTCPeerConnection, config: MediaConfig,
     """One sendrecv audio transceiver with the configured codec preference."""
     transceiver = pc.addTransceiver(source if source is not None else "audio", direction="sendrecv")
     transceiver.setCodecPreferences(codec_capabilities(config.codecs))
+    context = config.ice.turn_tls_context()
+    if context is not None:
+        # aiortc only passes ssl=True for turns:; aioice hands turn_ssl to create_connection().
+        transceiver.receiver.transport.transport._connection.turn_ssl = context
     return transceiver
 
 
