@@ -177,10 +177,13 @@ def lab_command(host: str, port: int, db_url: str, api_key: str | None, office_h
         click.echo(f"  openapi:      {server.url}/openapi.yaml")
         click.echo("  Ctrl-C to stop")
 
+    source = click.get_current_context().get_parameter_source("api_key")
+    key_source = {click.core.ParameterSource.ENVIRONMENT: "environment SOFTPHONE_LAB_API_KEY",
+                  click.core.ParameterSource.COMMANDLINE: "option --api-key"}.get(source)
     try:
         asyncio.run(serve_until_stopped(announce, host=host, port=port, db_url=db_url, api_key=api_key,
                                         office_hours=list(office_hours) or None, seed=seed,
-                                        token_ttl=token_ttl))
+                                        token_ttl=token_ttl, api_key_source=key_source))
     except ConfigurationError as exc:
         click.echo(f"softphone lab: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)

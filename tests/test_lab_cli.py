@@ -75,7 +75,7 @@ async def test_api_key_seed_and_office_hours_options(tmp_path):
     proc, banner = await start("--port", "0", "--seed", str(path), "--office-hours", "daily 00:00-24:00",
                                env={"SOFTPHONE_LAB_API_KEY": "from-env-key-123"})
     try:
-        assert banner["api key from"] == "given" and banner["seed"] == str(path)
+        assert banner["api key from"] == "environment SOFTPHONE_LAB_API_KEY" and banner["seed"] == str(path)
         assert banner["office hours"] == "daily 00:00-24:00"
         async with aiohttp.ClientSession(banner["url"]) as session:
             body = {"insert_leads": True, "update_leads": True, "delete_leads": True, "lead_ids": [1000]}

@@ -87,6 +87,7 @@ async def start_lab(
     clock: Callable[[], float] | None = None,
     paths: PlatformPaths = DEFAULT_PATHS,
     notification_timeout: float = 5.0,
+    api_key_source: str | None = None,
     **lab_options: Any,
 ) -> LabServer:
     """Open ``db_url``, apply the seed, serve the API on ``host:port``.
@@ -98,7 +99,7 @@ async def start_lab(
     if api_key is None:
         key, key_source = Secret(seed_obj.api_key), f"seed {seed_obj.path}"
     else:
-        key, key_source = Secret(api_key), "given"
+        key, key_source = Secret(api_key), api_key_source or "given"
     for user in seed_obj.users:
         register_secret(user["password"])
     hours = office_hours if isinstance(office_hours, OfficeHours) else OfficeHours.parse(office_hours)
