@@ -6,6 +6,8 @@ import pytest
 
 from softphone import log
 
+pytest_plugins = ["peers.plugin"]  # tests/peers: real coturn, Kamailio, MariaDB, Chromium fixtures
+
 
 @pytest.fixture(autouse=True)
 def _forget_secrets():

@@ -1,0 +1,67 @@
+"""pytest plugin with the real-peer fixtures; loaded by tests/conftest.py (`pytest_plugins`).
+
+Every peer gets a free loopback port, a generated config and a log file under
+the test's tmp dir (`pytest --basetemp=DIR` to keep them somewhere known),
+is probed by a real connection before the test runs, and is stopped by PID at
+teardown. A peer that cannot start fails the test with its log tail; nothing
+is ever skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from .coturn import Coturn
+from .kamailio import Kamailio
+from .process import PeerStartError, fail
+
+
+@pytest.fixture(scope="session")
+def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
+    """coturn with long-term credentials and loopback peers allowed, for the whole session."""
+    turn = Coturn(tmp_path_factory.mktemp("coturn"))
+    try:
+        turn.start()
+    except PeerStartError as exc:
+        turn.stop()
+        fail("coturn", str(exc), turn.log_path)
+    yield turn
+    turn.stop()
+
+
+def _start_kamailio(kam: Kamailio) -> Kamailio:
+    try:
+        kam.start()
+    except PeerStartError as exc:
+        kam.stop()
+        fail("kamailio", str(exc), kam.log_path, extra=f"config: {kam.config_path}")
+    return kam
+
+
+@pytest.fixture(scope="session")
+def kamailio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kamailio]:
+    """A shared registrar/proxy with users 1001..1020 (passwords pw1001..). Do not stop it in a test."""
+    kam = _start_kamailio(Kamailio(tmp_path_factory.mktemp("kamailio")))
+    yield kam
+    kam.stop()
+
+
+@pytest.fixture
+def kamailio_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Kamailio]]:
+    """Start private Kamailio instances a test may stop, restart or fill with up to 1000 users.
+
+    `kamailio_factory(users=None, n_users=20, domain="127.0.0.1", children=2, ...)` returns a
+    started instance; all of them are stopped at teardown.
+    """
+    started: list[Kamailio] = []
+
+    def make(users: dict[str, str] | None = None, n_users: int = 20, **kwargs) -> Kamailio:
+        kam = Kamailio(tmp_path_factory.mktemp("kamailio"), users=users, n_users=n_users, **kwargs)
+        started.append(kam)
+        return _start_kamailio(kam)
+
+    yield make
+    for kam in started:
+        kam.stop()
