@@ -359,3 +359,33 @@ def test_write_wav_accepts_floats_ints_and_bytes(tmp_path):
             assert (w.getnframes(), w.getframerate(), w.getsampwidth()) == (800, 8000, 2)
     with pytest.raises(AudioFileError, match="nodir"):
         write_wav(tmp_path / "nodir" / "x.wav", x, 8000)
+
+
+def test_composites_convert_every_item_to_their_format(tmp_path):
+    """Items made at other rates (DTMF at 48 kHz, silence at 16 kHz, a 22.05 kHz file) play at 8 kHz."""
+    speechlike = generate_tone_file(tmp_path / "p.wav", [350.0, 440.0], duration=0.3, rate=22050)
+    items = [speechlike, SilenceSource(duration=0.1, sample_rate=16000), DtmfToneSource("1234#"),
+             ToneSource([1000.0], duration=0.2)]
+    playlist = PlaylistSource(items, realtime=False, sample_rate=8000)
+    x = read_all(playlist)
+    expected = 0.3 + 0.1 + 5 * 0.170 + 0.2
+    assert x.size / 8000 == pytest.approx(expected, abs=0.02)
+    assert "".join(d.digit for d in tones.decode_dtmf(x, 8000)) == "1234#"
+    tail = x[-1200:]
+    assert tones.frequencies_close(tones.dominant_frequency(tail, 8000)[0], 1000.0)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: ToneSource([500.0], duration=0.4),
+    lambda: SilenceSource(duration=0.4),
+    lambda: DtmfToneSource("12", on_ms=130, off_ms=70),
+    lambda: PcmSource(np.full(19200, 1000, dtype="<i2"), 48000),
+])
+def test_format_change_mid_stream_keeps_the_remaining_time(make):
+    src = make()
+    first = len(src.read(4800)) // 2 / 48000          # 0.1 s at 48 kHz
+    src.set_format(8000, 2)
+    rest = 0
+    while not src.finished:
+        rest += len(src.read(160)) // 4
+    assert first + rest / 8000 == pytest.approx(0.4, abs=0.005)

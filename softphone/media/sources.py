@@ -125,11 +125,12 @@ class AudioSource(MediaStreamTrack):
         """Change the PCM format :meth:`read` produces (composites align their parts)."""
         self._check_format(sample_rate, channels)
         if (sample_rate, channels) != (self.sample_rate, self.channels):
+            old_rate, old_channels = self.sample_rate, self.channels
             self.sample_rate, self.channels = int(sample_rate), int(channels)
-            self._format_changed()
+            self._format_changed(old_rate, old_channels)
 
-    def _format_changed(self) -> None:
-        """Hook: rebuild resamplers/caches for the new format."""
+    def _format_changed(self, old_rate: int, old_channels: int) -> None:
+        """Hook: convert buffered content and positions to the new format."""
 
     # --- content ----------------------------------------------------------------
 
@@ -324,7 +325,7 @@ class PcmSource(AudioSource):
     def duration(self) -> float:
         return len(self._pcm) / self.bytes_per_sample / self.sample_rate
 
-    def _format_changed(self) -> None:
+    def _format_changed(self, old_rate: int, old_channels: int) -> None:
         fraction = self._pos / max(1, len(self._pcm))
         self._pcm = resample_pcm(self._pcm_in, self._in_rate, self._in_channels, self.sample_rate,
                                  self.channels)
@@ -500,7 +501,7 @@ class FileSource(AudioSource):
             self._decoder = _Decoder(self.path, self.sample_rate, self.channels)
         self.loops = 0
 
-    def _format_changed(self) -> None:
+    def _format_changed(self, old_rate: int, old_channels: int) -> None:
         if self._pcm is not None:
             self._pcm.set_format(self.sample_rate, self.channels)
         if self._decoder is not None:
@@ -568,8 +569,8 @@ class ToneSource(AudioSource):
         self.duration = duration
         self._pos = 0
 
-    def _format_changed(self) -> None:
-        self._pos = 0
+    def _format_changed(self, old_rate: int, old_channels: int) -> None:
+        self._pos = round(self._pos * self.sample_rate / old_rate)
 
     def _produce(self, n: int) -> bytes:
         if self.duration is not None:
@@ -595,6 +596,9 @@ class SilenceSource(AudioSource):
         super().__init__(**kwargs)
         self.duration = duration
         self._pos = 0
+
+    def _format_changed(self, old_rate: int, old_channels: int) -> None:
+        self._pos = round(self._pos * self.sample_rate / old_rate)
 
     def _produce(self, n: int) -> bytes:
         if self.duration is not None:
@@ -634,6 +638,10 @@ class DtmfToneSource(AudioSource):
         self.digits_sent += digits
         if self.state is SourceState.FINISHED:
             self.reset()
+
+    def _format_changed(self, old_rate: int, old_channels: int) -> None:
+        self._queue = bytearray(resample_pcm(bytes(self._queue), old_rate, old_channels, self.sample_rate,
+                                             self.channels))
 
     def _produce(self, n: int) -> bytes:
         want = n * self.bytes_per_sample
@@ -675,7 +683,7 @@ class PlaylistSource(AudioSource):
         self.index = 0
         self._announced = -1
 
-    def _format_changed(self) -> None:
+    def _format_changed(self, old_rate: int, old_channels: int) -> None:
         for item in self.items:
             item.set_format(self.sample_rate, self.channels)
 
@@ -744,7 +752,7 @@ class SwitchableSource(AudioSource):
             old.stop()
         return old
 
-    def _format_changed(self) -> None:
+    def _format_changed(self, old_rate: int, old_channels: int) -> None:
         if self.current is not None:
             self.current.set_format(self.sample_rate, self.channels)
 
