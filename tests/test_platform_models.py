@@ -5,8 +5,12 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from softphone.errors import PlatformServerError
+from softphone.errors import LeadRequestError, PlatformServerError, PlatformValidationError
+from softphone.lab.archive import Direction, validate_request
+from softphone.platform.client import PlatformClient
 from softphone.platform.models import (
     ActionResult,
     ArchiveResult,
@@ -73,3 +77,30 @@ def test_campaign_archive_action_extension():
     assert Extension.from_json({"extension": 9001}).extension == "9001"
     with pytest.raises(PlatformServerError, match="extension"):
         Extension.from_json({"expire_date": "2030-01-01T00:00:00Z"})
+
+
+# --- local validation agrees with the lab's (the contract's) -----------------------------------
+
+_id_values = st.one_of(st.integers(min_value=1, max_value=30), st.sampled_from(["0", "7", 2.5, None, True]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.lists(_id_values, max_size=12),
+                 st.integers(min_value=495, max_value=505).map(lambda n: list(range(1, n + 1)))))
+def test_client_refuses_exactly_what_the_lab_refuses(ids):
+    flags = {"insert_leads": True, "update_leads": True, "delete_leads": True}
+    try:
+        validate_request({**flags, "lead_ids": ids}, Direction.ARCHIVE)
+        server = None
+    except LeadRequestError as exc:
+        server = exc.as_json()
+    try:
+        PlatformClient._check_ids(ids, validate=True)
+        local = None
+    except PlatformValidationError as exc:
+        local = {"message": exc.message, "lead_ids": exc.ids}
+    if server is None:
+        assert local is None
+    else:
+        assert local is not None and local["message"] == server["message"]
+        assert local["lead_ids"] == server.get("lead_ids", [])

@@ -540,10 +540,14 @@ class PlatformClient:
         if len(ids) > MAX_ARCHIVE_IDS:
             raise PlatformValidationError(f"lead_ids cannot exceed {MAX_ARCHIVE_IDS} values", status=None)
         seen: set[int] = set()
-        dupes = [v for v in ids if v in seen or seen.add(v)]
+        dupes: dict[int, None] = {}  # in order of first repetition, as the server lists them
+        for v in ids:
+            if v in seen:
+                dupes[v] = None
+            seen.add(v)
         if dupes:
             raise PlatformValidationError("lead_ids cannot contain duplicate values", status=None,
-                                          ids=sorted(set(dupes)))
+                                          ids=list(dupes))
         return ids
 
 
