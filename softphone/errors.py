@@ -52,8 +52,8 @@ class SipError(SoftphoneError):
 class SipParseError(SipError, ValueError):
     """Bytes from the network are not a SIP message; ``reason`` says why.
 
-    ``partial`` is the request as far as it parsed when enough of it (start
-    line, Via, From, To, Call-ID, CSeq) is there to answer 400 with the reason.
+    ``partial`` is the request as far as it parsed when enough of it (request
+    line and a Via) is there to answer 400 with the reason.
     """
 
     def __init__(self, reason: str, partial: object = None):
