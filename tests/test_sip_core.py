@@ -99,12 +99,16 @@ async def test_out_of_dialog_message_and_notify_are_accepted_and_emitted(setup):
 
 async def test_partial_bad_request_gets_400_naming_the_problem(setup):
     hub, ua, _, _ = setup
-    bad = raw_request(ua, "OPTIONS").replace("Call-ID: probe-call\r\n", "")
+    bad = raw_request(ua, "OPTIONS").replace("Content-Length: 0", "Content-Length: many")
     ua.transport.receive_text(bad)
     await asyncio.sleep(0.02)
     replies = [m for m in hub.messages(source="1001") if getattr(m, "status", None) == 400]
     assert len(replies) == 1
-    assert "call-id" in replies[0].reason.lower()
+    assert "content-length" in replies[0].reason.lower()
+    # Without a Call-ID there is nothing to answer with: dropped.
+    ua.transport.receive_text(raw_request(ua, "OPTIONS").replace("Call-ID: probe-call\r\n", ""))
+    await asyncio.sleep(0.02)
+    assert len([m for m in hub.messages(source="1001") if getattr(m, "status", None) == 400]) == 1
 
 
 async def test_garbage_frames_are_dropped_without_crashing(setup):

@@ -190,3 +190,20 @@ async def test_reregistration_after_reconnect_retries_until_accepted():
         await _until(lambda: ua.registered)
         assert len(failures) == 2 and len(failed) == 2
         assert all(isinstance(f[1], RegistrationError) for f in failed)
+
+
+async def test_unsupported_challenge_is_an_immediate_authentication_error():
+    hub = LoopbackHub(users=dict(USERS))
+
+    def aka_only(msg, src):
+        if getattr(msg, "method", None) == "REGISTER":
+            hub.respond(src, msg, 401, "Unauthorized",
+                        headers=[("WWW-Authenticate", 'Digest realm="x", nonce="n1", algorithm=AKAv1-MD5')])
+            return True
+        return False
+
+    hub.interceptors.append(aka_only)
+    ua = hub_user_agent(hub, "1001")
+    with pytest.raises(AuthenticationError, match="impossible"):
+        await asyncio.wait_for(ua.start(), BOUND)
+    assert len(hub.messages("REGISTER")) == 1

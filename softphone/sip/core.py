@@ -199,10 +199,11 @@ class OutgoingRequest:
                 challenges.append(DigestChallenge.parse(value))
             except Exception as exc:
                 log.warning("ignoring unparsable %s: %s", header, exc)
-        challenge = choose_challenge(challenges) if challenges else None
-        if challenge is None:
+        try:
+            challenge = choose_challenge(challenges)
+        except AuthenticationError as exc:
             self._fail(response, f"authentication for {who} impossible: {response.status} "
-                                 f"{response.reason} offers no usable digest challenge")
+                                 f"{response.reason}: {exc}")
             return True
         stale = bool(getattr(challenge, "stale", False))
         if stale and self.auth_retries and self.stale_retries < MAX_STALE_RETRIES:
@@ -411,9 +412,8 @@ class UserAgentCore:
         from softphone.sip.digest import DigestClient, DigestCredentials
 
         if self._digest_client is None:
-            credentials = DigestCredentials(
-                self.config.auth_username or self.config.user, reveal(self.config.password) or ""
-            )
+            credentials = DigestCredentials(self.config.auth_username or self.config.user,
+                                            self.config.password or "")
             self._digest_client = DigestClient(credentials)
         # The digest response is a one-use hash; it is not registered with the
         # log redactor (that recompiles a regex per secret: quadratic with
