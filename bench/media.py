@@ -18,7 +18,7 @@ lag percentiles (a sampler task), and the load average, since the machine may be
 shared.  Prints a table and writes ``bench/out/media-<time>.json`` and ``.html``.
 No asserts: this measures.
 
-    python bench/media.py --stock-n 16 --n 150 --seconds 10 --codec PCMU
+    python bench/media.py --stock-n 8 --n 75,150 --seconds 10 --codec PCMU
 """
 
 from __future__ import annotations
@@ -422,7 +422,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=lambda v: [int(x) for x in v.split(",") if x.strip()], default=[75, 150],
                    help="lean call counts for the big runs, comma-separated (default 75,150 = 150 and 300 pcs)")
-    p.add_argument("--stock-n", type=int, default=16, help="stock calls (default 16; 0 skips stock)")
+    p.add_argument("--stock-n", type=int, default=8,
+                   help="stock calls (default 8 = 16 pcs, about what stock carries cleanly; 0 skips)")
     p.add_argument("--no-same-load", dest="same_load", action="store_false",
                    help="skip lean at the stock N (the same-load ratio)")
     p.add_argument("--seconds", type=float, default=10.0, help="measuring window per scenario")

@@ -277,6 +277,32 @@ def test_encoded_payloads_match_aiortc_encoder_output():
     assert list(EncodedAudioCache().get(tone, "PCMA").payloads) == expected
 
 
+def test_every_cached_payload_is_one_20ms_frame(tmp_path):
+    """Stereo 44.1 kHz in: 20 ms packets out, in each codec's own framing."""
+    wav = tmp_path / "stereo.wav"
+    rate, seconds = 44100, 0.5
+    frames = []
+    for n in range(int(rate * seconds)):
+        v = int(9000 * math.sin(2 * math.pi * 600 * n / rate))
+        frames.append(struct.pack("<hh", v, -v))
+    with wave.open(str(wav), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"".join(frames))
+    cache = EncodedAudioCache()
+    for name, size in (("PCMU", 160), ("PCMA", 160), ("G722", 160)):
+        audio = cache.get(wav, name)
+        assert {len(p) for p in audio.payloads} == {size}
+        assert abs(audio.seconds - seconds) <= 0.04
+    opus = cache.get(wav, "opus")
+    # RFC 6716 TOC byte: configurations with 20 ms frames, code 0 (one frame per packet).
+    assert {p[0] >> 3 for p in opus.payloads} <= {1, 5, 9, 13, 15, 19, 23, 27, 31}
+    assert {p[0] & 3 for p in opus.payloads} == {0}
+    assert abs(opus.seconds - seconds) <= 0.04
+    assert cache.encodes == 4 and cache.memory_bytes == sum(e.nbytes for e in cache.entries())
+
+
 # --- the counter, with crafted packets -----------------------------------------------
 
 
