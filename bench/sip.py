@@ -22,6 +22,7 @@ import os
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -94,24 +95,19 @@ def run_parse_benchmark() -> None:
     print("(bench/sip_parse.py has no run/benchmark/main function: skipped)")
 
 
-def start_kamailio(users: dict[str, str]):
-    """A Kamailio from the tests/peers launcher, with ``users`` provisioned."""
+def start_kamailio(users: dict[str, str], children: int):
+    """A private Kamailio from the tests/peers launcher, with ``users`` provisioned."""
     try:
-        launcher = importlib.import_module("tests.peers.kamailio")
+        from tests.peers.kamailio import Kamailio
     except ImportError as exc:
         raise SystemExit(
             f"tests/peers Kamailio launcher not importable ({exc}); pass --ws-url, --domain and --password"
         ) from exc
-    for name in ("start_kamailio", "launch", "start"):
-        fn = getattr(launcher, name, None)
-        if callable(fn):
-            return fn(users=users)
-    cls = getattr(launcher, "Kamailio", None) or getattr(launcher, "KamailioPeer", None)
-    if cls is None:
-        raise SystemExit("tests/peers/kamailio.py exposes no launcher this benchmark knows")
-    instance = cls(users=users)
-    started = instance.start()
-    return started if started is not None else instance
+    workdir = Path(tempfile.mkdtemp(prefix="bench-sip-kamailio-"))
+    kam = Kamailio(workdir, users=users, n_users=0, children=children)
+    kam.start()
+    print(f"Kamailio {kam.ws_url} (pid {kam.pid}, {children} workers, log {kam.log_path})")
+    return kam
 
 
 async def register_one(ws_url: str, domain: str, ext: str, password: str, results: dict) -> UserAgent | None:
@@ -143,7 +139,7 @@ async def run(args: argparse.Namespace) -> None:
         passwords = dict.fromkeys(extensions, args.password)
     else:
         wanted = {ext: f"pw-{ext}-bench" for ext in extensions}
-        kam = start_kamailio(wanted)
+        kam = start_kamailio(wanted, args.kamailio_children)
         ws_url, domain = kam.ws_url, kam.domain
         passwords = {ext: kam.users.get(ext, wanted[ext]) for ext in extensions}
     kam_pid = getattr(kam, "pid", None)
@@ -205,6 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ws-url", help="use this registrar instead of starting Kamailio")
     parser.add_argument("--domain", default="127.0.0.1")
     parser.add_argument("--password", default="", help="password of every extension with --ws-url")
+    parser.add_argument("--kamailio-children", type=int, default=2, help="Kamailio worker processes")
     parser.add_argument("--skip-parse", action="store_true", help="do not run bench/sip_parse.py")
     args = parser.parse_args(argv)
     if not 1 <= args.n <= 500:
