@@ -27,6 +27,8 @@ from softphone.media.sdp import Direction
 from softphone.sip.description_handler import Body, DescriptionOptions, SessionDescriptionHandler
 from softphone.sip.session import SessionState
 from softphone.sip.testing import LoopbackHub, hub_user_agent
+from softphone.sip.timers import Timers
+from softphone.sip.user_agent import UserAgent, UserAgentConfig
 
 pytestmark = pytest.mark.peer
 
@@ -390,57 +392,81 @@ async def test_repeated_calls_leave_no_peer_connections_behind(coturn):
     assert alive() == before
 
 
-async def test_sip_sessions_drive_webrtc_media(coturn):
-    """The SIP layer's own sessions (in-memory registrar/proxy) with this handler as media."""
-    pytest.importorskip("softphone.sip.message", reason="SIP message parser not landed yet")
-    users = {"1001": "secret-1001", "1002": "secret-1002"}
-    hub = LoopbackHub(users=dict(users))
-    meters: dict[str, ToneMeter] = {}
+def _media_factory(coturn, meters: dict, name: str, freq: float) -> WebRtcDescriptionHandlerFactory:
+    return WebRtcDescriptionHandlerFactory(
+        relay_config(coturn, codecs=("PCMU",)), source_factory=lambda session: SineTrack(freq),
+        sinks_factory=lambda session: [meters.setdefault(name, ToneMeter())])
 
-    def factory(name: str, freq: float) -> WebRtcDescriptionHandlerFactory:
-        return WebRtcDescriptionHandlerFactory(
-            relay_config(coturn, codecs=("PCMU",)), source_factory=lambda session: SineTrack(freq),
-            sinks_factory=lambda session: [meters.setdefault(name, ToneMeter())])
 
-    a = hub_user_agent(hub, "1001", scale=0.1, description_handler_factory=factory("a", 440.0))
-    b = hub_user_agent(hub, "1002", scale=0.1, description_handler_factory=factory("b", 1000.0))
-    await a.start()
-    await b.start()
+async def _sip_call_scenario(a, b, meters: dict) -> None:
+    """a calls b: tones both ways, hold/unhold, RFC 4733 digits, BYE closes the media."""
     callee_fut = asyncio.get_running_loop().create_future()
     b.on("invite", lambda invitation: callee_fut.done() or callee_fut.set_result(invitation))
+    caller = await asyncio.wait_for(a.call(b.core.config.aor.split(":")[1].split("@")[0]), 10)
+    callee = await asyncio.wait_for(callee_fut, 5)
+    await callee.wait_established(5)
+    digits: list = []
+    callee.handler.on("dtmf", digits.append)
+    await wait_connected(caller.handler, callee.handler)
+    await meters["b"].wait_frames(25)
+    await meters["a"].wait_frames(25)
+    assert _close_enough(meters["b"].dominant_frequency(), 440.0)
+    assert _close_enough(meters["a"].dominant_frequency(), 1000.0)
+
+    await asyncio.wait_for(caller.hold(), 10)
+    assert caller.handler.local_direction is Direction.SENDONLY
+    assert callee.handler.local_direction is Direction.RECVONLY
+    await asyncio.sleep(0.1)
+    assert await packets_during(caller.handler, 0.4) == 0
+    await asyncio.wait_for(caller.unhold(), 10)
+    assert caller.handler.local_direction is Direction.SENDRECV
+    assert await packets_during(caller.handler, 0.4) > 5
+
+    assert await asyncio.wait_for(caller.send_dtmf("12#"), 10) == "rtp"
+
+    async def _three():
+        while len(digits) < 3:
+            await asyncio.sleep(0.02)
+    await asyncio.wait_for(_three(), 5)
+    assert [d.digit for d in digits] == ["1", "2", "#"]
+
+    handler = caller.handler
+    await asyncio.wait_for(caller.bye(), 10)
+    assert caller.state is SessionState.TERMINATED
+    await asyncio.sleep(0.1)
+    assert handler.closed and handler.pc.connectionState == "closed"
+
+
+async def test_sip_sessions_drive_webrtc_media(coturn):
+    """The SIP layer's own sessions (in-memory registrar/proxy) with this handler as media."""
+    hub = LoopbackHub(users={"1001": "secret-1001", "1002": "secret-1002"})
+    meters: dict[str, ToneMeter] = {}
+    a = hub_user_agent(hub, "1001", scale=0.1, description_handler_factory=_media_factory(coturn, meters, "a", 440.0))
+    b = hub_user_agent(hub, "1002", scale=0.1, description_handler_factory=_media_factory(coturn, meters, "b", 1000.0))
+    await a.start()
+    await b.start()
     try:
-        caller = await asyncio.wait_for(a.call("1002"), 10)
-        callee = await asyncio.wait_for(callee_fut, 5)
-        await callee.wait_established(5)
-        digits: list = []
-        callee.handler.on("dtmf", digits.append)
-        await wait_connected(caller.handler, callee.handler)
-        await meters["b"].wait_frames(25)
-        await meters["a"].wait_frames(25)
-        assert _close_enough(meters["b"].dominant_frequency(), 440.0)
-        assert _close_enough(meters["a"].dominant_frequency(), 1000.0)
+        await _sip_call_scenario(a, b, meters)
+    finally:
+        await asyncio.wait_for(a.stop(), 10)
+        await asyncio.wait_for(b.stop(), 10)
 
-        await asyncio.wait_for(caller.hold(), 10)
-        assert caller.handler.local_direction is Direction.SENDONLY
-        assert callee.handler.local_direction is Direction.RECVONLY
-        await asyncio.sleep(0.1)
-        assert await packets_during(caller.handler, 0.4) == 0
-        await asyncio.wait_for(caller.unhold(), 10)
-        assert caller.handler.local_direction is Direction.SENDRECV
-        assert await packets_during(caller.handler, 0.4) > 5
 
-        assert await asyncio.wait_for(caller.send_dtmf("12#"), 10) == "rtp"
-        async def _three():
-            while len(digits) < 3:
-                await asyncio.sleep(0.02)
-        await asyncio.wait_for(_three(), 5)
-        assert [d.digit for d in digits] == ["1", "2", "#"]
+async def test_call_through_kamailio_with_webrtc_media(coturn, kamailio):
+    """Real Kamailio over WebSocket (digest auth) for SIP, real coturn for media."""
+    meters: dict[str, ToneMeter] = {}
 
-        handler = caller.handler
-        await asyncio.wait_for(caller.bye(), 10)
-        assert caller.state is SessionState.TERMINATED
-        await asyncio.sleep(0.1)
-        assert handler.closed and handler.pc.connectionState == "closed"
+    def make_ua(ext: str, name: str, freq: float) -> UserAgent:
+        return UserAgent(UserAgentConfig(
+            ws_url=kamailio.ws_url, aor=f"sip:{ext}@{kamailio.domain}", password=kamailio.users[ext],
+            timers=Timers.scaled(0.2), description_handler_factory=_media_factory(coturn, meters, name, freq)))
+
+    a = make_ua("1011", "a", 440.0)
+    b = make_ua("1012", "b", 1000.0)
+    await asyncio.wait_for(a.start(), 10)
+    await asyncio.wait_for(b.start(), 10)
+    try:
+        await _sip_call_scenario(a, b, meters)
     finally:
         await asyncio.wait_for(a.stop(), 10)
         await asyncio.wait_for(b.stop(), 10)
