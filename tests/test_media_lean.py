@@ -185,6 +185,20 @@ async def test_repeating_track_loops_with_continuous_timestamps():
         await track.recv()
 
 
+async def test_starved_track_skips_missed_frames_instead_of_bursting():
+    import time
+
+    track = PreEncodedAudioTrack(Tone(440, 1.0), codec="PCMU")
+    first = await track.recv()
+    time.sleep(0.3)  # the event loop is blocked: every frame due meanwhile is late
+    second = await asyncio.wait_for(track.recv(), 2)
+    assert track.frames_skipped >= 10
+    assert first.pts == 0 and second.pts == (1 + track.frames_skipped) * 160
+    third = await asyncio.wait_for(track.recv(), 2)
+    assert third.pts == second.pts + 160  # then back to one frame per 20 ms
+    track.stop()
+
+
 async def test_track_without_codec_or_binding_says_so():
     track = PreEncodedAudioTrack(Tone(440, 0.1))
     with pytest.raises(MediaError, match="no codec"):

@@ -392,7 +392,7 @@ class PreEncodedAudioTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    #: When the loop falls this far behind, skip ahead rather than send a burst.
+    #: When the loop falls this far behind, skip the missed frames rather than send a burst.
     MAX_LAG = 0.2
 
     def __init__(self, source: AudioSource, *, codec: str | None = None, repeat: bool = True,
@@ -408,7 +408,7 @@ class PreEncodedAudioTrack(MediaStreamTrack):
         self._start = 0.0
         self.state = PlaybackState.WAITING
         self.packets_sent = 0
-        self.resyncs = 0
+        self.frames_skipped = 0
 
     def bind(self, transceiver: RTCRtpTransceiver) -> PreEncodedAudioTrack:
         """Follow ``transceiver``'s negotiated codec (weakly: no reference cycle)."""
@@ -444,9 +444,11 @@ class PreEncodedAudioTrack(MediaStreamTrack):
             if wait > 0:
                 await frame_pacer(loop).sleep_until(due)
             elif wait < -self.MAX_LAG:
-                # Starved loop: carry on from now instead of flooding the far end.
-                self._start -= wait
-                self.resyncs += 1
+                # Starved loop: drop the frames whose time has passed, as a live source
+                # would, instead of flooding the far end; RTP timestamps keep real time.
+                skipped = int(-wait / FRAME_SECONDS)
+                self._index += skipped
+                self.frames_skipped += skipped
         index = self._index
         payloads = audio.payloads
         if index >= len(payloads) and not self._repeat:
