@@ -13,8 +13,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from .chromium import Chromium
 from .coturn import Coturn
 from .kamailio import Kamailio
+from .mariadb import MariaDB
 from .process import PeerStartError, fail
 
 
@@ -65,3 +67,29 @@ def kamailio_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Calla
     yield make
     for kam in started:
         kam.stop()
+
+
+@pytest.fixture(scope="session")
+def mariadb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDB]:
+    """A private mariadbd with database `softphone` and a password user; `.create_database(name)`."""
+    db = MariaDB(tmp_path_factory.mktemp("mariadb"))
+    try:
+        db.start()
+    except PeerStartError as exc:
+        db.stop()
+        fail("mariadb", str(exc), db.log_path)
+    yield db
+    db.stop()
+
+
+@pytest.fixture(scope="session")
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
+    """Headless Chromium and the SIP.js 0.15.11 bundle (installed by scripts/test); browsers
+    started with `.launch(url)` are stopped at the end of the session."""
+    browser = Chromium(tmp_path_factory.mktemp("chromium"))
+    try:
+        browser.check()
+    except PeerStartError as exc:
+        fail("chromium", str(exc))
+    yield browser
+    browser.stop_all()

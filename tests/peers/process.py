@@ -76,7 +76,7 @@ def tcp_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Runs in the child before exec: SIGTERM it when the test process goes away."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -109,7 +109,7 @@ class PeerProcess:
             log.flush()
             self.proc = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd,
-                env=self.env, start_new_session=True, preexec_fn=_die_with_parent,
+                env=self.env, start_new_session=True, preexec_fn=die_with_parent,
             )
 
     def wait_ready(self, probe: Callable[[], bool], what: str, timeout: float = READY_TIMEOUT) -> None:
