@@ -21,6 +21,7 @@ import enum
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import av
 import numpy as np
@@ -44,6 +45,13 @@ def frame_to_mono(frame: av.AudioFrame) -> np.ndarray:
     """Mono float64 samples in [-1, 1) of any PyAV audio frame (channels averaged)."""
     name = frame.format.name
     channels = len(frame.layout.channels)
+    if name == "s16":
+        # The common case (aiortc's decoders): read the packed plane directly, no copy via to_ndarray.
+        raw = np.frombuffer(frame.planes[0], dtype="<i2", count=frame.samples * channels)
+        if channels == 2:
+            return (raw[0::2].astype(np.float64) + raw[1::2]) * (0.5 / 32768.0)
+        if channels == 1:
+            return raw * (1.0 / 32768.0)
     if name in ("u8", "u8p"):
         data = (frame.to_ndarray().astype(np.float64) - 128.0) / 128.0
     elif name in _SCALE:
@@ -268,9 +276,8 @@ class Blackhole(AudioSink):
         return None
 
 
-@dataclass(frozen=True)
-class LevelSample:
-    """Level of one frame; ``t`` is the frame's start in seconds of stream time."""
+class LevelSample(NamedTuple):
+    """Level of one frame; ``t`` is the frame's start in seconds of stream time (a tuple: cheap per frame)."""
 
     t: float
     rms_dbfs: float
@@ -304,7 +311,7 @@ class LevelMeter(AudioSink):
         """Account for one block of mono samples (for callers without frames)."""
         t = self._count / rate if rate else 0.0
         energy = float(np.dot(x, x))
-        peak = float(np.max(np.abs(x))) if x.size else 0.0
+        peak = max(float(x.max()), -float(x.min())) if x.size else 0.0
         self._energy += energy
         self._count += x.size
         self._peak = max(self._peak, peak)

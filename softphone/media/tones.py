@@ -131,9 +131,24 @@ def dtmf_samples(digits: str, on_ms: float = 100.0, off_ms: float = 70.0, rate: 
 
 
 @functools.lru_cache(maxsize=64)
-def _basis(freqs: tuple[float, ...], n: int, rate: int) -> tuple[np.ndarray, np.ndarray]:
-    phase = 2.0 * math.pi * np.outer(np.asarray(freqs, dtype=np.float64), np.arange(n)) / rate
-    return np.cos(phase), np.sin(phase)
+def _basis(freqs: tuple[float, ...], n: int, rate: int) -> np.ndarray:
+    """(n, 2F) matrix: cosines then sines of each frequency over ``n`` samples."""
+    phase = 2.0 * math.pi * np.outer(np.arange(n), np.asarray(freqs, dtype=np.float64)) / rate
+    return np.ascontiguousarray(np.hstack((np.cos(phase), np.sin(phase))))
+
+
+def goertzel_windows(windows: np.ndarray, freqs: Sequence[float] | tuple[float, ...], rate: int) -> np.ndarray:
+    """:func:`goertzel` for many equal-length windows at once, shape (windows, freqs).
+
+    One matrix product per call: a DTMF detector analyses all windows of a
+    20 ms frame in a single BLAS call instead of one per window.
+    """
+    key = freqs if isinstance(freqs, tuple) else tuple(float(f) for f in freqs)
+    n = windows.shape[-1]
+    proj = windows @ _basis(key, n, int(rate))
+    k = len(key)
+    re, im = proj[..., :k], proj[..., k:]
+    return 2.0 * np.sqrt(re * re + im * im) / n
 
 
 def goertzel(x: np.ndarray, freqs: Sequence[float], rate: int) -> np.ndarray:
@@ -143,13 +158,9 @@ def goertzel(x: np.ndarray, freqs: Sequence[float], rate: int) -> np.ndarray:
     bin-rounded, frequency) computed as a matrix product: the same value, but
     vectorised.  A pure tone of peak amplitude A at exactly f reads ~A.
     """
-    n = x.size
-    if n == 0:
+    if x.size == 0:
         return np.zeros(len(freqs))
-    cos_b, sin_b = _basis(tuple(float(f) for f in freqs), n, int(rate))
-    re = cos_b @ x
-    im = sin_b @ x
-    return 2.0 * np.sqrt(re * re + im * im) / n
+    return goertzel_windows(x, freqs, rate)
 
 
 def tone_levels(x: np.ndarray, freqs: Sequence[float], rate: int) -> list[float]:
@@ -212,30 +223,37 @@ class DtmfThresholds:
     min_tone_ratio: float = 0.5
 
 
-def classify_dtmf(x: np.ndarray, rate: int, thresholds: DtmfThresholds | None = None) -> str | None:
-    """The DTMF digit present in window ``x``, or None."""
-    th = thresholds or DtmfThresholds()
-    if x.size == 0:
-        return None
-    amps = goertzel(x, _DTMF_FREQS, rate)
+_SQRT2 = math.sqrt(2.0)
+
+
+def _classify(amps: Sequence[float], mean_square: float, th: DtmfThresholds) -> str | None:
+    """The checks of :func:`classify_dtmf` on precomputed Goertzel amplitudes (plain floats: cheap)."""
     rows, cols = amps[:4], amps[4:]
-    r, c = int(np.argmax(rows)), int(np.argmax(cols))
-    row_a, col_a = float(rows[r]), float(cols[c])
-    if row_a <= 0.0 or col_a <= 0.0:
+    r = max(range(4), key=rows.__getitem__)
+    c = max(range(4), key=cols.__getitem__)
+    row_a, col_a = rows[r], cols[c]
+    if row_a <= 0.0 or col_a <= 0.0 or mean_square <= 0.0:
         return None
-    row_db, col_db = to_dbfs(row_a / math.sqrt(2)), to_dbfs(col_a / math.sqrt(2))
+    row_db, col_db = to_dbfs(row_a / _SQRT2), to_dbfs(col_a / _SQRT2)
     if min(row_db, col_db) < th.min_level_dbfs:
         return None
     if col_db - row_db > th.max_normal_twist_db or row_db - col_db > th.max_reverse_twist_db:
         return None
     for group, best in ((rows, r), (cols, c)):
-        others = [float(v) for i, v in enumerate(group) if i != best]
-        if to_dbfs(group[best]) - to_dbfs(max(others)) < th.min_relative_peak_db:
+        second = max(v for i, v in enumerate(group) if i != best)
+        if to_dbfs(group[best]) - to_dbfs(second) < th.min_relative_peak_db:
             return None
-    mean_square = float(np.dot(x, x)) / x.size
-    if mean_square <= 0.0 or (row_a * row_a + col_a * col_a) / 2.0 < th.min_tone_ratio * mean_square:
+    if (row_a * row_a + col_a * col_a) / 2.0 < th.min_tone_ratio * mean_square:
         return None
     return DTMF_KEYPAD[r][c]
+
+
+def classify_dtmf(x: np.ndarray, rate: int, thresholds: DtmfThresholds | None = None) -> str | None:
+    """The DTMF digit present in window ``x``, or None."""
+    if x.size == 0:
+        return None
+    amps = goertzel_windows(x, _DTMF_FREQS, rate).tolist()
+    return _classify(amps, float(np.dot(x, x)) / x.size, thresholds or DtmfThresholds())
 
 
 @dataclass(frozen=True)
@@ -301,11 +319,16 @@ class DtmfDecoder:
         """Add mono samples; returns digits that ended within them."""
         self._buf = np.concatenate((self._buf, x)) if self._buf.size else np.asarray(x, dtype=np.float64)
         done: list[DtmfDigit] = []
-        pos = 0
-        while pos + self.window <= self._buf.size:
-            digit = classify_dtmf(self._buf[pos:pos + self.window], self.rate, self.thresholds)
-            self._step(digit, self._buf_start + pos, done)
-            pos += self.hop
+        count = (self._buf.size - self.window) // self.hop + 1 if self._buf.size >= self.window else 0
+        if count:
+            buf, w, h = self._buf, self.window, self.hop
+            windows = np.stack([buf[i * h:i * h + w] for i in range(count)])  # contiguous: fast matmul
+            amps = goertzel_windows(windows, _DTMF_FREQS, self.rate).tolist()
+            energies = (np.einsum("ij,ij->i", windows, windows) / self.window).tolist()
+            for i in range(count):
+                digit = _classify(amps[i], energies[i], self.thresholds)
+                self._step(digit, self._buf_start + i * self.hop, done)
+        pos = count * self.hop
         self._buf = self._buf[pos:]
         self._buf_start += pos
         return done
