@@ -70,6 +70,7 @@ class ToneMeter:
         self.chunks: list[np.ndarray] = []
         self.sample_rate: int | None = None
         self.frames = 0
+        self.pts: list[int] = []
         self._task: asyncio.Task | None = None
 
     async def start(self, track: MediaStreamTrack) -> None:
@@ -81,9 +82,11 @@ class ToneMeter:
                 frame = await track.recv()
                 self.sample_rate = frame.sample_rate
                 self.chunks.append(frame_samples(frame))
+                self.pts.append(frame.pts)
                 self.frames += 1
                 if len(self.chunks) > 200:
                     del self.chunks[:100]
+                    del self.pts[:100]
         except (MediaStreamError, asyncio.CancelledError):
             pass
 

@@ -295,6 +295,24 @@ class _VideoTrack(SineTrack):
     kind = "video"
 
 
+async def test_every_sink_gets_every_frame(coturn):
+    meters = [ToneMeter(), ToneMeter(), ToneMeter()]
+    a = WebRtcDescriptionHandler(relay_config(coturn), source=SineTrack(700.0))
+    b = WebRtcDescriptionHandler(relay_config(coturn), source=SineTrack(300.0), sinks=meters)
+    try:
+        await negotiate(a, b)
+        await wait_connected(a, b)
+        for meter in meters:
+            await meter.wait_frames(30)
+        for meter in meters:
+            steps = {later - earlier for earlier, later in zip(meter.pts[-25:-1], meter.pts[-24:], strict=True)}
+            assert steps == {960}, steps  # consecutive 20 ms frames at 48 kHz: nothing shared out
+            assert _close_enough(meter.dominant_frequency(), 700.0)
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def test_factory_builds_handlers_with_source_and_sinks(coturn):
     meters: list[ToneMeter] = []
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiortc import RTCSessionDescription
+from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from pyee.asyncio import AsyncIOEventEmitter
 
@@ -339,11 +340,18 @@ class WebRtcDescriptionHandler(SessionDescriptionHandler, AsyncIOEventEmitter):
             self._drain_task = asyncio.ensure_future(self._drain(track))
 
     async def _start_sinks(self, track: MediaStreamTrack) -> None:
-        for sink in self.sinks:
+        # Each sink reads its track itself; with several, one track would hand each
+        # only some of the frames, so each gets its own copy through a MediaRelay.
+        if len(self.sinks) > 1:
+            relay = MediaRelay()
+            tracks = [relay.subscribe(track) for _ in self.sinks]
+        else:
+            tracks = [track]
+        for sink, sink_track in zip(self.sinks, tracks, strict=True):
             if self.closed:
                 return
             try:
-                await sink.start(track)
+                await sink.start(sink_track)
                 self._sinks_started.append(sink)
             except Exception:
                 log.exception("audio sink %r failed to start", sink)
