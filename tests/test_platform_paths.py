@@ -124,3 +124,16 @@ def test_bad_files_name_the_file(tmp_path):
 def test_unknown_name_lookup():
     with pytest.raises(ConfigurationError, match="unknown path name"):
         DEFAULT_PATHS["nope"]
+
+
+def test_default_table_matches_the_labs_openapi_document():
+    """The client's paths and the lab's published API describe the same endpoints."""
+    from importlib import resources
+
+    import yaml
+
+    doc = yaml.safe_load(resources.files("softphone.lab").joinpath("openapi.yaml").read_text("utf-8"))
+    published = {(method.upper(), path) for path, ops in doc["paths"].items() for method in ops
+                 if method in ("get", "post", "put", "patch", "delete")}
+    ours = {(e.method, e.template) for e in DEFAULT_PATHS.values()}
+    assert ours == published
