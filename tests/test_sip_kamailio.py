@@ -177,3 +177,51 @@ async def test_registrar_restart_reconnects_and_reregisters(kamailio_factory):
         callee = await asyncio.wait_for(incoming, BOUND)
         await callee.wait_established(BOUND)
         await inviter.bye()
+
+
+async def test_invite_is_proxy_authenticated_and_callee_can_hang_up_and_hold(kamailio):
+    a, b = make_ua(kamailio, "1013"), make_ua(kamailio, "1014")
+    invites = count_sent(a, "INVITE")
+    async with a, b:
+        incoming = await incoming_call(b)
+        inviter = await asyncio.wait_for(a.call("1014"), BOUND)
+        callee = await asyncio.wait_for(incoming, BOUND)
+        await callee.wait_established(BOUND)
+        # Kamailio challenged the INVITE with 407; the retry carried Proxy-Authorization.
+        assert len(invites) == 2
+        assert "Proxy-Authorization:" not in invites[0] and "Proxy-Authorization:" in invites[1]
+        # In-dialog requests from the callee follow the Record-Route back to the caller.
+        held = asyncio.get_running_loop().create_future()
+        inviter.once("hold", lambda direction: held.set_result(direction))
+        await asyncio.wait_for(callee.hold(), BOUND)
+        assert await asyncio.wait_for(held, BOUND) == "sendonly"
+        ended = asyncio.get_running_loop().create_future()
+        inviter.once("terminated", lambda reason, status: ended.set_result(reason))
+        await asyncio.wait_for(callee.bye(), BOUND)
+        assert await asyncio.wait_for(ended, BOUND) == "remote hangup"
+
+
+async def test_call_to_unregistered_extension_is_404(kamailio):
+    a = make_ua(kamailio, "1015")
+    async with a:
+        with pytest.raises(SessionError) as info:
+            await asyncio.wait_for(a.call("1016"), BOUND)
+        assert info.value.status_code == 404
+
+
+async def test_crlf_keepalive_is_answered_by_kamailio(kamailio):
+    ua = make_ua(kamailio, "1017", keep_alive=KeepAlive(KeepAliveMode.CRLF, interval=0.05, timeout=0.5))
+    pings = []
+    original = ua.transport.send_text
+
+    def spy(text: str) -> None:
+        if text == "\r\n\r\n":
+            pings.append(text)
+        original(text)
+
+    ua.transport.send_text = spy  # type: ignore[method-assign]
+    lost: list[str] = []
+    ua.on("disconnected", lost.append)
+    async with ua:
+        await until(lambda: len(pings) >= 5)
+        assert lost == [] and ua.registered  # every ping got its pong in time
