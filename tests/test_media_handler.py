@@ -7,6 +7,7 @@ import gc
 import weakref
 
 import pytest
+from aiortc.mediastreams import MediaStreamError
 from media_support import (
     SineTrack,
     ToneMeter,
@@ -293,6 +294,34 @@ async def test_replace_source_switches_what_the_far_end_hears(coturn):
 
 class _VideoTrack(SineTrack):
     kind = "video"
+
+
+class _ShortTrack(SineTrack):
+    """Ends after a few frames, as a finite source without 'send silence' would."""
+
+    async def recv(self):
+        if self._samples >= 5 * 960:
+            self.stop()
+            raise MediaStreamError
+        return await super().recv()
+
+
+async def test_a_source_that_ends_stops_the_sender_and_says_so(coturn):
+    a, b, _, _ = await _pair(coturn)
+    a.replace_source(_ShortTrack(440.0))
+    try:
+        await negotiate(a, b)
+        await wait_connected(a, b)
+
+        async def _stopped():
+            while not a.sending_stopped:
+                await asyncio.sleep(0.02)
+        await asyncio.wait_for(_stopped(), 5)
+        with pytest.raises(MediaError, match="stay live"):
+            a.replace_source(SineTrack(500.0))
+    finally:
+        await a.close()
+        await b.close()
 
 
 async def test_every_sink_gets_every_frame(coturn):

@@ -265,14 +265,27 @@ class WebRtcDescriptionHandler(SessionDescriptionHandler, AsyncIOEventEmitter):
         return self._dtmf_sender.payload_type if self._dtmf_sender is not None else None
 
     def replace_source(self, track: MediaStreamTrack | None) -> None:
-        """Switch what we send mid-call (RTCRtpSender.replaceTrack); the old track is not stopped."""
+        """Switch what we send mid-call (RTCRtpSender.replaceTrack); the old track is not stopped.
+
+        aiortc's sender stops for good when its track ends (``MediaStreamError``):
+        sources should stay live (send silence when done) and be replaced, not end.
+        """
         self._check_open()
         if track is not None and track.kind != "audio":
             raise MediaError(f"replace_source: track kind {track.kind!r} is not audio")
+        if self.sending_stopped:
+            raise MediaError("replace_source: the sender stopped when its previous source ended; "
+                             "aiortc cannot restart it (use sources that stay live)")
         if isinstance(track, PreEncodedAudioTrack):
             track.bind(self.transceiver)
         self.sender.replaceTrack(track)
         self.source = track
+
+    @property
+    def sending_stopped(self) -> bool:
+        """True once aiortc's RTP send loop has exited (its source ended or the call closed)."""
+        task = getattr(self.sender, "_RTCRtpSender__rtp_task", None)
+        return task is not None and task.done()
 
     async def stats(self) -> CallQuality:
         self._check_open()
