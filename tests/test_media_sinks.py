@@ -10,6 +10,8 @@ import av
 import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from softphone.errors import AudioFileError, ConfigurationError, MediaError
 from softphone.media import tones
@@ -476,3 +478,53 @@ async def test_tone_sent_over_aiortc_is_recorded(tmp_path, loopback_ice, codec):
     expected = 20 * np.log10(0.3 / np.sqrt(2)) - (3.01 if codec == "opus" else 0.0)
     assert level == pytest.approx(expected, abs=1.0)
     assert meter.recent_rms_dbfs(0.5) == pytest.approx(expected, abs=1.0)
+
+
+class BrokenTrack:
+    """A track that fails with something other than MediaStreamError after a few frames."""
+
+    def __init__(self, frames: list[av.AudioFrame]):
+        self.frames = list(frames)
+
+    async def recv(self):
+        if not self.frames:
+            raise RuntimeError("decoder crashed")
+        return self.frames.pop(0)
+
+
+async def test_a_broken_track_still_finalises_the_file(tmp_path):
+    frames = await frames_from(ToneSource([440.0], realtime=False), 5)
+    recorder = Recorder(tmp_path / "broken.wav")
+    await recorder.start(BrokenTrack(frames))
+    await recorder.wait_closed(timeout=5)
+    assert decode(recorder.path)[0].size == 5 * 960
+
+
+async def test_call_recorder_as_a_handler_sink(tmp_path):
+    """CallRecorder(None, local, ...).start(remote) is the sink shape the description handler uses."""
+    local = ToneSource([1200.0], realtime=False)
+    rec = CallRecorder(None, local, tmp_path / "sink.wav")
+    await rec.start(ToneSource([400.0], duration=0.2, realtime=False, on_end=EndBehavior.STOP))
+    for _ in range(10):
+        await local.recv()  # the sender pulling the local track
+    await asyncio.wait_for(rec.remote_port.wait_closed(), 5)
+    await rec.stop()
+    left, right, rate = stereo_channels(rec.path)
+    assert tones.frequencies_close(tones.dominant_frequency(left, rate)[0], 400.0)
+    assert tones.frequencies_close(tones.dominant_frequency(right, rate)[0], 1200.0)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lost=st.lists(st.booleans(), min_size=2, max_size=40))
+def test_recording_length_follows_the_timeline_whatever_is_lost(tmp_path, lost):
+    """Frames 0 and n-1 always arrive; any pattern of loss in between is padded back."""
+    lost = [False, *lost[1:-1], False] if len(lost) > 2 else [False, False]
+    path = tmp_path / "prop.flac"
+    rec = Recorder(path)
+    x = tones.sine_mix([300.0], 160, 8000, 0.2)
+    for i, gone in enumerate(lost):
+        if not gone:
+            rec.write(frame_of(x, 8000, pts=123_456 + i * 160))
+    rec.close()
+    assert rec.padded_samples == sum(lost) * 160
+    assert decode(path)[0].size == len(lost) * 160

@@ -389,3 +389,19 @@ def test_format_change_mid_stream_keeps_the_remaining_time(make):
     while not src.finished:
         rest += len(src.read(160)) // 4
     assert first + rest / 8000 == pytest.approx(0.4, abs=0.005)
+
+
+async def test_a_file_failing_mid_way_finishes_with_the_error(tmp_path, monkeypatch):
+    path = generate_tone_file(tmp_path / "ok.wav", [440.0], duration=1.0, rate=48000)
+    src = FileSource(path, realtime=False)
+    await src.recv()
+
+    def broken():
+        raise AudioFileError(f"{path}: decoding failed (simulated)")
+
+    monkeypatch.setattr(src._decoder, "_decode_more", broken)
+    frames = [await src.recv() for _ in range(60)]  # runs past the buffered part
+    assert src.state is SourceState.FINISHED and src.readyState == "live"
+    assert not mono(frames[-1]).any()
+    with pytest.raises(AudioFileError, match="simulated"):
+        await src.played(timeout=1)

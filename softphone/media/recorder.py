@@ -304,8 +304,14 @@ class CallRecorder:
     def paths(self) -> list[Path]:
         return [r.path for r in self.recorders]
 
-    async def start(self) -> None:
-        """Read the remote track and tap (or read) the local one."""
+    async def start(self, track: MediaStreamTrack | None = None) -> None:
+        """Read the remote track and tap (or read) the local one.
+
+        ``track`` (if given) is the remote track: so a CallRecorder built with
+        only the local source can be handed to the description handler as a sink.
+        """
+        if track is not None:
+            self.remote_track = track
         if self.remote_track is not None:
             fanout = SinkFanout(self.remote_track, [self.remote_port])
             self._fanouts.append(fanout)

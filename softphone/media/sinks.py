@@ -239,6 +239,10 @@ class SinkFanout:
                 except MediaStreamError:
                     log.debug("track %s ended after %d frames", getattr(self.track, "id", "?"), self.frames)
                     break
+                except Exception:
+                    # A broken track must not leave files unfinalised: end as if it had ended.
+                    log.exception("reading track %s failed; closing its sinks", getattr(self.track, "id", "?"))
+                    break
                 self.feed(frame)
         finally:
             self._finish()
