@@ -495,3 +495,137 @@ async def test_invite_timer_b_when_nobody_answers():
             await asyncio.wait_for(inviter.invite(), BOUND)
         assert info.value.status_code == 408
         assert "timer B" in str(info.value)
+
+
+async def test_no_answer_timeout_cancels():
+    hub = LoopbackHub()
+    a = hub_user_agent(hub, "1001")
+    b = hub_user_agent(hub, "1002", answer_policy=AnswerPolicy.manual())
+    async with a, b:
+        incoming = asyncio.ensure_future(_incoming(b))
+        inviter = a.invite("1002", no_answer_timeout=0.05)
+        with pytest.raises(SessionError) as info:
+            await asyncio.wait_for(inviter.invite(), BOUND)
+        assert info.value.status_code == 487
+        assert inviter.termination_reason == "cancelled"
+        callee = await incoming
+        await asyncio.wait_for(callee.wait_terminated(BOUND), BOUND)
+
+
+async def test_answer_crossing_cancel_is_acked_and_hung_up():
+    hub = LoopbackHub()
+    a = hub_user_agent(hub, "1001")
+    b = hub_user_agent(hub, "1002", answer_policy=AnswerPolicy.manual())
+    async with a, b:
+        incoming = asyncio.ensure_future(_incoming(b))
+        inviter = a.invite("1002")
+        ringing = await _next(inviter, "progress")
+        call = asyncio.ensure_future(inviter.invite())
+        await asyncio.wait_for(ringing, BOUND)
+        callee = await incoming
+        hub.interceptors.append(lambda msg, src: getattr(msg, "method", None) == "CANCEL")  # lost
+        await inviter.cancel()
+        await asyncio.sleep(0.02)
+        await callee.accept()
+        with pytest.raises(SessionError) as info:
+            await asyncio.wait_for(call, BOUND)
+        assert info.value.status_code == 487 and "crossed" in str(info.value)
+        await asyncio.wait_for(callee.wait_terminated(BOUND), BOUND)
+        assert callee.termination_reason == "remote hangup"
+        assert hub.messages("ACK", source="1001") and hub.messages("BYE", source="1001")
+
+
+async def test_second_fork_answer_is_acked_and_released(pair):
+    from softphone.sip.message import make_response
+
+    hub, a, b = pair
+    incoming = asyncio.ensure_future(_incoming(b))
+    inviter = await asyncio.wait_for(a.call("1002"), BOUND)
+    await incoming
+    fork = make_response(inviter.request, 200, to_tag="forktwo",
+                         headers=[("Contact", "<sip:fork@fork.invalid;transport=ws>")],
+                         body=inviter.handler.remote_sdp)
+    a.transport.receive_text(fork.encode().decode())
+    for _ in range(100):
+        if hub.messages("BYE", source="1001"):
+            break
+        await asyncio.sleep(0.005)
+    bye = hub.messages("BYE", source="1001")[0]
+    assert "tag=forktwo" in bye.headers.get("To")
+    assert any("tag=forktwo" in m.headers.get("To") for m in hub.messages("ACK", source="1001"))
+    assert inviter.state is SessionState.ESTABLISHED  # the first answer is the call
+    # A retransmission of the real 200 is simply ACKed again.
+    acks_before = len(hub.messages("ACK", source="1001"))
+    ok = next(m for m in hub.messages("200", source="1002") if m.cseq.method == "INVITE")
+    vias = ok.headers.get_all("Via")
+    ok.headers.remove("Via")  # the hub's own Via: as the proxy would have removed it
+    for via in vias[1:]:
+        ok.headers.add("Via", via)
+    a.transport.receive_text(ok.encode().decode())
+    for _ in range(100):
+        if len(hub.messages("ACK", source="1001")) > acks_before:
+            break
+        await asyncio.sleep(0.005)
+    assert len(hub.messages("ACK", source="1001")) == acks_before + 1
+    await inviter.hangup()
+    assert inviter.state is SessionState.TERMINATED
+
+
+async def test_hangup_while_ringing_cancels():
+    hub = LoopbackHub()
+    a = hub_user_agent(hub, "1001")
+    b = hub_user_agent(hub, "1002", answer_policy=AnswerPolicy.manual())
+    async with a, b:
+        inviter = a.invite("1002")
+        ringing = await _next(inviter, "progress")
+        call = asyncio.ensure_future(inviter.invite())
+        await asyncio.wait_for(ringing, BOUND)
+        await inviter.hangup()
+        with pytest.raises(SessionError):
+            await asyncio.wait_for(call, BOUND)
+        assert inviter.termination_status == 487
+
+
+async def test_invitation_api_guards():
+    hub = LoopbackHub()
+    a = hub_user_agent(hub, "1001")
+    b = hub_user_agent(hub, "1002", answer_policy=AnswerPolicy.manual())
+    async with a, b:
+        incoming = asyncio.ensure_future(_incoming(b))
+        inviter = a.invite("1002")
+        call = asyncio.ensure_future(inviter.invite())
+        callee = await incoming
+        with pytest.raises(SessionError):
+            callee.progress(200)
+        with pytest.raises(SessionError):
+            await callee.reject(200)
+        with pytest.raises(SessionError):
+            AnswerPolicy.reject(180)
+        with pytest.raises(SessionError):
+            await callee.bye()  # not established yet
+        await callee.reject(603, "Decline")
+        with pytest.raises(SessionError) as info:
+            await asyncio.wait_for(call, BOUND)
+        assert info.value.status_code == 603
+        with pytest.raises(SessionError):
+            await callee.accept()  # already rejected
+        with pytest.raises(SessionError):
+            await inviter.invite()  # only once
+
+
+async def test_unsupported_offer_type_is_415():
+    hub = LoopbackHub()
+    a = hub_user_agent(hub, "1001")
+    b = hub_user_agent(hub, "1002")
+    async with a, b:
+        def as_text(msg, src):
+            if getattr(msg, "method", None) == "INVITE":
+                msg.headers.set("Content-Type", "text/plain")
+                hub._route_request(src, msg)
+                return True
+            return False
+
+        hub.interceptors.append(as_text)
+        with pytest.raises(SessionError) as info:
+            await asyncio.wait_for(a.call("1002"), BOUND)
+        assert info.value.status_code == 415
