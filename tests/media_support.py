@@ -153,6 +153,14 @@ async def received_packets(handler: WebRtcDescriptionHandler) -> int:
     return (await handler.stats()).packets_received
 
 
+async def settle(handler: WebRtcDescriptionHandler, quiet: float = 0.2, timeout: float = 5.0) -> None:
+    """Wait until no packet arrived for ``quiet`` seconds (packets in flight are through)."""
+    async def _wait():
+        while await packets_during(handler, quiet):
+            pass
+    await asyncio.wait_for(_wait(), timeout)
+
+
 async def packets_during(handler: WebRtcDescriptionHandler, seconds: float) -> int:
     before = await received_packets(handler)
     await asyncio.sleep(seconds)

@@ -14,6 +14,7 @@ from media_support import (
     negotiate,
     packets_during,
     relay_config,
+    settle,
     wait_connected,
 )
 
@@ -94,7 +95,7 @@ async def test_hold_and_unhold_change_directions_and_media_flow(coturn):
         assert sdpmod.audio_direction(offer) is Direction.SENDONLY
         assert sdpmod.audio_direction(answer) is Direction.RECVONLY
         assert a.local_direction is Direction.SENDONLY and b.local_direction is Direction.RECVONLY
-        await asyncio.sleep(0.1)  # packets already in flight
+        await settle(a)  # packets already in flight
         assert await packets_during(a, 0.4) == 0  # b stopped sending to a
         assert await packets_during(b, 0.4) > 5  # a still sends (music on hold)
         offer, answer = await negotiate(a, b)  # unhold
@@ -121,7 +122,8 @@ async def test_remote_inactive_offer_is_answered_inactive_and_stops_both_ways(co
         assert sdpmod.audio_direction(answer.content) is Direction.INACTIVE
         await b.set_description(answer)
         assert a.local_direction is Direction.INACTIVE
-        await asyncio.sleep(0.1)
+        await settle(a)
+        await settle(b)
         assert await packets_during(a, 0.4) == 0
         assert await packets_during(b, 0.4) == 0
         await negotiate(b, a)  # back to sendrecv
@@ -142,7 +144,7 @@ async def test_media_starts_on_unhold_when_the_call_began_on_hold(coturn):
         assert sdpmod.audio_direction(answer.content) is Direction.RECVONLY
         await b.set_description(answer)
         await wait_connected(a, b)
-        await asyncio.sleep(0.2)
+        await settle(b)
         assert await packets_during(b, 0.4) == 0  # a's sender never started
         await negotiate(b, a)  # b retrieves the call
         assert a.local_direction is Direction.SENDRECV
@@ -281,9 +283,9 @@ async def test_replace_source_switches_what_the_far_end_hears(coturn):
         await meter_b.wait_frames(25)
         assert _close_enough(meter_b.dominant_frequency(), 500.0)
         a.replace_source(SineTrack(1500.0))
-        await asyncio.sleep(0.2)
+        await meter_b.wait_frames(10)  # frames of the old source still in flight
         meter_b.reset()
-        await meter_b.wait_frames(25)
+        await meter_b.wait_frames(50)
         assert _close_enough(meter_b.dominant_frequency(), 1500.0)
         with pytest.raises(MediaError, match="kind"):
             a.replace_source(_VideoTrack(1.0))
@@ -463,7 +465,7 @@ async def _sip_call_scenario(a, b, meters: dict) -> None:
     await asyncio.wait_for(caller.hold(), 10)
     assert caller.handler.local_direction is Direction.SENDONLY
     assert callee.handler.local_direction is Direction.RECVONLY
-    await asyncio.sleep(0.1)
+    await settle(caller.handler)
     assert await packets_during(caller.handler, 0.4) == 0
     await asyncio.wait_for(caller.unhold(), 10)
     assert caller.handler.local_direction is Direction.SENDRECV
@@ -480,8 +482,11 @@ async def _sip_call_scenario(a, b, meters: dict) -> None:
     handler = caller.handler
     await asyncio.wait_for(caller.bye(), 10)
     assert caller.state is SessionState.TERMINATED
-    await asyncio.sleep(0.1)
-    assert handler.closed and handler.pc.connectionState == "closed"
+
+    async def _closed():
+        while not (handler.closed and handler.pc.connectionState == "closed"):
+            await asyncio.sleep(0.02)
+    await asyncio.wait_for(_closed(), 5)
 
 
 async def test_sip_sessions_drive_webrtc_media(coturn):
