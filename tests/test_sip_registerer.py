@@ -207,3 +207,51 @@ async def test_unsupported_challenge_is_an_immediate_authentication_error():
     with pytest.raises(AuthenticationError, match="impossible"):
         await asyncio.wait_for(ua.start(), BOUND)
     assert len(hub.messages("REGISTER")) == 1
+
+
+async def test_expiry_from_expires_header_when_contact_not_listed():
+    hub = LoopbackHub()
+
+    def bare_ok(msg, src):
+        if getattr(msg, "method", None) == "REGISTER":
+            hub.respond(src, msg, 200, "OK", headers=[("Expires", "120")])
+            return True
+        return False
+
+    hub.interceptors.append(bare_ok)
+    ua = hub_user_agent(hub, "1001")
+    async with ua:
+        assert ua.registerer.granted_expires == 120
+
+
+async def test_failed_refresh_is_retried_and_reported():
+    hub = LoopbackHub(max_expires=1)
+    ua = hub_user_agent(hub, "1001")
+    async with ua:
+        reg = ua.registerer
+        reg.options = RegistererOptions(refresh_frequency=0.05, retry_interval=0.02)
+        failed = _events(ua, "registration_failed", "unregistered")
+        refused = []
+
+        def refuse_once(msg, src):
+            if getattr(msg, "method", None) == "REGISTER" and not refused:
+                refused.append(msg)
+                hub.respond(src, msg, 503, "Service Unavailable")
+                return True
+            return False
+
+        await reg.register()  # refresh now; the next one is due in 50 ms
+        registered = _events(reg, "registered")
+        hub.interceptors.append(refuse_once)
+        await _until(lambda: refused and reg.registered and registered)
+        assert [e[0] for e in failed] == ["unregistered", "registration_failed"]
+
+
+async def test_unregister_failure_still_ends_unregistered():
+    hub = LoopbackHub()
+    ua = hub_user_agent(hub, "1001")
+    await ua.start()
+    hub.interceptors.append(
+        lambda msg, src: getattr(msg, "method", None) == "REGISTER" and (hub.respond(src, msg, 500), True)[1])
+    await asyncio.wait_for(ua.stop(), BOUND)
+    assert ua.registerer.state is RegistererState.TERMINATED

@@ -307,3 +307,36 @@ async def test_wss_insecure_connects_with_a_warning(tls_server, caplog):
 def test_unreadable_ca_file_is_a_configuration_error(tmp_path):
     with pytest.raises(ConfigurationError, match="ca_file"):
         TlsOptions(ca_file=str(tmp_path / "missing.pem")).ssl_context("wss://127.0.0.1/ws")
+
+
+async def test_handshake_refused_names_the_http_status(server):
+    t = fast(server.url.replace("/ws", "/nope"))
+    with pytest.raises(TransportError, match=r"handshake .* refused: HTTP 404"):
+        await asyncio.wait_for(t.connect(), BOUND)
+    await t.close()
+
+
+async def test_gives_up_after_max_attempts():
+    srv = await SipWsServer().start()
+    t = fast(srv.url, reconnect=Reconnect(min_delay=0.01, max_delay=0.02, jitter=0.0, max_attempts=2))
+    closed = asyncio.get_running_loop().create_future()
+    t.on("closed", lambda: closed.done() or closed.set_result(True))
+    attempts = []
+    t.on("reconnecting", lambda attempt, delay: attempts.append(attempt))
+    await t.connect()
+    await srv.stop()
+    await asyncio.wait_for(closed, BOUND)
+    assert attempts == [1, 2]
+    assert t.state is TransportState.CLOSED
+
+
+async def test_binary_frames_are_parsed_too(server):
+    t = fast(server.url)
+    messages = []
+    t.on("message", messages.append)
+    await t.connect()
+    await server.sockets[0].send_bytes(OPTIONS_REQ.encode())
+    await server.sockets[0].send_bytes(b"\xff\xfe not utf-8")
+    await until(lambda: messages)
+    assert messages[0].method == "OPTIONS" and t.connected
+    await t.close()
