@@ -404,7 +404,7 @@ async def test_call_recorder_reads_remote_and_taps_local(tmp_path):
     await sender.stop()
     assert rec.closed and local._taps == []
     left, right, rate = stereo_channels(tmp_path / "both.wav")
-    assert left.size / rate == pytest.approx(0.4, abs=0.1)
+    assert 0.38 <= left.size / rate <= 1.0  # 0.4 s of remote audio plus however late the local side started
     assert tones.frequencies_close(tones.dominant_frequency(left[: rate // 4], rate)[0], 400.0)
     assert tones.frequencies_close(tones.dominant_frequency(right[: rate // 4], rate)[0], 1200.0)
 

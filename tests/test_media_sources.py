@@ -177,13 +177,15 @@ def test_looping_file_repeats_without_gaps(tmp_path, preload):
 
 
 def test_preload_matches_streaming_and_is_cached(tmp_path):
-    path = generate_tone_file(tmp_path / "p.mp3", [900.0], duration=0.3, rate=48000)
+    path = generate_tone_file(tmp_path / "p.mp3", [900.0], duration=2.5, rate=48000)
     streamed = read_all(FileSource(path, realtime=False, sample_rate=8000))
     a = FileSource(path, preload=True, realtime=False, sample_rate=8000)
     preloaded = read_all(a)
-    assert preloaded.size == streamed.size
+    assert preloaded.size == streamed.size == pytest.approx(20000, abs=160)
     assert np.allclose(preloaded, streamed, atol=2 / 32768)
     assert sources.decode_file(path, 8000, 1) is sources.decode_file(path, 8000, 1)
+    with pytest.raises(AudioFileError, match=r"p\.mp3: longer than"):
+        sources.decode_file(path, 16000, 1, max_seconds=1.0)
 
 
 def test_bad_files_raise_audio_file_error_naming_the_path(tmp_path):

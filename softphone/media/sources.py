@@ -458,10 +458,7 @@ def decode_file(path: str | os.PathLike, rate: int = DEFAULT_RATE, channels: int
         chunks = []
         limit = int(max_seconds * rate)
         total = 0
-        while not decoder.eof or total == 0:
-            chunk = decoder.read(rate)
-            if not chunk:
-                break
+        while chunk := decoder.read(rate):
             chunks.append(chunk)
             total += len(chunk) // (2 * channels)
             if total > limit:
