@@ -407,3 +407,15 @@ async def test_a_file_failing_mid_way_finishes_with_the_error(tmp_path, monkeypa
     assert not mono(frames[-1]).any()
     with pytest.raises(AudioFileError, match="simulated"):
         await src.played(timeout=1)
+
+
+async def test_pacing_survives_a_rate_change_of_the_sent_track():
+    clock = FakeClock()
+    src = ToneSource(clock=clock, sleep=clock.sleep)
+    for _ in range(3):
+        await src.recv()
+    src.set_format(8000, 1)
+    frames = [await src.recv() for _ in range(2)]
+    assert clock.sleeps == pytest.approx([0.02] * 4)
+    assert [f.sample_rate for f in frames] == [8000, 8000]
+    assert [f.pts for f in frames] == [480, 640]  # 60 ms and 80 ms at 8 kHz

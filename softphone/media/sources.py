@@ -127,6 +127,8 @@ class AudioSource(MediaStreamTrack):
         if (sample_rate, channels) != (self.sample_rate, self.channels):
             old_rate, old_channels = self.sample_rate, self.channels
             self.sample_rate, self.channels = int(sample_rate), int(channels)
+            # Keep pacing on the same wall-clock schedule: the timestamp counts samples.
+            self._timestamp = round(self._timestamp * self.sample_rate / old_rate)
             self._format_changed(old_rate, old_channels)
 
     def _format_changed(self, old_rate: int, old_channels: int) -> None:
