@@ -200,3 +200,19 @@ async def test_mangled_frames_never_escape_the_transport(seed):
     assert seen
     assert ua.state.value == "started"
     await ua.stop()
+
+
+async def test_required_extension_we_lack_gets_420(setup):
+    _, ua, probe, got = setup
+    probe.send_text(raw_request(ua, "OPTIONS", extra="Require: 100rel, outbound\r\n"))
+    (resp,) = await answers(got)
+    assert resp.status == 420
+    assert resp.headers.get("Unsupported") == "100rel"
+
+
+async def test_same_request_by_a_second_path_is_a_loop(setup):
+    _, ua, probe, got = setup
+    probe.send_text(raw_request(ua, "MESSAGE", branch="z9hG4bKpath1"))
+    probe.send_text(raw_request(ua, "MESSAGE", branch="z9hG4bKpath2"))
+    first, second = await answers(got, 2)
+    assert sorted([first.status, second.status]) == [200, 482]

@@ -331,6 +331,7 @@ class UserAgentCore:
         self.transactions = TransactionTable()
         self.dialogs: dict[DialogId, DialogUser] = {}
         self.cancel_handlers: dict[InviteServerTransaction, Callable[[Any], None]] = {}
+        self._merged: dict[tuple[str, str, int, str], ServerTransaction] = {}
         self._digest_client: Any = None
         self._nc: dict[str, int] = {}
         transport.on("message", self.receive_message)
@@ -536,14 +537,28 @@ class UserAgentCore:
         if method not in self.config.allow:
             self.reply_stateless(request, 405, "Method Not Allowed")
             return
+        unsupported = self._unsupported_requirements(request)
+        if unsupported:
+            self.reply_stateless(request, 420, "Bad Extension", headers=[("Unsupported", ", ".join(unsupported))])
+            return
+        dialog_id = Dialog.id_of_incoming(request)
+        merge_key = None
+        if dialog_id is None:
+            # RFC 3261 8.2.2.2: the same request arriving by two paths (a forking loop).
+            merge_key = (request.from_.tag or "", request.call_id, request.cseq.seq, method)
+            if merge_key in self._merged:
+                self.reply_stateless(request, 482, "Loop Detected")
+                return
         if method == "INVITE":
             stx: ServerTransaction = InviteServerTransaction(request, self.transport, self.config.timers)
         else:
             stx = NonInviteServerTransaction(request, self.transport, self.config.timers)
         self.transactions.add_server(stx)
+        if merge_key is not None:
+            self._merged[merge_key] = stx
+            stx.add_terminated_callback(lambda _tx, key=merge_key: self._merged.pop(key, None))
         if method == "INVITE":
             self.reply(stx, 100, "Trying")
-        dialog_id = Dialog.id_of_incoming(request)
         if dialog_id is not None:
             user = self.dialogs.get(dialog_id)
             if user is None:
@@ -555,6 +570,13 @@ class UserAgentCore:
             user.receive_in_dialog_request(request, stx)
             return
         self._receive_out_of_dialog(request, stx)
+
+    def _unsupported_requirements(self, request: Any) -> list[str]:
+        """Option tags in Require we do not support (RFC 3261 8.2.2.3: answer 420)."""
+        if request.method in ("ACK", "CANCEL"):
+            return []
+        required = [tag.strip() for tag in request.headers.get_all("Require") if tag.strip()]
+        return [tag for tag in required if tag.lower() not in {s.lower() for s in self.config.supported}]
 
     def _receive_out_of_dialog(self, request: Any, stx: ServerTransaction) -> None:
         method = request.method

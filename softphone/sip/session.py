@@ -250,9 +250,11 @@ class Session(AsyncIOEventEmitter):
                 if 200 <= response.status < 300:
                     dialog.receive_response(response, "INVITE")
                     self._send_ack(response)
-                    if response.body:
-                        await self.handler.set_description(
-                            Body(response.content_type or "application/sdp", response.body), options)
+                    if not response.body:
+                        await self.handler.rollback_description()
+                        raise SessionError("2xx to our re-INVITE carries no answer", 488)
+                    await self.handler.set_description(
+                        Body(response.content_type or "application/sdp", response.body), options)
                     return response
                 await self.handler.rollback_description()
                 if response.status == 491 and attempt < MAX_GLARE_RETRIES:
@@ -418,6 +420,11 @@ class Session(AsyncIOEventEmitter):
                 contact=self.dialog.local_contact)
             transaction.respond(response)
             self._start_ack_wait(response)
+        except Exception:
+            # A media failure must not leave the far end's re-INVITE unanswered.
+            log.exception("re-INVITE handling failed")
+            if transaction.last_response is None or transaction.last_response.status < 200:
+                self.core.reply(transaction, 500, "Server Internal Error")
         finally:
             self._incoming_reinvite = None
 
