@@ -434,15 +434,12 @@ def loopback_ice(monkeypatch):
     monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
 
 
-@pytest.mark.parametrize("codec", ["opus", "PCMU"])
-async def test_tone_sent_over_aiortc_is_recorded(tmp_path, loopback_ice, codec):
+async def send_over_aiortc(source, sinks, codec: str, until) -> None:
+    """Two loopback peer connections: ``source`` sent by one, read into ``sinks`` on the other."""
     from aiortc.rtcrtpsender import RTCRtpSender
 
     caller = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     callee = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    source = ToneSource([1000.0], amplitude=0.3)
-    recorder = Recorder(tmp_path / f"e2e-{codec}.wav")
-    meter = LevelMeter()
     received = asyncio.get_running_loop().create_future()
 
     @callee.on("track")
@@ -458,16 +455,24 @@ async def test_tone_sent_over_aiortc_is_recorded(tmp_path, loopback_ice, codec):
         await callee.setLocalDescription(await callee.createAnswer())
         await caller.setRemoteDescription(callee.localDescription)
         track = await asyncio.wait_for(received, 10)
-        fanout = SinkFanout(track, [recorder, meter])
+        fanout = SinkFanout(track, sinks)
         await fanout.start()
-        for _ in range(200):
-            if meter.seconds >= 1.0:
+        for _ in range(300):
+            if until():
                 break
             await asyncio.sleep(0.05)
         await fanout.stop()
     finally:
         await caller.close()
         await callee.close()
+
+
+@pytest.mark.parametrize("codec", ["opus", "PCMU"])
+async def test_tone_sent_over_aiortc_is_recorded(tmp_path, loopback_ice, codec):
+    source = ToneSource([1000.0], amplitude=0.3)
+    recorder = Recorder(tmp_path / f"e2e-{codec}.wav")
+    meter = LevelMeter()
+    await send_over_aiortc(source, [recorder, meter], codec, until=lambda: meter.seconds >= 1.0)
     assert recorder.state is SinkState.CLOSED
     x, rate, _ = decode(recorder.path)
     assert rate == (48000 if codec == "opus" else 8000)
@@ -478,6 +483,15 @@ async def test_tone_sent_over_aiortc_is_recorded(tmp_path, loopback_ice, codec):
     expected = 20 * np.log10(0.3 / np.sqrt(2)) - (3.01 if codec == "opus" else 0.0)
     assert level == pytest.approx(expected, abs=1.0)
     assert meter.recent_rms_dbfs(0.5) == pytest.approx(expected, abs=1.0)
+
+
+@pytest.mark.parametrize("codec", ["opus", "PCMU"])
+async def test_in_band_dtmf_survives_the_codec(loopback_ice, codec):
+    source = DtmfToneSource("159#*0D", on_ms=80, off_ms=60)
+    detector = DtmfDetector()
+    await send_over_aiortc(source, [detector], codec, until=lambda: len(detector.events) >= 7)
+    assert detector.digits == "159#*0D"
+    assert all(e.duration == pytest.approx(0.08, abs=0.02) for e in detector.events)
 
 
 class BrokenTrack:

@@ -180,3 +180,17 @@ def test_mean_level_is_an_energy_mean():
     assert tones.mean_level([-10.0, -10.0]) == pytest.approx(-10.0)
     assert tones.mean_level([0.0, tones.DB_FLOOR]) == pytest.approx(-3.01, abs=0.01)
     assert tones.mean_level([]) == tones.DB_FLOOR
+
+
+@settings(max_examples=25, deadline=None)
+@given(digits=st.text(alphabet=tones.DTMF_DIGITS, min_size=1, max_size=8),
+       on_ms=st.integers(45, 200), off_ms=st.integers(45, 200),
+       rate=st.sampled_from([8000, 16000, 48000]), snr_db=st.floats(12.0, 40.0),
+       amplitude=st.floats(0.02, 0.45), seed=st.integers(0, 2**16))
+def test_any_digit_string_round_trips(digits, on_ms, off_ms, rate, snr_db, amplitude, seed):
+    pcm = tones.dtmf_samples(digits, on_ms=on_ms, off_ms=off_ms, rate=rate, amplitude=amplitude)
+    x = noisy(np.concatenate([np.zeros(rate // 20), pcm.astype(np.float64) / 32768]), snr_db, seed)
+    found = tones.decode_dtmf(x, rate)
+    assert "".join(d.digit for d in found) == digits
+    for d in found:
+        assert d.duration == pytest.approx(on_ms / 1000, abs=0.02)
