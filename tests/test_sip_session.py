@@ -629,3 +629,41 @@ async def test_unsupported_offer_type_is_415():
         with pytest.raises(SessionError) as info:
             await asyncio.wait_for(a.call("1002"), BOUND)
         assert info.value.status_code == 415
+
+
+async def test_many_concurrent_calls_do_not_interfere():
+    hub = LoopbackHub()
+    callers = [hub_user_agent(hub, f"2{i:03d}") for i in range(10)]
+    callees = [hub_user_agent(hub, f"3{i:03d}") for i in range(10)]
+    agents = callers + callees
+    await asyncio.wait_for(asyncio.gather(*(ua.start() for ua in agents)), BOUND)
+    try:
+        got = {ua.aor: [] for ua in callees}
+        for ua in callees:
+            ua.on("invite", lambda inv, _ua=ua: inv.on("dtmf", lambda d, *_: got[_ua.aor].append(d)))
+        calls = await asyncio.wait_for(
+            asyncio.gather(*(a.call(f"3{i:03d}") for i, a in enumerate(callers))), BOUND)
+        assert len({c.call_id for c in calls}) == 10
+        await asyncio.wait_for(asyncio.gather(
+            *(c.send_dtmf(str(i), duration_ms=5, method="info") for i, c in enumerate(calls))), BOUND)
+        for _ in range(100):
+            if all(got.values()):
+                break
+            await asyncio.sleep(0.01)
+        assert [got[ua.aor] for ua in callees] == [[str(i)] for i in range(10)]
+        await asyncio.wait_for(asyncio.gather(*(c.bye() for c in calls)), BOUND)
+        for ua in callees:
+            for _ in range(100):
+                if not ua.sessions:
+                    break
+                await asyncio.sleep(0.01)
+            assert not ua.sessions
+    finally:
+        await asyncio.wait_for(asyncio.gather(*(ua.stop() for ua in agents)), BOUND)
+
+
+async def test_target_forms(pair):
+    _, a, _ = pair
+    assert a.target_uri("1002") == "sip:1002@example.test"
+    assert a.target_uri("1002@other.test") == "sip:1002@other.test"
+    assert a.target_uri("sip:x@y.test") == "sip:x@y.test"
