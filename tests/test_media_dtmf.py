@@ -9,7 +9,7 @@ from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.rtp import HeaderExtensionsMap, RtcpByePacket, RtpPacket, is_rtcp
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from media_support import SineTrack, negotiate, relay_config, wait_connected
+from media_support import SineTrack, negotiate, relay_config, settle, wait_connected
 
 from softphone.media import sdp as sdpmod
 from softphone.media.dtmf import (
@@ -59,6 +59,18 @@ def test_valid_tones_are_upper_cased():
 
 def test_this_aiortc_is_supported():
     check_aiortc_supported()
+
+
+def test_an_untested_aiortc_fails_clearly(monkeypatch):
+    import aiortc
+
+    from softphone.errors import AiortcCompatibilityError
+
+    monkeypatch.setattr(aiortc, "__version__", "1.9.0")
+    with pytest.raises(AiortcCompatibilityError, match=r"aiortc 1\.9\.0"):
+        check_aiortc_supported()
+    with pytest.raises(AiortcCompatibilityError):
+        DtmfSender(RTCRtpSender("audio", RecordingTransport()))
 
 
 # --- decoder -------------------------------------------------------------------------------
@@ -258,6 +270,10 @@ async def test_digits_round_trip_both_ways(coturn, codec, rate, pt):
         # events share the audio sequence space: they must not show up as loss
         quality = await b.stats()
         assert quality.packets_lost == 0, quality
+        # what a reports as sent (audio held back during events, events added) is what b got
+        a.replace_source(None)
+        await settle(b)
+        assert (await a.stats()).packets_sent == (await b.stats()).packets_received
     finally:
         await a.close()
         await b.close()
