@@ -469,8 +469,6 @@ def _parse_start_line(line: str) -> tuple[SipRequest | SipResponse, str | None]:
 
 
 def _parse_header_lines(lines: list[str], message: SipRequest | SipResponse) -> list[tuple[str, str, str]]:
-    if len(lines) - 1 > MAX_HEADERS * 4:
-        raise SipParseError(f"more than {MAX_HEADERS} header lines")
     items: list[tuple[str, str, str]] = []
     pending: list[str] = []
     name = ""
