@@ -9,7 +9,7 @@ import pytest
 
 from softphone.errors import ConfigurationError, MediaError
 from softphone.media import report, tones
-from softphone.media.sinks import LevelMeter, LevelSample
+from softphone.media.sinks import DtmfDetector, LevelMeter, LevelSample, ToneDetector
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -106,3 +106,19 @@ def test_svg_file_and_errors(tmp_path):
         report.level_report_html({})
     with pytest.raises(MediaError, match="missing"):
         report.write_level_report(tmp_path / "missing" / "x.html", {"a": meter})
+
+
+def test_detector_events_become_markers():
+    dtmf = DtmfDetector()
+    dtmf.feed(tones.dtmf_samples("42", rate=8000).astype(np.float64) / 32768, 8000)
+    dtmf.close()
+    detector = ToneDetector([440.0])
+    detector.feed(np.concatenate([np.zeros(4000), tones.sine_mix([440.0], 8000, 8000, 0.3)]), 8000)
+    detector.close()
+    events = report.detector_events(dtmf, detector)
+    assert [label for _, label in events] == ["DTMF 4", "DTMF 2", "440 Hz"]
+    assert events[-1][0] == pytest.approx(0.5, abs=0.05)
+    svg = report.level_chart_svg([], events=events)
+    assert len(ET.fromstring(svg).findall(f"{SVG}line[@class='event']")) == 3
+    with pytest.raises(ConfigurationError, match="detectors"):
+        report.detector_events(LevelMeter())

@@ -542,3 +542,15 @@ def test_recording_length_follows_the_timeline_whatever_is_lost(tmp_path, lost):
     rec.close()
     assert rec.padded_samples == sum(lost) * 160
     assert decode(path)[0].size == len(lost) * 160
+
+
+def test_meters_keep_stream_time_across_rate_changes():
+    meter, detector = LevelMeter(), ToneDetector([1000.0])
+    for rate in (8000, 48000):
+        x = tones.sine_mix([1000.0], rate // 2, rate, 0.3)  # 0.5 s at each rate
+        for i in range(0, x.size, rate // 50):
+            meter.measure(x[i:i + rate // 50], rate)
+        detector.feed(x, rate)
+    detector.close()
+    assert meter.history[-1].t == pytest.approx(0.98)
+    assert [round(d.start, 2) for d in detector.detections] == [0.0, 0.5]

@@ -18,7 +18,7 @@ from pathlib import Path
 from softphone.errors import ConfigurationError, MediaError
 from softphone.log import get_logger
 from softphone.media import tones
-from softphone.media.sinks import LevelMeter, LevelSample
+from softphone.media.sinks import DtmfDetector, LevelMeter, LevelSample, ToneDetector
 
 log = get_logger(__name__)
 
@@ -53,6 +53,19 @@ def downsample(history: Sequence[LevelSample], max_points: int) -> list[LevelSam
         out.append(LevelSample(bucket[0].t, tones.mean_level(s.rms_dbfs for s in bucket),
                                max(s.peak_dbfs for s in bucket)))
     return out
+
+
+def detector_events(*detectors: object) -> list[Event]:
+    """Chart markers from a :class:`DtmfDetector` (digits) and/or :class:`ToneDetector` (tones)."""
+    events: list[Event] = []
+    for detector in detectors:
+        if isinstance(detector, DtmfDetector):
+            events += [(e.start, f"DTMF {e.digit}") for e in detector.events]
+        elif isinstance(detector, ToneDetector):
+            events += [(e.start, f"{e.freq:g} Hz") for e in detector.detections]
+        else:
+            raise ConfigurationError(f"detectors: {type(detector).__name__} is not a DtmfDetector or ToneDetector")
+    return sorted(events)
 
 
 def _samples(history: History) -> list[LevelSample]:

@@ -302,6 +302,7 @@ class LevelMeter(AudioSink):
         self.history: collections.deque[LevelSample] = collections.deque(maxlen=history_max)
         self._energy = 0.0
         self._count = 0
+        self._time = 0.0  # seconds measured so far (the rate may change mid-stream)
         self._peak = 0.0
         self._silent_frames = 0
         self._blocks = 0
@@ -313,7 +314,8 @@ class LevelMeter(AudioSink):
 
     def measure(self, x: np.ndarray, rate: int) -> LevelSample:
         """Account for one block of mono samples (for callers without frames)."""
-        t = self._count / rate if rate else 0.0
+        t = self._time
+        self._time += x.size / rate if rate else 0.0
         energy = float(np.dot(x, x))
         peak = max(float(x.max()), -float(x.min())) if x.size else 0.0
         self._energy += energy
@@ -409,6 +411,7 @@ class ToneDetector(AudioSink):
         self._active: dict[float, ToneEvent] = {}
         self._waiters: list[tuple[float | None, asyncio.Future]] = []
         self._pos = 0
+        self._offset = 0.0  # seconds analysed at earlier rates
 
     def _write(self, frame: av.AudioFrame) -> None:
         self.feed(frame_to_mono(frame), frame.sample_rate)
@@ -417,8 +420,12 @@ class ToneDetector(AudioSink):
         """Analyse mono samples (frames go through :meth:`write`)."""
         if rate != self._rate:
             self._end_all()
+            if self._rate:
+                self._offset += self._pos / self._rate
             self._rate, self._block, self._recent, self._recent_len = rate, np.zeros(0), collections.deque(), 0
             self._block_start = self._pos = 0
+            self._run = dict.fromkeys(self.freqs, 0)
+            self._miss = dict.fromkeys(self.freqs, 0)
         self._remember(x)
         block_n = max(1, round(rate * self.block_ms / 1000.0))
         self._block = np.concatenate((self._block, x)) if self._block.size else np.asarray(x, dtype=np.float64)
@@ -440,7 +447,7 @@ class ToneDetector(AudioSink):
             return
         mean_square = float(np.dot(block, block)) / block.size
         amps = tones.goertzel(block, self.freqs, rate)
-        t = start / rate
+        t = self._offset + start / rate
         for f, a in zip(self.freqs, amps, strict=True):
             level = tones.to_dbfs(float(a) / math.sqrt(2.0))
             self.max_level[f] = max(self.max_level[f], level)
@@ -473,7 +480,7 @@ class ToneDetector(AudioSink):
     def _end_all(self) -> None:
         if self._rate:
             for f in list(self._active):
-                self._end(f, self._pos / self._rate)
+                self._end(f, self._offset + self._pos / self._rate)
 
     def _wake(self, f: float) -> None:
         for want, fut in list(self._waiters):
