@@ -200,6 +200,7 @@ async def test_mangled_frames_never_escape_the_transport(seed):
     assert seen
     assert ua.state.value == "started"
     await ua.stop()
+    assert hub.unparsable == []  # every reply the agent sent (400s included) is valid SIP
 
 
 async def test_required_extension_we_lack_gets_420(setup):

@@ -118,6 +118,8 @@ class LoopbackHub:
     interceptors: list[Interceptor] = field(default_factory=list)
     log: list[tuple[str, Any]] = field(default_factory=list)
     bindings: dict[str, Binding] = field(default_factory=dict)
+    unparsable: list[tuple[str, str]] = field(default_factory=list)
+    """Frames a user agent sent that do not parse: should stay empty."""
 
     def __post_init__(self) -> None:
         self._transports: dict[str, FakeTransport] = {}
@@ -157,6 +159,7 @@ class LoopbackHub:
             msg = parse_message(text)
         except SipParseError:
             log.warning("hub: unparsable frame from %s dropped", source.name)
+            self.unparsable.append((source.name, text))
             return
         self.log.append((source.name, parse_message(text)))  # a copy routing will not touch
         for interceptor in list(self.interceptors):

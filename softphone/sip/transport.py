@@ -169,10 +169,15 @@ class Transport(EventEmitter, abc.ABC):
             log.warning("dropping unparsable SIP frame (%s): %r", exc.reason, redact(text[:200]))
             if partial is not None and getattr(partial, "method", None) != "ACK" and self.connected:
                 try:
-                    reason = " ".join(str(exc.reason).split())[:100]
-                    self.send(make_response(partial, 400, f"Bad Request ({reason})"))
-                except Exception as reply_exc:  # the partial request may lack what a reply needs
-                    log.warning("could not answer 400 to bad request: %s", reply_exc)
+                    reason = "".join(c for c in " ".join(str(exc.reason).split()) if c.isprintable())[:100]
+                    response = make_response(partial, 400, f"Bad Request ({reason})")
+                    # The copied Via/From/To/CSeq may be the broken part: never send a
+                    # reply that would itself be unparsable (and unroutable).
+                    parse_message(response.encode())
+                    self.send(response)
+                except Exception as reply_exc:
+                    log.warning("bad request not answered: its headers cannot make a valid 400 (%s)",
+                                redact(reply_exc))
             return
         except Exception as exc:  # a parser bug must not kill the connection
             log.exception("SIP parser failed on a frame: %s", redact(exc))
