@@ -554,3 +554,19 @@ def test_meters_keep_stream_time_across_rate_changes():
     detector.close()
     assert meter.history[-1].t == pytest.approx(0.98)
     assert [round(d.start, 2) for d in detector.detections] == [0.0, 0.5]
+
+
+async def test_explicit_format_and_bitrate(tmp_path):
+    frames = await frames_from(ToneSource([440.0], realtime=False), 100)
+    small, large = Recorder(tmp_path / "call.rec", format="ogg", bitrate=12000), Recorder(
+        tmp_path / "big.ogg", bitrate=96000)
+    for frame in frames:
+        small.write(frame)
+        large.write(frame)
+    small.close()
+    large.close()
+    assert small.codec_name == "libopus"
+    assert small.path.stat().st_size < large.path.stat().st_size
+    x, rate, _ = decode(small.path)
+    assert x.size / rate == pytest.approx(2.0, abs=FRAME)
+    assert tones.frequencies_close(tones.dominant_frequency(x[rate:], rate)[0], 440.0)
