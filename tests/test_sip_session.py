@@ -667,3 +667,22 @@ async def test_target_forms(pair):
     assert a.target_uri("1002") == "sip:1002@example.test"
     assert a.target_uri("1002@other.test") == "sip:1002@other.test"
     assert a.target_uri("sip:x@y.test") == "sip:x@y.test"
+
+
+async def test_unusable_offer_is_answered_488_not_left_ringing():
+    hub = LoopbackHub()
+    a = hub_user_agent(hub, "1001")
+    b = hub_user_agent(hub, "1002")
+    async with a, b:
+        def no_media(msg, src):
+            if getattr(msg, "method", None) == "INVITE" and msg.body:
+                msg.body = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"  # no m= line
+                msg.headers.set("Content-Length", str(len(msg.body)))
+                hub._route_request(src, msg)
+                return True
+            return False
+
+        hub.interceptors.append(no_media)
+        with pytest.raises(SessionError) as info:
+            await asyncio.wait_for(a.call("1002"), BOUND)
+        assert info.value.status_code == 488

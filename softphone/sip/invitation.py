@@ -133,22 +133,22 @@ class Invitation(Session):
         """Answer with 200 OK and wait for the ACK (bounded by 64*T1 unless ``timeout``)."""
         self._check_pending("accept")
         offer = self.offer
+        if self._early_answer is None and offer is not None and \
+                not self.handler.has_description(offer.content_type):
+            await self.reject(415, "Unsupported Media Type")
+            raise SessionError(f"cannot accept: offer type {offer.content_type!r} not supported", 415)
         try:
             if self._early_answer is not None:
                 body = self._early_answer
             elif offer is not None:
-                if not self.handler.has_description(offer.content_type):
-                    await self.reject(415, "Unsupported Media Type")
-                    raise SessionError(f"cannot accept: offer type {offer.content_type!r} not supported", 415)
                 await self.handler.set_description(offer)
                 self._note_remote_direction(sdp_direction(offer.content))
                 body = await self.handler.get_description()
             else:
                 body = await self.handler.get_description()
-        except SessionError:
-            raise
-        except SipError as exc:
-            await self.reject(488, "Not Acceptable Here")
+        except SipError as exc:  # the handler cannot use the offer (DescriptionError, SessionError)
+            if not self._final_sent and self.state is SessionState.ESTABLISHING:
+                await self.reject(488, "Not Acceptable Here")
             raise SessionError(f"cannot accept: {exc}", 488) from exc
         if self._final_sent or self.state is not SessionState.ESTABLISHING:
             raise SessionError(f"cannot accept: the call is {self.state.value}", self.termination_status)
@@ -217,6 +217,8 @@ class Invitation(Session):
                 await self.accept()
         except SessionError as exc:
             log.warning("incoming call %s: %s", self.call_id, exc)
+            if not self._final_sent and self.state is SessionState.ESTABLISHING:
+                await self.reject(500, "Server Internal Error")
         except Exception:
             log.exception("answer policy failed for incoming call %s", self.call_id)
             if not self._final_sent and self.state is SessionState.ESTABLISHING:
