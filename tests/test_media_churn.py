@@ -67,6 +67,7 @@ async def test_two_hundred_calls_do_not_grow_memory():
     samples: list[int] = []
     received: list[int] = []
     refs: list[weakref.ref] = []
+    objects: dict[int, int] = {}
     threads_before = threading.active_count()
     with loopback_host_candidates():
         for n in range(CALLS):
@@ -74,16 +75,23 @@ async def test_two_hundred_calls_do_not_grow_memory():
             if n % 10 == 9:
                 gc.collect()
             samples.append(rss_bytes())
+            if n + 1 in (WARMUP, CALLS):
+                gc.collect()
+                objects[n + 1] = len(gc.get_objects())
     gc.collect()
     final = rss_bytes()
     plateau = statistics.median(samples[WARMUP:WARMUP + 50])
     growth = final / plateau - 1
     print(f"\nRSS start {samples[0] / 2**20:.1f} MiB, plateau {plateau / 2**20:.1f} MiB, "
-          f"end {final / 2**20:.1f} MiB ({growth:+.1%}); packets per call median {statistics.median(received)}")
+          f"end {final / 2**20:.1f} MiB ({growth:+.1%}); packets per call median {statistics.median(received)}; "
+          f"Python objects after {WARMUP} calls {objects[WARMUP]}, after {CALLS} {objects[CALLS]}")
 
     assert all(r > 0 for r in received), "a call carried no media"
     assert cache.encodes == 2  # two tones, encoded once for all 200 calls
     assert [r() for r in refs] == [None] * len(refs), "closed peer connections are still referenced"
     assert live_peer_connections() == 0
+    # 150 more calls leave (almost) nothing behind: a per-call leak of even a few
+    # objects would show here long before it shows in RSS.
+    assert objects[CALLS] - objects[WARMUP] < 150, objects
     assert threading.active_count() <= threads_before + 2  # executor workers may linger, not per call
     assert final <= plateau * 1.10, f"RSS grew {growth:+.1%} past its plateau"

@@ -279,6 +279,11 @@ def test_cache_errors_name_the_culprit(tmp_path):
         Tone(frequency=30000)
 
 
+async def test_loopback_call_rejects_an_unknown_codec_before_creating_anything():
+    with pytest.raises(CodecError, match="'iLBC'"):
+        await open_loopback_call("iLBC", None, None)
+
+
 def test_encoded_payloads_match_aiortc_encoder_output():
     """The cache uses aiortc's own encoder: same frames in, same bytes out."""
     from aiortc.codecs import get_encoder
