@@ -6,11 +6,12 @@ with ``--domain`` and ``--password``), then starts ``--n`` user agents
 digest authentication, ``--concurrency`` at a time.  Reports registrations per
 second, p50/p95/max latency of connect and of REGISTER (challenge + retry
 included), CPU seconds per registration for this process (``getrusage``) and
-for Kamailio (``/proc``), then un-registers everyone.  If SIP-A's parser
+for Kamailio (``/proc``); with ``--calls M``, M pairs of them then call each other
+through Kamailio (signalling only) and hang up; then everyone un-registers.  If SIP-A's parser
 benchmark (``bench/sip_parse.py``) is present, it runs first.  No asserts:
 this measures.
 
-    python bench/sip.py --n 200 --concurrency 50
+    python bench/sip.py --n 200 --concurrency 50 --calls 50
 """
 
 from __future__ import annotations
@@ -135,6 +136,30 @@ async def register_one(ws_url: str, domain: str, ext: str, password: str, result
     return ua
 
 
+async def run_calls(agents: list[UserAgent], wanted: int, domain: str) -> dict:
+    """Pairs of registered agents call each other (signalling only) and hang up."""
+    pairs = list(zip(agents[0::2], agents[1::2], strict=False))[:wanted]
+    out: dict = {"attempted": len(pairs), "setup": [], "bye": [], "errors": [], "cpu": 0.0}
+
+    async def one(caller: UserAgent, callee: UserAgent) -> None:
+        t0 = time.perf_counter()
+        try:
+            inviter = await caller.call(callee.aor)
+            t1 = time.perf_counter()
+            await inviter.bye()
+            t2 = time.perf_counter()
+        except Exception as exc:
+            out["errors"].append(f"{caller.aor} -> {callee.aor}: {exc}")
+            return
+        out["setup"].append(t1 - t0)
+        out["bye"].append(t2 - t1)
+
+    cpu0 = cpu_seconds()
+    await asyncio.gather(*(one(a, b) for a, b in pairs))
+    out["cpu"] = cpu_seconds() - cpu0
+    return out
+
+
 async def run(args: argparse.Namespace) -> None:
     n = args.n
     extensions = [str(args.first_extension + i) for i in range(n)]
@@ -162,6 +187,7 @@ async def run(args: argparse.Namespace) -> None:
         wall, cpu = time.perf_counter() - wall0, cpu_seconds() - cpu0
         kam_cpu = (process_tree_cpu(kam_pid) - kam_cpu0) if kam_cpu0 is not None else None
         ok = [a for a in agents if a is not None]
+        calls = await run_calls(ok, args.calls, domain) if args.calls else None
 
         unreg0 = time.perf_counter()
         await asyncio.gather(*(a.stop() for a in ok), return_exceptions=True)
@@ -193,6 +219,19 @@ async def run(args: argparse.Namespace) -> None:
     ]
     for name, value in rows:
         print(f"{name:<38}{value:>14}")
+    if calls is not None:
+        print(f"\nSIP call benchmark: {calls['attempted']} calls between registered agents through Kamailio "
+              "(INVITE with 407 challenge, 180, 200, ACK, then BYE), all at once")
+        for name, value in (
+            ("calls established / attempted", f"{len(calls['setup'])}/{calls['attempted']}"),
+            ("call setup p50 (ms)", f"{percentile(calls['setup'], 0.5) * 1000:.1f}"),
+            ("call setup p95 (ms)", f"{percentile(calls['setup'], 0.95) * 1000:.1f}"),
+            ("BYE p50 (ms)", f"{percentile(calls['bye'], 0.5) * 1000:.1f}"),
+            ("client CPU s per call (setup + BYE)", f"{calls['cpu'] / max(1, len(calls['setup'])):.5f}"),
+        ):
+            print(f"{name:<38}{value:>14}")
+        for line in calls["errors"][:5]:
+            print(f"  call failed: {line}")
     if results["errors"]:
         print(f"\n{len(results['errors'])} failures, first ones:")
         for line in results["errors"][:5]:
@@ -208,6 +247,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--domain", default="127.0.0.1")
     parser.add_argument("--password", default="", help="password of every extension with --ws-url")
     parser.add_argument("--kamailio-children", type=int, default=2, help="Kamailio worker processes")
+    parser.add_argument("--calls", type=int, default=0,
+                        help="after registering, this many agent pairs call each other and hang up")
     parser.add_argument("--skip-parse", action="store_true", help="do not run bench/sip_parse.py")
     args = parser.parse_args(argv)
     if not 1 <= args.n <= 500:
