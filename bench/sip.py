@@ -8,8 +8,9 @@ second, p50/p95/max latency of connect and of REGISTER (challenge + retry
 included), CPU seconds per registration for this process (``getrusage``) and
 for Kamailio (``/proc``); with ``--calls M``, M pairs of them then call each other
 through Kamailio (signalling only) and hang up; then everyone un-registers.  If SIP-A's parser
-benchmark (``bench/sip_parse.py``) is present, it runs first.  No asserts:
-this measures.
+benchmark (``bench/sip_parse.py``) is present, it runs first.  Prints a
+table and writes the raw figures to ``bench/out/sip-<time>.json``.  No
+asserts: this measures.
 
     python bench/sip.py --n 200 --concurrency 50 --calls 50
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import json
 import os
 import resource
 import statistics
@@ -219,6 +221,12 @@ async def run(args: argparse.Namespace) -> None:
     ]
     for name, value in rows:
         print(f"{name:<38}{value:>14}")
+    report = {"n": n, "concurrency": args.concurrency, "registered": registered, "wall_s": wall,
+              "registrations_per_s": registered / wall if wall else None,
+              "connect_s": results["connect"], "register_s": results["register"],
+              "client_cpu_s": cpu, "config_cpu_s": results["config_cpu"], "kamailio_cpu_s": kam_cpu,
+              "unregister_wall_s": unreg_wall, "errors": results["errors"], "calls": calls,
+              "loadavg": os.getloadavg()}
     if calls is not None:
         print(f"\nSIP call benchmark: {calls['attempted']} calls between registered agents through Kamailio "
               "(INVITE with 407 challenge, 180, 200, ACK, then BYE), all at once")
@@ -236,6 +244,11 @@ async def run(args: argparse.Namespace) -> None:
         print(f"\n{len(results['errors'])} failures, first ones:")
         for line in results["errors"][:5]:
             print(f"  {line}")
+    out_dir = ROOT / "bench" / "out"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"sip-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(report, indent=1))
+    print(f"\nraw figures: {out}")
 
 
 def main(argv: list[str] | None = None) -> None:
