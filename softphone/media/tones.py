@@ -226,24 +226,33 @@ class DtmfThresholds:
 _SQRT2 = math.sqrt(2.0)
 
 
+@functools.lru_cache(maxsize=16)
+def _linear(th: DtmfThresholds) -> tuple[float, float, float, float, float]:
+    """The thresholds as amplitude ratios, so the per-window checks need no logarithms."""
+    return (
+        _SQRT2 * 10 ** (th.min_level_dbfs / 20),       # minimum peak amplitude of each tone
+        10 ** (th.max_normal_twist_db / 20),           # max high/low amplitude ratio
+        10 ** (th.max_reverse_twist_db / 20),          # max low/high amplitude ratio
+        10 ** (th.min_relative_peak_db / 20),          # min winner/runner-up ratio in a group
+        th.min_tone_ratio,
+    )
+
+
 def _classify(amps: Sequence[float], mean_square: float, th: DtmfThresholds) -> str | None:
     """The checks of :func:`classify_dtmf` on precomputed Goertzel amplitudes (plain floats: cheap)."""
-    rows, cols = amps[:4], amps[4:]
-    r = max(range(4), key=rows.__getitem__)
-    c = max(range(4), key=cols.__getitem__)
-    row_a, col_a = rows[r], cols[c]
-    if row_a <= 0.0 or col_a <= 0.0 or mean_square <= 0.0:
+    min_amp, normal, reverse, relative, tone_ratio = _linear(th)
+    r0, r1, r2, r3, c0, c1, c2, c3 = amps
+    rows, cols = [r0, r1, r2, r3], [c0, c1, c2, c3]
+    row_a, col_a = max(rows), max(cols)
+    if row_a < min_amp or col_a < min_amp or mean_square <= 0.0:
         return None
-    row_db, col_db = to_dbfs(row_a / _SQRT2), to_dbfs(col_a / _SQRT2)
-    if min(row_db, col_db) < th.min_level_dbfs:
+    if col_a > row_a * normal or row_a > col_a * reverse:
         return None
-    if col_db - row_db > th.max_normal_twist_db or row_db - col_db > th.max_reverse_twist_db:
+    r, c = rows.index(row_a), cols.index(col_a)
+    rows[r] = cols[c] = 0.0
+    if row_a < max(rows) * relative or col_a < max(cols) * relative:
         return None
-    for group, best in ((rows, r), (cols, c)):
-        second = max(v for i, v in enumerate(group) if i != best)
-        if to_dbfs(group[best]) - to_dbfs(second) < th.min_relative_peak_db:
-            return None
-    if (row_a * row_a + col_a * col_a) / 2.0 < th.min_tone_ratio * mean_square:
+    if (row_a * row_a + col_a * col_a) / 2.0 < tone_ratio * mean_square:
         return None
     return DTMF_KEYPAD[r][c]
 
@@ -323,10 +332,15 @@ class DtmfDecoder:
         if count:
             buf, w, h = self._buf, self.window, self.hop
             windows = np.stack([buf[i * h:i * h + w] for i in range(count)])  # contiguous: fast matmul
-            amps = goertzel_windows(windows, _DTMF_FREQS, self.rate).tolist()
             energies = (np.einsum("ij,ij->i", windows, windows) / self.window).tolist()
-            for i in range(count):
-                digit = _classify(amps[i], energies[i], self.thresholds)
+            min_amp = _linear(self.thresholds)[0]
+            if max(energies) < min_amp * min_amp:
+                # Too quiet for two tones at the minimum level: skip the filters (silence is common).
+                digits: list[str | None] = [None] * count
+            else:
+                amps = goertzel_windows(windows, _DTMF_FREQS, self.rate).tolist()
+                digits = [_classify(amps[i], energies[i], self.thresholds) for i in range(count)]
+            for i, digit in enumerate(digits):
                 self._step(digit, self._buf_start + i * self.hop, done)
         pos = count * self.hop
         self._buf = self._buf[pos:]
