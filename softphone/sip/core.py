@@ -608,10 +608,12 @@ class UserAgentCore:
         stx = NonInviteServerTransaction(request, self.transport, self.config.timers)
         self.transactions.add_server(stx)
         invite_tx = self.transactions.find_invite_for_cancel(request)
-        if invite_tx is None or invite_tx.state is not TransactionState.PROCEEDING:
+        if invite_tx is None:
             self.reply(stx, 481, "Call/Transaction Does Not Exist")
             return
-        self.reply(stx, 200, "OK")
+        self.reply(stx, 200, "OK")  # RFC 3261 9.2: even if the INVITE is already answered
+        if invite_tx.state is not TransactionState.PROCEEDING:
+            return  # a final response went out first: the CANCEL has no effect
         handler = self.cancel_handlers.pop(invite_tx, None)
         if handler is not None:
             handler(request)
