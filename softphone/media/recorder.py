@@ -20,8 +20,9 @@ remote, right = local) or two files.  The local direction is tapped from our
 own source (``AudioSource.add_tap``) instead of being read, so the sender is
 not robbed of frames.
 
-Encoding runs on the event loop: PCM and FLAC cost little; Opus/MP3 cost
-about as much as aiortc's own Opus encoder (~150 us per 20 ms frame).
+Encoding runs on the event loop.  Measured per 20 ms frame (8 kHz mono /
+48 kHz stereo input, shared machine): WAV 30/70 us, FLAC 50/110 us,
+Ogg/Opus 150/200 us, MP3 150/430 us; for hundreds of calls prefer WAV.
 """
 
 from __future__ import annotations
