@@ -523,16 +523,26 @@ async def test_answer_crossing_cancel_is_acked_and_hung_up():
         call = asyncio.ensure_future(inviter.invite())
         await asyncio.wait_for(ringing, BOUND)
         callee = await incoming
-        hub.interceptors.append(lambda msg, src: getattr(msg, "method", None) == "CANCEL")  # lost
+        held = []
+        hub.interceptors.append(
+            lambda msg, src: getattr(msg, "method", None) == "CANCEL" and not held.append((msg, src)))
         await inviter.cancel()
         await asyncio.sleep(0.02)
-        await callee.accept()
+        assert held  # the CANCEL is delayed in the network...
+        accepting = asyncio.ensure_future(callee.accept())
+        await asyncio.sleep(0.01)
+        hub.interceptors.clear()
+        hub._route_request(held[0][1], held[0][0])  # ...and arrives after the 200
+        await accepting
         with pytest.raises(SessionError) as info:
             await asyncio.wait_for(call, BOUND)
         assert info.value.status_code == 487 and "crossed" in str(info.value)
         await asyncio.wait_for(callee.wait_terminated(BOUND), BOUND)
         assert callee.termination_reason == "remote hangup"
         assert hub.messages("ACK", source="1001") and hub.messages("BYE", source="1001")
+        cancel_ok = [m for m in hub.messages("200", source="1002") if m.cseq.method == "CANCEL"]
+        assert len(cancel_ok) == 1  # RFC 3261 9.2: 200 to the CANCEL, which had no effect
+        assert not [m for m in hub.messages("487", source="1002")]
 
 
 async def test_second_fork_answer_is_acked_and_released(pair):
