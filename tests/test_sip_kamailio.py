@@ -225,3 +225,15 @@ async def test_crlf_keepalive_is_answered_by_kamailio(kamailio):
     async with ua:
         await until(lambda: len(pings) >= 5)
         assert lost == [] and ua.registered  # every ping got its pong in time
+
+
+async def test_message_between_agents(kamailio):
+    a, b = make_ua(kamailio, "1018"), make_ua(kamailio, "1019")
+    async with a, b:
+        received = asyncio.get_running_loop().create_future()
+        b.once("message", lambda request: received.set_result(request))
+        response = await asyncio.wait_for(a.message("1019", "hello from 1018"), BOUND)
+        assert response.status == 200
+        request = await asyncio.wait_for(received, BOUND)
+        assert request.body == "hello from 1018"
+        assert request.content_type == "text/plain"

@@ -246,6 +246,16 @@ class UserAgent(AsyncIOEventEmitter):
         await inviter.invite()
         return inviter
 
+    async def message(self, target: str, body: str, content_type: str = "text/plain") -> Any:
+        """Send an out-of-dialog MESSAGE (RFC 3428); returns the final response, raises on 3xx-6xx."""
+        uri = self.target_uri(target)
+        request = self.core.create_request("MESSAGE", uri, to=f"<{uri}>", body=body,
+                                           content_type=content_type)
+        response = await self.core.request(request).response()
+        if response.status >= 300:
+            raise SipError(f"MESSAGE to {uri} rejected: {response.status} {response.reason}")
+        return response
+
     def _track(self, session: Session) -> None:
         self.sessions.add(session)
         session.on("terminated", lambda *_: self.sessions.discard(session))
