@@ -10,6 +10,7 @@ list headers of RFC 3261 (Via, Route, Contact, ...) respecting quotes and
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 
 from softphone.errors import SipError, SipParseError
@@ -77,9 +78,12 @@ def canonical_name(name: str) -> str:
     return _CANONICAL.get(name.lower(), name)
 
 
+_TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+
+
 def is_token(text: str) -> bool:
     """True if ``text`` is a non-empty RFC 3261 token."""
-    return bool(text) and all(c in TOKEN_CHARS for c in text)
+    return _TOKEN_RE.fullmatch(text) is not None
 
 
 def split_list(value: str) -> list[str]:

@@ -504,11 +504,14 @@ def _header_item(name: str, pieces: list[str]) -> tuple[str, str, str]:
 
 def _validate(message: SipRequest | SipResponse) -> None:
     headers = message.headers
+    counts: dict[str, int] = {}
+    for key, _, _ in headers._items:
+        counts[key] = counts.get(key, 0) + 1
     for name in _SINGLETONS:
-        if headers.count(name) > 1:
+        if counts.get(name.lower(), 0) > 1:
             raise SipParseError(f"more than one {name} header")
     for name in _MANDATORY:
-        if name not in headers:
+        if name.lower() not in counts:
             raise SipParseError(f"missing mandatory header: {name}")
     cseq = _field(message, "CSeq", lambda: message.cseq)
     if isinstance(message, SipRequest) and cseq.method != message.method:
@@ -523,13 +526,13 @@ def _validate(message: SipRequest | SipResponse) -> None:
         raise SipParseError(f"bad Call-ID header: {_short(call_id)}")
     message.max_forwards  # noqa: B018 - validates
     message.expires  # noqa: B018 - validates
-    if "Contact" in headers:
+    if "contact" in counts:
         contacts = _field(message, "Contact", lambda: headers.get_all("Contact"))
         if "*" in contacts and len(contacts) > 1:
             raise SipParseError("bad Contact header: '*' mixed with addresses")
         _field(message, "Contact", lambda: message.contact)
     for name in ("Route", "Record-Route"):
-        if name in headers:
+        if name.lower() in counts:
             _field(message, name, lambda n=name: [NameAddr.parse(v) for v in headers.get_all(n)])
 
 

@@ -8,6 +8,7 @@ as RFC 3261 19.1.4 requires.
 
 from __future__ import annotations
 
+import re
 from urllib.parse import unquote
 
 from softphone.errors import SipParseError
@@ -22,7 +23,7 @@ _USER_CHARS = frozenset(_UNRESERVED + "%&=+$,;?/")
 _PASSWORD_CHARS = frozenset(_UNRESERVED + "%&=+$,")
 _PARAM_CHARS = frozenset(_UNRESERVED + "%[]/:&+$")
 _HEADER_CHARS = frozenset(_UNRESERVED + "%[]/?:+$")
-_HOST_CHARS = frozenset(_ALNUM + "-._")
+_HOST_RE = re.compile(r"[A-Za-z0-9._-]+")
 _SCHEME_CHARS = frozenset(_ALNUM + "+-.")
 _HEX = frozenset("0123456789abcdefABCDEF")
 _IPV6_CHARS = frozenset("0123456789abcdefABCDEF:.")
@@ -112,7 +113,22 @@ def format_params(params: dict[str, str | None]) -> str:
     return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
 
 
+_FAST: dict[frozenset[str], re.Pattern[str]] = {}
+
+
+def _fast_pattern(allowed: frozenset[str]) -> re.Pattern[str]:
+    """``(allowed-char | %XX)*`` as one regex: linear, and much faster than a Python loop."""
+    pattern = _FAST.get(allowed)
+    if pattern is None:
+        chars = "".join(re.escape(c) for c in sorted(allowed - {"%"}))
+        escape = "|%[0-9A-Fa-f]{2}" if "%" in allowed else ""
+        pattern = _FAST[allowed] = re.compile(f"(?:[{chars}]{escape})*")
+    return pattern
+
+
 def _check_chars(text: str, allowed: frozenset[str], what: str) -> None:
+    if _fast_pattern(allowed).fullmatch(text) is not None:
+        return
     for k, c in enumerate(text):
         if c not in allowed:
             raise SipParseError(f"invalid character {c!r} in {what} {_short(text)}")
@@ -129,7 +145,7 @@ def parse_host(text: str, what: str = "host") -> str:
                 or ":" not in text:
             raise SipParseError(f"bad IPv6 reference in {what} {_short(text)}")
         return text
-    if any(c not in _HOST_CHARS for c in text):
+    if _HOST_RE.fullmatch(text) is None:
         raise SipParseError(f"bad {what} {_short(text)}")
     return text
 
