@@ -94,6 +94,7 @@ def test_html_report_with_table_and_charts(tmp_path):
     assert [r[0] for r in rows] == ["remote", "local", "copy"]
     assert float(rows[0][4]) == pytest.approx(-6.02, abs=0.05)  # peak of the 0.5 burst
     assert float(rows[1][3]) == pytest.approx(-20.0, abs=0.05)
+    assert float(rows[0][1]) == pytest.approx(3.0) and rows[0][2] == "150"
 
 
 def test_svg_file_and_errors(tmp_path):

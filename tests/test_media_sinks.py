@@ -570,3 +570,20 @@ async def test_explicit_format_and_bitrate(tmp_path):
     x, rate, _ = decode(small.path)
     assert x.size / rate == pytest.approx(2.0, abs=FRAME)
     assert tones.frequencies_close(tones.dominant_frequency(x[rate:], rate)[0], 440.0)
+
+
+async def test_a_failing_close_is_reported_not_hung(tmp_path):
+    class Fragile(Blackhole):
+        def _close(self):
+            raise OSError("disk full")
+
+    sink = Fragile()
+    failures = []
+    sink.on("failed", failures.append)
+    sink.write(frame_of(np.zeros(160), 8000, 0))
+    with pytest.raises(OSError):
+        sink.close()
+    assert sink.state is SinkState.FAILED and isinstance(failures[0], OSError)
+    await sink.wait_closed(timeout=1)  # returns at once: the sink is done, if unhappily
+    sink.write(frame_of(np.zeros(960), 48000, 0))
+    assert sink.seconds == pytest.approx(0.02)

@@ -112,13 +112,10 @@ class AudioSink(AsyncIOEventEmitter):
         self.frames = 0
         self.samples = 0
         self.sample_rate: int | None = None
+        self.seconds = 0.0
+        """Audio received so far, in seconds of stream time (whatever the rates)."""
         self.error: BaseException | None = None
         self._fanout: SinkFanout | None = None
-
-    @property
-    def seconds(self) -> float:
-        """Audio received so far, in seconds of stream time."""
-        return self.samples / self.sample_rate if self.sample_rate else 0.0
 
     def write(self, frame: av.AudioFrame) -> None:
         """Consume one frame (ignored once the sink is closed or failed)."""
@@ -128,6 +125,8 @@ class AudioSink(AsyncIOEventEmitter):
         self.frames += 1
         self.samples += frame.samples
         self.sample_rate = frame.sample_rate
+        if frame.sample_rate:
+            self.seconds += frame.samples / frame.sample_rate
         try:
             self._write(frame)
         except Exception as exc:
@@ -143,9 +142,13 @@ class AudioSink(AsyncIOEventEmitter):
             return
         try:
             self._close()
-        finally:
-            if self.state is not SinkState.FAILED:
-                self.state = SinkState.CLOSED
+        except Exception as exc:
+            self.error = exc
+            self.state = SinkState.FAILED
+            log.error("%s failed while closing: %s", type(self).__name__, exc)
+            self.emit("failed", exc)
+            raise
+        self.state = SinkState.CLOSED
         self.emit("closed")
 
     def _close(self) -> None:
@@ -353,7 +356,7 @@ class LevelMeter(AudioSink):
 
     def summary(self) -> dict:
         return {
-            "name": self.name, "seconds": round(self.seconds, 3), "frames": self.frames,
+            "name": self.name, "seconds": round(self._time, 3), "frames": self._blocks,
             "rms_dbfs": round(self.rms_dbfs, 2), "peak_dbfs": round(self.peak_dbfs, 2),
             "silent_fraction": round(self.silent_fraction, 4),
         }
