@@ -210,7 +210,7 @@ async def test_call_to_unregistered_extension_is_404(kamailio):
 
 
 async def test_crlf_keepalive_is_answered_by_kamailio(kamailio):
-    ua = make_ua(kamailio, "1017", keep_alive=KeepAlive(KeepAliveMode.CRLF, interval=0.05, timeout=0.5))
+    ua = make_ua(kamailio, "1017", keep_alive=KeepAlive(KeepAliveMode.CRLF, interval=0.05, timeout=3.0))
     pings = []
     original = ua.transport.send_text
 

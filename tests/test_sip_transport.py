@@ -192,7 +192,7 @@ def test_backoff_delay_has_bounded_jitter():
 
 
 async def test_crlf_keepalive_pong_keeps_connection(server):
-    t = fast(server.url, keep_alive=KeepAlive(KeepAliveMode.CRLF, interval=0.02, timeout=1.0))
+    t = fast(server.url, keep_alive=KeepAlive(KeepAliveMode.CRLF, interval=0.02, timeout=5.0))
     lost = []
     t.on("disconnected", lost.append)
     await t.connect()
@@ -218,7 +218,7 @@ async def test_missing_pong_declares_connection_lost():
 
 
 async def test_websocket_ping_keepalive(server):
-    t = fast(server.url, keep_alive=KeepAlive(KeepAliveMode.WS_PING, interval=0.02, timeout=1.0))
+    t = fast(server.url, keep_alive=KeepAlive(KeepAliveMode.WS_PING, interval=0.02, timeout=5.0))
     lost = []
     t.on("disconnected", lost.append)
     await t.connect()

@@ -339,7 +339,7 @@ def _split_commas(text: str) -> list[str]:
     return parts
 
 
-def hub_user_agent(hub: LoopbackHub, ext: str, *, password: str | None = None, scale: float = 0.01,
+def hub_user_agent(hub: LoopbackHub, ext: str, *, password: str | None = None, scale: float = 0.05,
                    **config: Any) -> Any:
     """A :class:`~softphone.sip.user_agent.UserAgent` on ``hub`` with timers scaled for tests."""
     from softphone.sip.timers import Timers
