@@ -696,3 +696,82 @@ async def test_unusable_offer_is_answered_488_not_left_ringing():
         with pytest.raises(SessionError) as info:
             await asyncio.wait_for(a.call("1002"), BOUND)
         assert info.value.status_code == 488
+
+
+CHROMIUM_OFFER = "\r\n".join([
+    "v=0", "o=- 4611731400430051336 2 IN IP4 127.0.0.1", "s=-", "t=0 0", "a=group:BUNDLE 0",
+    "a=extmap-allow-mixed", "a=msid-semantic: WMS stream",
+    "m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126", "c=IN IP4 0.0.0.0", "a=rtcp:9 IN IP4 0.0.0.0",
+    "a=candidate:1 1 udp 2122260223 192.0.2.10 50000 typ host generation 0",
+    "a=ice-ufrag:abcd", "a=ice-pwd:abcdefghijklmnopqrstuvwx", "a=ice-options:trickle",
+    "a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF",
+    "a=setup:actpass", "a=mid:0", "a=sendrecv", "a=rtcp-mux", "a=rtcp-rsize",
+    "a=rtpmap:111 opus/48000/2", "a=fmtp:111 minptime=10;useinbandfec=1", "a=rtpmap:63 red/48000/2",
+    "a=rtpmap:9 G722/8000", "a=rtpmap:0 PCMU/8000", "a=rtpmap:8 PCMA/8000", "a=rtpmap:13 CN/8000",
+    "a=rtpmap:110 telephone-event/48000", "a=rtpmap:126 telephone-event/8000", "",
+])
+
+
+async def test_answers_a_sipjs_shaped_call():
+    """What the Webphone's stack (SIP.js 0.15.11, peers.md) sends, message by message."""
+    from softphone.sip.message import parse_message
+
+    hub = LoopbackHub()
+    ua = hub_user_agent(hub, "1001")
+    webphone = hub.transport("webphone")
+    await webphone.connect()
+    got = []
+    webphone.on("message", got.append)
+    async with ua:
+        cfg = ua.core.config
+        target = f"sip:{cfg.contact_user}@{cfg.via_host};transport=ws"
+        common = (
+            "Via: SIP/2.0/WS 192.0.2.244;branch=z9hG4bK{branch}\r\n"
+            "To: <sip:1001@example.test>{to_tag}\r\n"
+            'From: "Agent" <sip:1007@example.test>;tag=4hs3cp7nqa\r\n'
+            "CSeq: {cseq}\r\n"
+            "Call-ID: 6s70l43qj5v50gula5jek1\r\n"
+            "Max-Forwards: 70\r\n"
+        )
+        invite = (
+            f"INVITE {target} SIP/2.0\r\n"
+            + common.format(branch="7137265", to_tag="", cseq="6145 INVITE")
+            + "Contact: <sip:f72ht0ja@192.0.2.244;transport=ws;ob>\r\n"
+            "Allow: ACK,CANCEL,INVITE,MESSAGE,BYE,OPTIONS,INFO,NOTIFY,REFER\r\n"
+            "Supported: outbound\r\nUser-Agent: SIP.js/0.15.11\r\nContent-Type: application/sdp\r\n"
+            f"Content-Length: {len(CHROMIUM_OFFER)}\r\n\r\n{CHROMIUM_OFFER}"
+        )
+        hub._hosts["192.0.2.244"] = webphone
+        webphone.send_text(invite)
+        for _ in range(200):
+            if any(getattr(m, "status", 0) == 200 for m in got):
+                break
+            await asyncio.sleep(0.005)
+        statuses = [m.status for m in got]
+        assert statuses[:3] == [100, 180, 200]
+        ok = got[2]
+        assert ok.body.startswith("v=0") and ok.content_type == "application/sdp"
+        to_tag = ok.to.tag
+        assert to_tag and ok.contact and ok.headers.get("Allow")
+        in_dialog = common.replace("{to_tag}", f";tag={to_tag}")
+        ack = (f"ACK {ok.contact[0].uri} SIP/2.0\r\n"
+               + in_dialog.format(branch="8888888", cseq="6145 ACK") + "Content-Length: 0\r\n\r\n")
+        webphone.send_text(ack)
+        dtmf = []
+        session = next(iter(ua.sessions))
+        session.on("dtmf", lambda *args: dtmf.append(args))
+        await session.wait_established(BOUND)
+        body = "Signal=4\r\nDuration=100\r\n"
+        info = (f"INFO {ok.contact[0].uri} SIP/2.0\r\n"
+                + in_dialog.format(branch="9999999", cseq="6146 INFO")
+                + f"Content-Type: application/dtmf-relay\r\nContent-Length: {len(body)}\r\n\r\n{body}")
+        webphone.send_text(info)
+        bye = (f"BYE {ok.contact[0].uri} SIP/2.0\r\n"
+               + in_dialog.format(branch="1010101", cseq="6147 BYE") + "Content-Length: 0\r\n\r\n")
+        webphone.send_text(bye)
+        await asyncio.wait_for(session.wait_terminated(BOUND), BOUND)
+        final = [(m.cseq.method, m.status) for m in got[3:]]
+        assert final == [("INFO", 200), ("BYE", 200)]
+        assert dtmf == [("4", 100, "info")]
+        assert session.termination_reason == "remote hangup"
+        assert parse_message(invite).headers.get("User-Agent") == "SIP.js/0.15.11"
