@@ -229,6 +229,74 @@ def test_ipv6_references_everywhere():
     assert str(m.contact[0].uri) == "sip:caller@[2001:db8::1]:5060;transport=ws"
 
 
+def test_percent_in_method_and_header_names_is_not_an_escape():
+    m = parse_message(msg(
+        "RE%47IST%45R sip:registrar.example.com SIP/2.0",
+        'To: "%Z%45" <sip:resource@example.com>',
+        'From: "%Z%45" <sip:resource@example.com>;tag=f232jadfj23',
+        "Call-ID: esc02.asdfnqwo34rq23i34jrjasdcnl23nrlknsdf",
+        "Via: SIP/2.0/TCP host.example.com;rport;branch=z9hG4bK209%fzsnel234",
+        "CSeq: 29344 RE%47IST%45R",
+        "Max-Forwards: 70",
+        "Contact: <sip:alias1@host1.example.com>",
+        "C%6Fntact: <sip:alias2@host2.example.com>",
+        "Contact: <sip:alias3@host3.example.com>",
+        "l: 0",
+    ))
+    assert m.method == "RE%47IST%45R" and m.method != "REGISTER"
+    assert m.to.display_name == "%Z%45"
+    assert [str(c.uri) for c in m.contact] == ["sip:alias1@host1.example.com", "sip:alias3@host3.example.com"]
+    assert m.headers.get("C%6Fntact") == "<sip:alias2@host2.example.com>"
+    assert m.top_via.branch == "z9hG4bK209%fzsnel234"
+
+
+def test_no_space_before_angle_unknown_transports_and_rfc2543_style():
+    m = parse_message(msg(
+        "INVITE sip:user@example.com SIP/2.0",
+        "To: sip:j_user@example.com",
+        "From: caller<sip:caller@example.com>;tag=323",
+        "Max-Forwards: 70",
+        "Call-ID: lwsdisp.1234abcd@funky.example.com",
+        "CSeq: 60 INVITE",
+        "Via: SIP/2.0/UDP t1.example.com;branch=z9hG4bKkdjuw",
+        "Via: SIP/2.0/SCTP t2.example.com;branch=z9hG4bKklasjdhf",
+        "Via: SIP/2.0/TLS-SCTP t3.example.com;branch=z9hG4bK2980unddj",
+        "Via: SIP/2.0/UNKNOWN t4.example.com;branch=z9hG4bKasd0f3en",
+        "Via: SIP/2.0/TCP t5.example.com",
+        "Contact: <sip:user@example.com?Route=%3Csip:sip.example.com%3E>",
+        "Authorization: NoOneKnowsThisScheme opaque-data=here",
+        "Date: Fri, 01 Jan 2010 16:00:00 EST",
+        "Content-Type: application/unknownformat",
+    ))
+    assert m.from_.display_name == "caller" and m.from_.tag == "323"
+    assert m.to.tag is None  # RFC 2543 style: no tags, no branch
+    assert [v.transport for v in m.via] == ["UDP", "SCTP", "TLS-SCTP", "UNKNOWN", "TCP"]
+    assert m.via[-1].branch is None
+    assert m.contact[0].uri.headers == {"Route": "%3Csip:sip.example.com%3E"}
+    assert m.headers.get("Authorization") == "NoOneKnowsThisScheme opaque-data=here"
+
+
+def test_sipjs_register_from_peers_md():
+    m = parse_message(msg(
+        "REGISTER sip:pbx.example.com SIP/2.0",
+        "Via: SIP/2.0/WS 192.0.2.91;branch=z9hG4bK1167274",
+        "To: <sip:1007@pbx.example.com>",
+        "From: <sip:1007@pbx.example.com>;tag=4hs3cp7nqa",
+        "CSeq: 6144 REGISTER",
+        "Call-ID: 6s70l43qj5v50gula5jek1",
+        "Max-Forwards: 70",
+        "Contact: <sip:u865kl0i@192.0.2.91;transport=ws>;expires=600",
+        "Allow: ACK,CANCEL,INVITE,MESSAGE,BYE,OPTIONS,INFO,NOTIFY,REFER",
+        "Supported: outbound, path, gruu",
+        "User-Agent: SIP.js/0.15.11",
+        "Content-Length: 0",
+    ))
+    assert m.headers.get_all("Allow") == ["ACK", "CANCEL", "INVITE", "MESSAGE", "BYE", "OPTIONS", "INFO", "NOTIFY",
+                                          "REFER"]
+    assert m.contact[0].params == {"expires": "600"} and m.contact[0].uri.transport == "ws"
+    assert (m.cseq.seq, m.max_forwards, m.expires, m.body) == (6144, 70, None, "")
+
+
 def test_compact_forms_leading_crlf_and_lf_only_line_ends():
     text = (
         "\r\n\r\n\nMESSAGE sip:bob@example.com SIP/2.0\n"
@@ -361,6 +429,14 @@ INVALID = {
                                       "'*' mixed"),
     "continuation before first header": (request().replace("\r\nVia:", "\r\n Via:", 1), "continuation line"),
     "empty message": ("\r\n\r\n", "empty message"),
+    "extraneous separators in Via": (request().replace("branch=z9hG4bK776asdhds", "branch=z9hG4bK776asdhds;;,;,,"),
+                                     "bad Via header"),
+    "spaces inside <> around the URI": (
+        request().replace("Bob <sip:bob@biloxi.example.com>", '"Watson, Thomas" < sip:t.watson@example.org >'),
+        "bad To header"),
+    "multiple Content-Length values": (
+        request("MESSAGE", "sip:b@example.com", "Content-Length: 3", "l: 3", body="abc"),
+        "more than one Content-Length header"),
 }
 
 
@@ -655,9 +731,9 @@ def _addr(display, uri, tag):
 
 
 @st.composite
-def sip_messages(draw):
+def sip_messages(draw, response: bool | None = None):
     method = draw(st.sampled_from(["INVITE", "ACK", "BYE", "OPTIONS", "REGISTER", "INFO", "NEWMETHOD"]))
-    is_response = draw(st.booleans())
+    is_response = draw(st.booleans()) if response is None else response
     eol = draw(st.sampled_from(["\r\n", "\n"]))
     before, after = draw(_ws_before), draw(_ws_after)
     vias = draw(st.lists(st.builds(
@@ -758,3 +834,48 @@ def mutated(draw):
 @given(mutated())
 def test_mutated_messages_raise_only_parse_errors(data):
     _only_parse_errors(data)
+
+
+@settings(max_examples=150, deadline=None)
+@given(sip_messages(response=False), st.integers(100, 699), st.none() | _label)
+def test_make_response_to_any_request(text, status, tag):
+    req = parse_message(text)
+    back = parse_message(make_response(req, status, to_tag=tag).encode())
+    assert isinstance(back, SipResponse) and back.status == status
+    assert back.reason == REASON_PHRASES.get(status, "")
+    assert back.call_id == req.call_id and back.cseq == req.cseq and back.from_ == req.from_
+    assert [str(v) for v in back.via] == [str(v) for v in req.via]
+    if tag and status > 100 and req.to.tag is None:
+        assert back.to.tag == tag
+    else:
+        assert back.to.tag == req.to.tag
+
+
+_header_names = st.sampled_from(["Via", "v", "VIA", "To", "t", "X-A", "x-a", "Contact", "m"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["add", "prepend", "set", "remove"]), _header_names,
+                          st.text("ab ,\"<>", max_size=6)), max_size=20))
+def test_headers_behave_like_an_ordered_list(ops):
+    headers = Headers()
+    model: list[tuple[str, str]] = []
+    for op, name, value in ops:
+        key = canonical_name(name).lower()
+        getattr(headers, op)(*((name,) if op == "remove" else (name, value)))
+        if op == "add":
+            model.append((key, value))
+        elif op == "prepend":
+            model.insert(0, (key, value))
+        elif op == "remove":
+            model = [item for item in model if item[0] != key]
+        else:
+            first = next((i for i, item in enumerate(model) if item[0] == key), None)
+            model = [item for item in model if item[0] != key]
+            model.insert(len(model) if first is None else first, (key, value))
+    assert [(canonical_name(n).lower(), v) for n, v in headers] == model
+    for name in ("via", "To", "x-A", "contact"):
+        key = canonical_name(name).lower()
+        assert headers.get(name) == next((v for k, v in model if k == key), None)
+        assert (name in headers) == any(k == key for k, _ in model)
+    assert headers.copy() == headers
