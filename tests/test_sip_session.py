@@ -775,3 +775,20 @@ async def test_answers_a_sipjs_shaped_call():
         assert dtmf == [("4", 100, "info")]
         assert session.termination_reason == "remote hangup"
         assert parse_message(invite).headers.get("User-Agent") == "SIP.js/0.15.11"
+
+
+async def test_null_handler_answer_mirrors_a_webrtc_offer():
+    from softphone.sip.description_handler import Body
+
+    handler = NullDescriptionHandler()
+    await handler.set_description(Body("application/sdp", CHROMIUM_OFFER))
+    answer = (await handler.get_description()).content
+    m_line = next(line for line in answer.split("\r\n") if line.startswith("m=audio"))
+    assert m_line.split()[2:] == ["UDP/TLS/RTP/SAVPF", "0", "8", "126"]
+    assert "a=mid:0" in answer and "a=setup:active" in answer and "a=fingerprint:sha-256 " in answer
+    assert "a=rtpmap:126 telephone-event/8000" in answer
+    only_opus = CHROMIUM_OFFER.replace("111 63 9 0 8 13 110 126", "111")
+    fresh = NullDescriptionHandler()
+    await fresh.set_description(Body("application/sdp", only_opus))
+    with pytest.raises(SessionError, match="PCMU or PCMA"):
+        await fresh.get_description()

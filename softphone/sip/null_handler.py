@@ -12,6 +12,7 @@ import enum
 import itertools
 import random
 import re
+import secrets
 
 from softphone.errors import SessionError
 from softphone.log import get_logger
@@ -68,7 +69,13 @@ class _Offer(enum.Enum):
 
 
 class NullDescriptionHandler(SessionDescriptionHandler):
-    """Writes a static PCMU/PCMA/telephone-event SDP; ``send_dtmf`` returns False."""
+    """Writes a PCMU/PCMA/telephone-event SDP; ``send_dtmf`` returns False.
+
+    Offers are plain RTP/AVP; answers mirror the offer's profile (a WebRTC
+    offer gets a UDP/TLS/RTP/SAVPF-shaped answer) and keep only the offered
+    G.711 and telephone-event/8000 payload types, so the far end's SDP checks
+    pass.  No packet is ever sent or received.
+    """
 
     def __init__(self, session=None, options=None, *, address: str = "127.0.0.1") -> None:
         self.session = session
@@ -83,6 +90,8 @@ class NullDescriptionHandler(SessionDescriptionHandler):
         self.remote_sdp: str | None = None
         self.closed = False
         self.descriptions_made = 0
+        self._ice = (secrets.token_hex(4), secrets.token_hex(12))
+        self._fingerprint = ":".join(f"{b:02X}" for b in secrets.token_bytes(32))
 
     def has_description(self, content_type: str) -> bool:
         return content_type.split(";", 1)[0].strip().lower() == SDP
@@ -98,12 +107,14 @@ class NullDescriptionHandler(SessionDescriptionHandler):
             # holding (SIP.js's hold modifier) means we stop receiving: sendonly/inactive.
             direction = Direction.of(remote.receives, remote.sends and not self.hold)
             self._state = _Offer.STABLE
+            media = _answer_media(self.remote_sdp or "")
         else:
             direction = Direction.SENDONLY if self.hold else Direction.SENDRECV
             self._state = _Offer.HAVE_LOCAL_OFFER
+            media = _OfferedMedia()
         self.local_direction = direction
         self.descriptions_made += 1
-        return Body(SDP, self._sdp(direction))
+        return Body(SDP, self._sdp(direction, media))
 
     async def set_description(self, body: Body, options: DescriptionOptions | None = None) -> None:
         if self.closed:
@@ -131,23 +142,68 @@ class NullDescriptionHandler(SessionDescriptionHandler):
     async def close(self) -> None:
         self.closed = True
 
-    def _sdp(self, direction: Direction) -> str:
+    def _sdp(self, direction: Direction, media: _OfferedMedia) -> str:
         self._version += 1
+        payloads = " ".join(str(pt) for pt, _ in media.codecs)
         lines = [
             "v=0",
             f"o=- {self._session_id} {self._version} IN IP4 {self.address}",
             "s=softphone",
             f"c=IN IP4 {self.address}",
             "t=0 0",
-            f"m=audio {self.port} RTP/AVP 0 8 101",
-            "a=rtpmap:0 PCMU/8000",
-            "a=rtpmap:8 PCMA/8000",
-            "a=rtpmap:101 telephone-event/8000",
-            "a=fmtp:101 0-16",
-            "a=ptime:20",
-            f"a={direction.value}",
+            f"m=audio {self.port} {media.proto} {payloads}",
         ]
+        if media.mid is not None:
+            lines.append(f"a=mid:{media.mid}")
+        if "TLS" in media.proto:
+            # Shaped like a WebRTC answer so SDP checks pass; no ICE or DTLS ever happens.
+            lines += [f"a=ice-ufrag:{self._ice[0]}", f"a=ice-pwd:{self._ice[1]}",
+                      f"a=fingerprint:sha-256 {self._fingerprint}", "a=setup:active", "a=rtcp-mux"]
+        for pt, name in media.codecs:
+            lines.append(f"a=rtpmap:{pt} {name}")
+            if name.startswith("telephone-event"):
+                lines.append(f"a=fmtp:{pt} 0-16")
+        lines += ["a=ptime:20", f"a={direction.value}"]
         return "\r\n".join(lines) + "\r\n"
+
+
+class _OfferedMedia:
+    """What our audio m= line carries: RTP/AVP PCMU/PCMA/telephone-event unless answering."""
+
+    def __init__(self, proto: str = "RTP/AVP", codecs: list[tuple[int, str]] | None = None,
+                 mid: str | None = None) -> None:
+        self.proto = proto
+        self.codecs = codecs or [(0, "PCMU/8000"), (8, "PCMA/8000"), (101, "telephone-event/8000")]
+        self.mid = mid
+
+
+_RTPMAP_RE = re.compile(r"^a=rtpmap:(\d+)\s+([^\s/]+)/(\d+)", re.MULTILINE)
+
+
+def _answer_media(offer: str) -> _OfferedMedia:
+    """Mirror the offer's transport profile and keep the codecs we claim (RFC 3264 6.1)."""
+    text = offer.replace("\r\n", "\n")
+    m_line = next((line for line in text.split("\n") if line.startswith("m=audio ")), None)
+    if m_line is None:
+        return _OfferedMedia()
+    parts = m_line.split()
+    proto = parts[2] if len(parts) > 2 else "RTP/AVP"
+    offered = parts[3:]
+    names = {pt: (name, int(rate)) for pt, name, rate in _RTPMAP_RE.findall(text)}
+    static = {"0": ("PCMU", 8000), "8": ("PCMA", 8000)}
+    codecs: list[tuple[int, str]] = []
+    for pt in offered:
+        name, rate = names.get(pt) or static.get(pt, ("", 0))
+        if name.upper() in ("PCMU", "PCMA") and rate == 8000:
+            codecs.append((int(pt), f"{name.upper()}/8000"))
+    events = [pt for pt in offered if names.get(pt, ("", 0))[0].lower() == "telephone-event"
+              and names[pt][1] == 8000]
+    if events:
+        codecs.append((int(events[0]), "telephone-event/8000"))
+    if not codecs:
+        raise SessionError("offer has no PCMU or PCMA audio codec (signalling-only handler)")
+    mid = next((line[6:].strip() for line in text.split("\n") if line.startswith("a=mid:")), None)
+    return _OfferedMedia(proto, codecs, mid)
 
 
 def null_handler_factory(session=None, options=None) -> NullDescriptionHandler:
