@@ -145,9 +145,15 @@ class OutgoingRequest:
         self.final.add_done_callback(_consume_exception)
         self.transaction: ClientTransaction | None = None
         self.state = OutgoingState.SENDING
+        """SENDING -> AUTHENTICATING (a credentialed retry is out) -> DONE; only :meth:`_move` changes it."""
         self.auth_retries = 0
         self.stale_retries = 0
         self.provisional_received = False
+
+    def _move(self, state: OutgoingState) -> None:
+        if self.state is OutgoingState.DONE and state is not OutgoingState.DONE:
+            raise SipError(f"{self.request.method} request is done; cannot go to {state.value}")
+        self.state = state
 
     def send(self) -> OutgoingRequest:
         self.transaction = self.core.send_request(self.request, self)
@@ -167,17 +173,17 @@ class OutgoingRequest:
             return
         if status in (401, 407) and self._retry_with_credentials(response):
             return
-        self.state = OutgoingState.DONE
+        self._move(OutgoingState.DONE)
         self.final.set_result(response)
 
     def on_transaction_timeout(self, error: TransactionTimeoutError) -> None:
         if not self.final.done():
-            self.state = OutgoingState.DONE
+            self._move(OutgoingState.DONE)
             self.final.set_exception(error)
 
     def on_transport_error(self, error: TransportError) -> None:
         if not self.final.done():
-            self.state = OutgoingState.DONE
+            self._move(OutgoingState.DONE)
             self.final.set_exception(error)
 
     def _retry_with_credentials(self, response: Any) -> bool:
@@ -213,7 +219,7 @@ class OutgoingRequest:
             return True
         else:
             self.auth_retries += 1
-        self.state = OutgoingState.AUTHENTICATING
+        self._move(OutgoingState.AUTHENTICATING)
         retry = self._next_request(proxy, challenge)
         self.request = retry
         self.transaction = self.core.send_request(retry, self)
@@ -233,7 +239,7 @@ class OutgoingRequest:
         return SipRequest(old.method, old.uri, headers, old.body)
 
     def _fail(self, response: Any, message: str) -> None:
-        self.state = OutgoingState.DONE
+        self._move(OutgoingState.DONE)
         error = AuthenticationError(message)
         error.response = response  # type: ignore[attr-defined]
         if not self.final.done():

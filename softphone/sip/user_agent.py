@@ -120,6 +120,12 @@ class UserAgent(AsyncIOEventEmitter):
         r.on("unregistered", lambda reason: self.emit("unregistered", reason))
         r.on("failed", lambda error: self.emit("registration_failed", error))
 
+    def _move(self, state: UserAgentState) -> None:
+        """The one place the life-cycle state changes."""
+        if state is not self.state:
+            log.debug("user agent %s: %s -> %s", self.aor, self.state.value, state.value)
+            self.state = state
+
     @property
     def aor(self) -> str:
         return self.config.aor
@@ -134,7 +140,7 @@ class UserAgent(AsyncIOEventEmitter):
         """Connect and (unless ``register=False``) register; raises on failure."""
         if self.state is not UserAgentState.STOPPED:
             raise SipError(f"user agent {self.aor} is {self.state.value}")
-        self.state = UserAgentState.STARTING
+        self._move(UserAgentState.STARTING)
         try:
             await self.transport.connect()
             if self.config.register:
@@ -142,7 +148,7 @@ class UserAgent(AsyncIOEventEmitter):
         except BaseException:
             await self._shutdown()
             raise
-        self.state = UserAgentState.STARTED
+        self._move(UserAgentState.STARTED)
 
     async def stop(self) -> None:
         """End every call, unregister, close the connection."""
@@ -151,7 +157,7 @@ class UserAgent(AsyncIOEventEmitter):
         await self._shutdown()
 
     async def _shutdown(self) -> None:
-        self.state = UserAgentState.STOPPING
+        self._move(UserAgentState.STOPPING)
         timers = self.config.timers
         for session in list(self.sessions):
             try:
@@ -166,7 +172,7 @@ class UserAgent(AsyncIOEventEmitter):
             task.cancel()
         self.core.close()
         await self.transport.close()
-        self.state = UserAgentState.STOPPED
+        self._move(UserAgentState.STOPPED)
 
     async def _end_session(self, session: Session) -> None:
         if session.state is SessionState.ESTABLISHED:
