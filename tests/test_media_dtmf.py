@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from aiortc.rtcdtlstransport import RtpRouter
+from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.rtp import HeaderExtensionsMap, RtcpByePacket, RtpPacket, is_rtcp
 from hypothesis import given, settings
@@ -15,6 +17,7 @@ from softphone.media import sdp as sdpmod
 from softphone.media.dtmf import (
     DtmfError,
     DtmfEvent,
+    DtmfReceiver,
     DtmfSender,
     RtpSenderTap,
     TelephoneEvent,
@@ -161,6 +164,7 @@ class RecordingTransport:
     def __init__(self) -> None:
         self.sent: list[bytes] = []
         self._rtp_header_extensions_map = HeaderExtensionsMap()
+        self._rtp_router = RtpRouter()
 
     async def _send_rtp(self, data: bytes) -> None:
         self.sent.append(data)
@@ -189,6 +193,49 @@ async def test_sender_packets_follow_rfc4733_section_2_5(rate, audio_rate):
     assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(len(seqs))]
     dtmf.close()
     assert sender.transport is transport
+
+
+async def test_digits_asked_for_before_any_audio_use_the_audio_timestamps():
+    """Right after connect aiortc has not sent audio yet; its timestamp origin is random
+    and private, so the first digit waits for the first audio packet."""
+    transport = RecordingTransport()
+    sender = RTCRtpSender(SineTrack(440.0), transport)  # has a source, not started
+    dtmf = DtmfSender(sender, sleep=_no_wait)
+    dtmf.configure(payload_type=126, event_clock_rate=8000, audio_clock_rate=8000, mid=None)
+    task = asyncio.ensure_future(dtmf.send("3", 40, 40))
+    await asyncio.sleep(0.01)
+    assert transport.sent == []  # waiting for audio
+    audio = RtpPacket(payload_type=0, sequence_number=77, timestamp=3_000_000_000, ssrc=sender._ssrc,
+                      payload=b"\xff" * 160)
+    await dtmf.tap._send_rtp(audio.serialize())
+    await asyncio.wait_for(task, 5)
+    packets = [RtpPacket.parse(p) for p in transport.sent]
+    assert packets[0].payload_type == 0
+    events = packets[1:]
+    assert {p.payload_type for p in events} == {126}
+    assert [p.sequence_number for p in events] == list(range(78, 78 + len(events)))
+    offset = events[0].timestamp - 3_000_000_000
+    assert 0 <= offset < 8000  # within a second of the audio, not a random origin
+
+
+async def test_digits_before_any_audio_are_counted_by_the_receiver():
+    transport = RecordingTransport()
+    receiver = RTCRtpReceiver("audio", transport)
+    got: list = []
+    dtmf = DtmfReceiver(receiver, got.append)
+    dtmf.configure({101: 8000})
+    assert receiver in transport._rtp_router.payload_type_table[101]
+    for seq, (ts, payload) in enumerate(_digit_packets(8, 5000, 800, 160)):
+        packet = RtpPacket(payload_type=101, sequence_number=seq, timestamp=ts, ssrc=42, payload=payload)
+        await receiver._handle_rtp_packet(packet, arrival_time_ms=0)
+    assert got == [DtmfEvent("8", 100)]
+    stream = receiver._RTCRtpReceiver__remote_streams[42]
+    assert stream.packets_received == 8 and stream.packets_lost == 0
+    other = RtpPacket(payload_type=0, sequence_number=8, timestamp=5800, ssrc=42, payload=b"\xff" * 160)
+    await receiver._handle_rtp_packet(other, arrival_time_ms=0)  # not DTMF: aiortc's own path (PT unknown)
+    assert got == [DtmfEvent("8", 100)]
+    dtmf.close()
+    assert "_handle_rtp_packet" not in receiver.__dict__
 
 
 async def test_long_digit_is_split_into_segments():

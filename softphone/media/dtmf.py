@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 import aiortc
 from aiortc.rtcdtlstransport import RTCDtlsTransport
-from aiortc.rtcrtpreceiver import RTCRtpReceiver
+from aiortc.rtcrtpreceiver import RTCRtpReceiver, StreamStatistics
 from aiortc.rtcrtpsender import RTCRtpSender
-from aiortc.rtp import RtpPacket, is_rtcp
+from aiortc.rtp import RtpPacket
 
 from softphone.errors import AiortcCompatibilityError, MediaError
 from softphone.log import get_logger
@@ -58,6 +58,7 @@ MIN_GAP_MS = 30
 DEFAULT_VOLUME = 10  # -10 dBm0
 MAX_EVENT_DURATION = 0xFFFF
 END_PACKETS = 3
+FIRST_AUDIO_TIMEOUT = 1.0
 
 
 class DtmfError(MediaError, ValueError):
@@ -273,13 +274,30 @@ class DtmfReceiver:
         if not receiver._enabled:
             return  # on hold: the receiver is disabled, digits too
         self.packets += 1
-        streams = getattr(receiver, "_RTCRtpReceiver__remote_streams", None)
-        if isinstance(streams, dict) and packet.ssrc in streams:
-            streams[packet.ssrc].add(packet)
+        stream = self._stream_statistics(receiver, packet.ssrc, rate)
+        if stream is not None:
+            stream.add(packet)
         decoder = self._decoders.setdefault(packet.ssrc, TelephoneEventDecoder())
         for event in decoder.feed(packet.timestamp, packet.payload, rate):
             self._emit(event)
         self._arm_flush()
+
+    @staticmethod
+    def _stream_statistics(receiver: RTCRtpReceiver, ssrc: int, rate: int):
+        """The receiver's per-SSRC statistics, created if events come before any audio."""
+        streams = getattr(receiver, "_RTCRtpReceiver__remote_streams", None)
+        if not isinstance(streams, dict):
+            return None
+        stream = streams.get(ssrc)
+        if stream is None:
+            make = getattr(receiver, "_counter", None)  # the lean path's counting receiver
+            if callable(make):
+                stream = make(ssrc, None)
+            else:
+                codecs = getattr(receiver, "_RTCRtpReceiver__codecs", {})
+                clock = next(iter(codecs.values())).clockRate if codecs else rate
+                stream = streams[ssrc] = StreamStatistics(clock)
+        return stream
 
     def _arm_flush(self) -> None:
         if self._timer is not None:
@@ -313,25 +331,44 @@ class DtmfReceiver:
 # --- sending --------------------------------------------------------------------------
 
 
+class _Done:
+    """An awaitable that is already complete (a dropped packet)."""
+
+    def __await__(self):
+        return iter(())
+
+
+_DONE = _Done()
+
+
 class RtpSenderTap:
     """Stands in for an ``RTCDtlsTransport`` in one ``RTCRtpSender``.
 
-    It owns the sequence numbers of the sender's RTP so that telephone-event
-    packets can be interleaved, remembers the last audio timestamp so events
-    start at "now" in the audio timestamp space, and drops audio while an
-    event is being sent.  Everything else is forwarded to the real transport.
+    It shares the sender's sequence space with telephone-event packets,
+    remembers the last audio packet so events start at "now" in the audio
+    timestamp space, and drops audio while an event is being sent.
+    Everything else is forwarded to the real transport.
+
+    Audio keeps aiortc's sequence numbers shifted by ``offset`` (+1 per event
+    packet inserted, -1 per audio packet held back), so until the first digit
+    the packet bytes pass through untouched: no copy on the hot path.
     """
 
     def __init__(self, transport: RTCDtlsTransport, audio_clock_rate: int = 48000) -> None:
         self._transport = transport
         self.audio_clock_rate = audio_clock_rate
-        self._seq: int | None = None
-        self._last_audio: tuple[int, float] | None = None
-        self._origin = (random.getrandbits(32), asyncio.get_event_loop().time())
+        self._loop = asyncio.get_event_loop()
+        self._offset = 0
+        self._last_seq: int | None = None  # last sequence number sent
+        self._audio_seen = False
+        self._last_audio: bytes | None = None
+        self._last_audio_time = 0.0
+        self._origin = (random.getrandbits(32), self._loop.time())
         self.suppress_audio = False
         self.audio_packets = 0
         self.audio_suppressed = 0
         self.event_packets = 0
+        self.first_audio = asyncio.Event()
 
     @property
     def wrapped(self) -> RTCDtlsTransport:
@@ -340,42 +377,57 @@ class RtpSenderTap:
     def __getattr__(self, name: str):
         return getattr(self._transport, name)
 
-    async def _send_rtp(self, data: bytes) -> None:
-        if is_rtcp(data):
-            await self._transport._send_rtp(data)
-            return
+    def _send_rtp(self, data: bytes) -> Awaitable[None]:
+        # Not a coroutine: returning the transport's own awaitable saves a frame per packet.
+        if 192 <= data[1] <= 208:  # RTCP (aiortc.rtp.is_rtcp)
+            return self._transport._send_rtp(data)
+        if not self._audio_seen:
+            self._audio_seen = True
+            self.first_audio.set()
+            if self._last_seq is not None:  # events went first: continue after them
+                self._offset = (self._last_seq + 1 - int.from_bytes(data[2:4], "big")) & 0xFFFF
         if self.suppress_audio:
             self.audio_suppressed += 1
-            return
-        self._last_audio = (int.from_bytes(data[4:8], "big"), asyncio.get_running_loop().time())
+            self._offset -= 1
+            return _DONE
+        self._last_audio = data
+        self._last_audio_time = self._loop.time()
         self.audio_packets += 1
-        await self._send_renumbered(data)
+        offset = self._offset
+        if offset:
+            seq = (int.from_bytes(data[2:4], "big") + offset) & 0xFFFF
+            data = data[:2] + seq.to_bytes(2, "big") + data[4:]
+            self._last_seq = seq
+        else:
+            self._last_seq = (data[2] << 8) | data[3]
+        return self._transport._send_rtp(data)
 
-    async def _send_renumbered(self, data: bytes) -> None:
-        if self._seq is None:
-            self._seq = int.from_bytes(data[2:4], "big")
-        buf = bytearray(data)
-        buf[2:4] = self._seq.to_bytes(2, "big")
-        self._seq = (self._seq + 1) & 0xFFFF
-        await self._transport._send_rtp(bytes(buf))
+    @property
+    def audio_seen(self) -> bool:
+        return self._audio_seen
 
     def timestamp_now(self) -> int:
         """The audio RTP timestamp corresponding to the present moment."""
-        now = asyncio.get_running_loop().time()
-        base_ts, base_time = self._last_audio or self._origin
+        now = self._loop.time()
+        if self._last_audio is not None:
+            base_ts, base_time = int.from_bytes(self._last_audio[4:8], "big"), self._last_audio_time
+        else:
+            base_ts, base_time = self._origin
         return (base_ts + int((now - base_time) * self.audio_clock_rate)) & 0xFFFFFFFF
 
     async def send_event(self, *, ssrc: int, payload_type: int, timestamp: int, marker: bool,
                          event: TelephoneEvent, mid: str | None) -> None:
+        seq = random.getrandbits(15) if self._last_seq is None else (self._last_seq + 1) & 0xFFFF
         packet = RtpPacket(payload_type=payload_type, marker=1 if marker else 0,
-                           sequence_number=self._seq or 0, timestamp=timestamp, ssrc=ssrc)
+                           sequence_number=seq, timestamp=timestamp, ssrc=ssrc)
         packet.payload = event.pack()
         packet.extensions.mid = mid
-        if self._seq is None:
-            self._seq = random.getrandbits(15)
         data = packet.serialize(self._transport._rtp_header_extensions_map)
+        self._last_seq = seq
+        if self._audio_seen:
+            self._offset += 1
         self.event_packets += 1
-        await self._send_renumbered(data)
+        await self._transport._send_rtp(data)
 
 
 class DtmfSender:
@@ -425,6 +477,7 @@ class DtmfSender:
         if not self.enabled:
             raise DtmfError("telephone-event was not negotiated")
         async with self._lock:
+            await self._wait_for_audio()
             for i, tone in enumerate(tones):
                 if tone == ",":
                     await self._sleep(PAUSE_MS / 1000)
@@ -434,6 +487,19 @@ class DtmfSender:
                     on_sent(DtmfEvent(tone, duration_ms))
                 if i < len(tones) - 1:
                     await self._sleep(gap_ms / 1000)
+
+    async def _wait_for_audio(self) -> None:
+        """Events take their timestamps from the audio stream, whose random origin
+        aiortc keeps to itself until its first packet: right after the call is
+        connected, wait (bounded) for that packet.  Without a source there is no
+        audio stream and any origin will do."""
+        sender = self._sender
+        if self.tap.audio_seen or sender is None or sender.track is None:
+            return
+        try:
+            await asyncio.wait_for(self.tap.first_audio.wait(), FIRST_AUDIO_TIMEOUT)
+        except TimeoutError:
+            log.debug("no audio sent yet: telephone-events start their own timestamps")
 
     async def _send_digit(self, code: int, duration_ms: int) -> None:
         sender, pt = self._sender, self.payload_type
