@@ -26,7 +26,7 @@ from softphone.media.sinks import (
     ToneDetector,
     frame_to_mono,
 )
-from softphone.media.sources import DtmfToneSource, EndBehavior, SilenceSource, ToneSource
+from softphone.media.sources import DtmfToneSource, EndBehavior, SilenceSource, SwitchableSource, ToneSource
 
 FRAME = 0.020
 
@@ -587,3 +587,40 @@ async def test_a_failing_close_is_reported_not_hung(tmp_path):
     await sink.wait_closed(timeout=1)  # returns at once: the sink is done, if unhappily
     sink.write(frame_of(np.zeros(960), 48000, 0))
     assert sink.seconds == pytest.approx(0.02)
+
+
+async def wait_until(predicate, timeout: float = 10.0) -> None:
+    async def _poll():
+        while not predicate():
+            await asyncio.sleep(0.02)
+    await asyncio.wait_for(_poll(), timeout)
+
+
+@pytest.mark.peer
+async def test_sources_and_sinks_behind_the_description_handler_through_coturn(tmp_path, coturn):
+    """The handler seam (source=, sinks= through aiortc's MediaRelay) over a real TURN relay:
+    a switchable source plays a tone, then in-band DTMF; the far end records, meters and decodes."""
+    from media_support import negotiate, relay_config, wait_connected
+
+    from softphone.media.handler import WebRtcDescriptionHandler
+
+    source = SwitchableSource(ToneSource([700.0], amplitude=0.3))
+    recorder, meter, dtmf = Recorder(tmp_path / "handler.wav"), LevelMeter(), DtmfDetector()
+    config = relay_config(coturn, codecs=("PCMU",), telephone_event=False)
+    a = WebRtcDescriptionHandler(config, source=source)
+    b = WebRtcDescriptionHandler(config, sinks=[recorder, meter, dtmf])
+    try:
+        await negotiate(a, b)
+        await wait_connected(a, b)
+        await wait_until(lambda: meter.seconds >= 0.6)
+        source.switch(DtmfToneSource("42"))
+        await dtmf.wait_digits(2, timeout=10)
+    finally:
+        await a.close()
+        await b.close()
+    assert dtmf.digits == "42"
+    assert recorder.state is SinkState.CLOSED
+    x, rate, _ = decode(recorder.path)
+    assert rate == 8000 and x.size / rate >= 0.6
+    assert tones.frequencies_close(tones.dominant_frequency(x[rate // 5: rate // 2], rate)[0], 700.0)
+    assert "".join(d.digit for d in tones.decode_dtmf(x, rate)) == "42"  # the file holds the digits too
