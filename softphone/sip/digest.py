@@ -21,7 +21,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from softphone.errors import AuthenticationError, SipParseError
 from softphone.log import Secret, get_logger, register_secret
@@ -311,6 +311,15 @@ def make_challenge(realm: str, algorithm: str = "MD5", qop: tuple[str, ...] | li
     return "Digest " + ", ".join(parts), nonce
 
 
+def _valid_escapes(text: str) -> bool:
+    """RFC 5987 value: %XX escapes that decode as UTF-8."""
+    try:
+        unquote(text, errors="strict")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 class NonceCounter:
     """Optional server-side replay check: nonce counts must grow per nonce."""
 
@@ -343,6 +352,12 @@ def verify_authorization(header_value: str, method: str, password_lookup: Callab
     if scheme.lower() != "digest":
         return None
     username = params.get("username")
+    extended = params.get("username*")
+    if username is None and extended is not None:
+        charset, _, encoded = extended.partition("''")
+        if charset.upper() != "UTF-8" or not encoded:
+            return None
+        username = unquote(encoded, errors="strict") if _valid_escapes(encoded) else None
     nonce = params.get("nonce")
     response = params.get("response")
     uri = params.get("uri")
