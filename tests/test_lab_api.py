@@ -458,3 +458,19 @@ async def test_api_flow_on_mariadb(mariadb_server):
                 200, {"campaign_id": 2, "status": 2, "status_name": "Paused"})
     finally:
         drop_mysql_database(url)
+
+
+async def test_restart_on_a_file_database_starts_with_nobody_logged_in(tmp_path):
+    url = f"sqlite:///{tmp_path}/lab.db"
+    async with await start_lab(db_url=url) as server, aiohttp.ClientSession(server.url) as session:
+        api = Api(session)
+        await api.authorize()
+        await api.login()
+        await api.call()
+    async with await start_lab(db_url=url) as server, aiohttp.ClientSession(server.url) as session:
+        api = Api(session)
+        await api.authorize()
+        assert await api.req("GET", "/omni/voice/1001/calls") == (200, {"calls": []})
+        assert await api.req("POST", "/omni/users/1001/logout") == (409, error("user_id 1001 is not logged in"))
+        await api.login()
+        assert (await api.call())["call_id"] == 2

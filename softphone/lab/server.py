@@ -113,6 +113,9 @@ async def start_lab(
         lab = Lab(db=db, api_key=key, telephony=telephony or InMemoryTelephony(), office_hours=hours,
                   token_ttl=token_ttl, paths=paths, **options, **lab_options)
         lab.notifier.timeout = notification_timeout
+        agents, calls = await lab.store.reset_sessions(lab.clock())
+        if agents or calls:
+            log.info("start: %d agent(s) logged out and %d call(s) ended from a previous run", agents, calls)
         lab.notifier.url = await lab.store.setting(NOTIFICATION_SETTING)
         app = build_app(lab)
         runner = web.AppRunner(app, access_log_class=RedactedAccessLogger,

@@ -245,6 +245,23 @@ class LabStore:
             "ORDER BY call_id", (user_id, CallState.ENDED.value)), readonly=True)
         return [_call(r) for r in rows]
 
+    async def reset_sessions(self, now: float) -> tuple[int, int]:
+        """After a (re)start: nobody is logged in and no call is live (the telephony starts empty).
+
+        Returns (agents logged out, calls ended).
+        """
+
+        async def run(tx: Tx) -> tuple[int, int]:
+            agents = await tx.execute(
+                "UPDATE lab_users SET status = ?, campaign_id = NULL, extension = NULL WHERE status <> ?",
+                (AgentStatus.LOGGED_OUT.value, AgentStatus.LOGGED_OUT.value))
+            calls = await tx.execute(
+                "UPDATE lab_calls SET call_state = ?, end_time = ?, hold_since = NULL, recording = 0 "
+                "WHERE call_state <> ?", (CallState.ENDED.value, now, CallState.ENDED.value))
+            return agents, calls
+
+        return await self.db.run_transaction(run)
+
     # settings ---------------------------------------------------------------------
     async def setting(self, name: str) -> str | None:
         row = await self.db.run_transaction(lambda tx: tx.fetchone(
