@@ -123,3 +123,27 @@ def test_detector_events_become_markers():
     assert len(ET.fromstring(svg).findall(f"{SVG}line[@class='event']")) == 3
     with pytest.raises(ConfigurationError, match="detectors"):
         report.detector_events(LevelMeter())
+
+
+def test_analyze_a_recording_and_write_its_report(tmp_path):
+    from softphone.media.sources import write_audio
+
+    rate = 16000
+    tone = tones.sine_mix([1000.0], rate, rate, 0.3)                       # 1 s of 1 kHz
+    keys = tones.dtmf_samples("123", rate=rate).astype(np.float64) / 32768  # then 3 digits
+    path = write_audio(tmp_path / "call.flac", tones.float_to_pcm16(np.concatenate([tone, keys])), rate)
+    result = report.analyze_recording(path, tone_freqs=[1000.0])
+    assert result.sample_rate == rate
+    assert result.seconds == pytest.approx(1.0 + 3 * 0.17, abs=0.03)
+    assert result.digits == "123"
+    assert tones.frequencies_close(result.dominant_hz, 1000.0)
+    assert result.peak_dbfs == pytest.approx(-6.02, abs=0.1)  # two DTMF tones of 0.25 add up to 0.5
+    assert [label for _, label in result.events()] == ["1000 Hz", "DTMF 1", "DTMF 2", "DTMF 3"]
+    html_text = result.write_report(tmp_path / "call.html").read_text()
+    assert "call.flac" in html_text and "DTMF 3" in html_text
+    resampled = report.analyze_recording(path, rate=8000)
+    assert resampled.sample_rate == 8000 and resampled.digits == "123"
+    from softphone.errors import AudioFileError
+
+    with pytest.raises(AudioFileError, match=r"nothing\.wav"):
+        report.analyze_recording(tmp_path / "nothing.wav")

@@ -13,7 +13,10 @@ import html
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from softphone.errors import ConfigurationError, MediaError
 from softphone.log import get_logger
@@ -156,6 +159,68 @@ def _summary(history: History) -> dict:
         "rms_dbfs": round(tones.mean_level(s.rms_dbfs for s in samples), 2),
         "peak_dbfs": round(max((s.peak_dbfs for s in samples), default=tones.DB_FLOOR), 2),
     }
+
+
+@dataclass
+class RecordingAnalysis:
+    """What a recording holds: length, levels, pitch, DTMF digits and configured tones."""
+
+    path: Path
+    seconds: float
+    sample_rate: int
+    rms_dbfs: float
+    peak_dbfs: float
+    dominant_hz: float
+    digits: str
+    meter: LevelMeter
+    dtmf: DtmfDetector
+    tones: ToneDetector
+
+    def events(self) -> list[Event]:
+        return detector_events(self.dtmf, self.tones)
+
+    def write_report(self, path: str | os.PathLike, title: str | None = None) -> Path:
+        return write_level_report(path, {self.path.name: self.meter}, title or f"Audio levels: {self.path.name}",
+                                  events={self.path.name: self.events()})
+
+
+def analyze_recording(path: str | os.PathLike, tone_freqs: Sequence[float] = (),
+                      rate: int | None = None) -> RecordingAnalysis:
+    """Decode a whole file (any PyAV format) and run the meter and detectors over it.
+
+    For voice API tests and bots that assert on what was recorded: "the
+    prompt played", "the caller pressed 1 2 3", "the 1 kHz tone is there".
+    ``rate`` None analyses at the file's own rate; ``dominant_hz`` is the
+    strongest frequency of the first 10 s.
+    """
+    import av
+
+    from softphone.media.sources import FileSource
+
+    p = Path(path)
+    if rate is None:
+        try:
+            with av.open(str(p)) as container:
+                streams = container.streams.audio
+                rate = streams[0].codec_context.sample_rate if streams else None
+        except (av.FFmpegError, OSError):
+            rate = None  # FileSource below reports the problem with the path
+    source = FileSource(p, sample_rate=rate or 48000, realtime=False)
+    meter, dtmf, detector = LevelMeter(name=p.name), DtmfDetector(), ToneDetector(tone_freqs)
+    rest = []
+    for chunk in iter(lambda: source.read(source.samples_per_frame), b""):
+        x = tones.pcm16_to_float(chunk)
+        meter.measure(x, source.sample_rate)
+        dtmf.feed(x, source.sample_rate)
+        detector.feed(x, source.sample_rate)
+        rest.append(x)
+    source.stop()
+    dtmf.close()
+    detector.close()
+    whole = np.concatenate(rest) if rest else np.zeros(0)
+    dominant, _ = tones.dominant_frequency(whole[: source.sample_rate * 10], source.sample_rate)
+    return RecordingAnalysis(p, whole.size / source.sample_rate, source.sample_rate, meter.rms_dbfs,
+                             meter.peak_dbfs, dominant, dtmf.digits, meter, dtmf, detector)
 
 
 def level_report_html(meters: Mapping[str, History], title: str = "Audio levels",
