@@ -539,6 +539,49 @@ async def test_hook_in_decode_mode_still_counts_once():
         await receiver.stop()
 
 
+async def test_decoded_frames_nobody_reads_are_bounded():
+    transport = FakeDtlsTransport()
+    receiver = RTCRtpReceiver("audio", transport)
+    receiver._track = lean.RemoteStreamTrack(kind="audio")
+    install_counting_receiver(receiver, decode=True)
+    await receiver.receive(receive_parameters())
+    try:
+        queue = receiver.track._queue
+        assert isinstance(queue, lean.DroppingFrameQueue)
+        for seq in range(200):
+            await receiver._handle_rtp_packet(rtp(seq), arrival_time_ms=0)
+        # The jitter buffer holds a few packets back; everything else gets decoded.
+        await wait_until(lambda: receiver.frames_dropped + queue.qsize() >= 190, what="decoding")
+        assert queue.qsize() <= CountingRtpReceiver.DECODED_BACKLOG
+        assert receiver.frames_dropped >= 190 - CountingRtpReceiver.DECODED_BACKLOG
+        frame = await asyncio.wait_for(receiver.track.recv(), 2)
+        assert frame.pts > 0  # the oldest frames were the ones dropped
+    finally:
+        await receiver.stop()
+    with pytest.raises(MediaStreamError):
+        for _ in range(CountingRtpReceiver.DECODED_BACKLOG + 1):
+            await asyncio.wait_for(receiver.track.recv(), 2)
+
+
+async def test_a_reader_waiting_before_media_starts_gets_the_frames():
+    """Sinks start on the pc's "track" event, before the receiver starts: bounding must not strand them."""
+    transport = FakeDtlsTransport()
+    receiver = RTCRtpReceiver("audio", transport)
+    receiver._track = lean.RemoteStreamTrack(kind="audio")
+    install_counting_receiver(receiver, decode=True)
+    reader = asyncio.ensure_future(receiver.track.recv())
+    await asyncio.sleep(0)
+    await receiver.receive(receive_parameters())
+    try:
+        for seq in range(10):
+            await receiver._handle_rtp_packet(rtp(seq), arrival_time_ms=0)
+        frame = await asyncio.wait_for(reader, 5)
+        assert frame.sample_rate == 8000
+    finally:
+        reader.cancel()
+        await receiver.stop()
+
+
 async def test_install_refuses_late_or_foreign_receivers(monkeypatch):
     transport = FakeDtlsTransport()
     receiver = RTCRtpReceiver("audio", transport)

@@ -497,12 +497,21 @@ class CountingRtpReceiver(RTCRtpReceiver):
     _lean_decode: bool
     unknown_payload_type: int
 
+    #: Decoded frames kept for a slow or absent reader (1 s): older ones are dropped.
+    DECODED_BACKLOG = 50
+
     # Private aiortc state is reached by its mangled names; check_aiortc_supported()
     # has verified they exist before any instance gets this class.
 
     @property
     def decoding(self) -> bool:
         return self._lean_decode
+
+    @property
+    def frames_dropped(self) -> int:
+        """Decoded frames dropped because nobody read them in time."""
+        queue = getattr(self._track, "_queue", None)
+        return queue.dropped if isinstance(queue, DroppingFrameQueue) else 0
 
     @property
     def counters(self) -> dict[int, RtpStreamCounter]:
@@ -529,6 +538,10 @@ class CountingRtpReceiver(RTCRtpReceiver):
 
     async def receive(self, parameters: RTCRtpReceiveParameters) -> None:
         if self._lean_decode:
+            track = self._track
+            if isinstance(track, RemoteStreamTrack):
+                # In place: a reader may already be waiting on this very queue.
+                DroppingFrameQueue.bound(track._queue, self.DECODED_BACKLOG)
             await super().receive(parameters)
             return
         if self._RTCRtpReceiver__started:
@@ -567,6 +580,46 @@ class CountingRtpReceiver(RTCRtpReceiver):
         await super().stop()
         if not self._lean_decode:
             _end_remote_track(self._track)
+
+
+class DroppingFrameQueue(asyncio.Queue):
+    """The remote track's frame queue, bounded: when full the oldest frame goes.
+
+    aiortc's decoder thread puts every decoded frame into an unbounded queue;
+    when the reader (a recorder, a detector) stops or falls behind, memory grows
+    by the call's whole decoded audio (190 KB/s for Opus).  The end-of-stream
+    ``None`` is always kept.
+    """
+
+    maxframes: int
+    dropped: int
+
+    def __init__(self, maxframes: int) -> None:
+        super().__init__()
+        self.maxframes = maxframes
+        self.dropped = 0
+
+    @classmethod
+    def bound(cls, queue: asyncio.Queue, maxframes: int) -> DroppingFrameQueue:
+        """Bound an existing ``asyncio.Queue`` in place (readers already waiting keep waiting on it)."""
+        if not isinstance(queue, cls):
+            if type(queue) is not asyncio.Queue:
+                raise AiortcCompatibilityError(
+                    f"remote track queue: expected asyncio.Queue, got {type(queue).__name__}")
+            queue.__class__ = cls
+            queue.dropped = 0
+        queue.maxframes = maxframes
+        return queue  # type: ignore[return-value]
+
+    def put_nowait(self, item) -> None:
+        if item is not None:
+            while self.qsize() >= self.maxframes:
+                super().get_nowait()
+                self.dropped += 1
+        super().put_nowait(item)
+
+    async def put(self, item) -> None:
+        self.put_nowait(item)
 
 
 def _end_remote_track(track: MediaStreamTrack | None) -> None:
