@@ -340,3 +340,21 @@ async def test_binary_frames_are_parsed_too(server):
     await until(lambda: messages)
     assert messages[0].method == "OPTIONS" and t.connected
     await t.close()
+
+
+def test_backoff_delay_is_always_within_bounds():
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    @given(
+        min_delay=st.floats(0.001, 10), spread=st.floats(1, 100), jitter=st.floats(0, 0.9),
+        attempt=st.integers(1, 200), draw=st.floats(0, 1),
+    )
+    def check(min_delay, spread, jitter, attempt, draw):
+        policy = Reconnect(min_delay=min_delay, max_delay=min_delay * spread, jitter=jitter)
+        delay = policy.delay(attempt, lambda lo, hi: lo + (hi - lo) * draw)
+        assert min_delay * (1 - jitter) - 1e-9 <= delay <= policy.max_delay * (1 + jitter) + 1e-9
+        later = policy.delay(attempt + 1, lambda lo, hi: lo + (hi - lo) * draw)
+        assert later >= delay - 1e-9  # never shorter than the previous one for the same draw
+
+    check()
