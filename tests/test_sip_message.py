@@ -466,6 +466,21 @@ def test_partial_only_for_requests_with_a_via():
     assert reason_of(missing_call_id).partial.method == "OPTIONS"
 
 
+@pytest.mark.parametrize("bad_line,reason", [
+    ("NoColonHere", "header line without a colon"),
+    ("Bad Name: x", "bad header name"),
+    ("X-Ctl: a\x01b", "control character in X-Ctl header"),
+])
+def test_bad_header_lines_still_give_an_answerable_partial(bad_line, reason):
+    text = msg("INFO sip:b@example.com SIP/2.0", bad_line, *BASE_HEADERS, "CSeq: 5 INFO")
+    error = reason_of(text)
+    assert reason in error.reason
+    partial = error.partial
+    assert partial.call_id == "a84b4c76e66710@pc33.atlanta.example.com" and partial.cseq == CSeq(5, "INFO")
+    answer = parse_message(make_response(partial, 400, f"Bad Request ({error.reason})", to_tag="x").encode())
+    assert answer.status == 400 and answer.to.tag == "x" and answer.top_via.branch == "z9hG4bK776asdhds"
+
+
 def test_size_caps_give_clear_errors():
     huge = request("MESSAGE", "sip:b@example.com", body="x" * MAX_MESSAGE_BYTES)
     assert "exceeds the 65536-byte limit" in reason_of(huge).reason

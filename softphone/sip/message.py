@@ -419,14 +419,14 @@ def parse_message(data: bytes | str) -> SipRequest | SipResponse:
     if "\r" in start_line or _BAD_CONTROL.search(start_line):
         raise SipParseError(f"control character in start line {_short(start_line)}")
     message, uri_error = _parse_start_line(start_line)
-    items = _parse_header_lines(lines, message)
+    items, header_error = _parse_header_lines(lines)
     message.headers = Headers._trusted(items)
     partial = None
     if isinstance(message, SipRequest) and "Via" in message.headers:
         partial = message  # enough to send a 400 back naming what is wrong
     try:
-        if uri_error is not None:
-            raise SipParseError(uri_error)
+        if uri_error is not None or header_error is not None:
+            raise SipParseError(uri_error or header_error or "")
         _validate(message)
         message.body = _body(message, body_bytes)
     except SipParseError as exc:
@@ -468,38 +468,49 @@ def _parse_start_line(line: str) -> tuple[SipRequest | SipResponse, str | None]:
     return SipRequest(method, uri, Headers()), None
 
 
-def _parse_header_lines(lines: list[str], message: SipRequest | SipResponse) -> list[tuple[str, str, str]]:
+def _parse_header_lines(lines: list[str]) -> tuple[list[tuple[str, str, str]], str | None]:
+    """Header fields in order, and the first problem met (bad lines are skipped).
+
+    Going on past a bad line keeps Via/From/To/Call-ID/CSeq for the 400 answer.
+    """
     items: list[tuple[str, str, str]] = []
+    error: str | None = None
     pending: list[str] = []
     name = ""
+
+    def flush() -> None:
+        nonlocal error
+        value = " ".join(p for p in pending if p) if len(pending) > 1 else pending[0]
+        canonical = canonical_name(name)
+        if _BAD_CONTROL.search(value) or "\r" in value:
+            error = error or f"control character in {canonical} header"
+        else:
+            items.append((canonical.lower(), canonical, value))
+
     for line in lines[1:]:
         if line[:1] in (" ", "\t"):
-            if not pending:
-                raise SipParseError(f"continuation line before the first header: {_short(line)}")
-            pending.append(line.strip(" \t"))
+            if pending:
+                pending.append(line.strip(" \t"))
+            else:
+                error = error or f"continuation line before the first header: {_short(line)}"
             continue
         if pending:
-            items.append(_header_item(name, pending))
+            flush()
+            pending = []
+        if len(items) >= MAX_HEADERS:
+            return items, f"more than {MAX_HEADERS} headers"
         colon = line.find(":")
         if colon < 0:
-            raise SipParseError(f"header line without a colon: {_short(line)}")
+            error = error or f"header line without a colon: {_short(line)}"
+            continue
         name = line[:colon].rstrip(" \t")
         if not is_token(name):
-            raise SipParseError(f"bad header name {name[:40]!r}")
+            error = error or f"bad header name {name[:40]!r}"
+            continue
         pending = [line[colon + 1 :].strip(" \t")]
-        if len(items) >= MAX_HEADERS:
-            raise SipParseError(f"more than {MAX_HEADERS} headers")
     if pending:
-        items.append(_header_item(name, pending))
-    return items
-
-
-def _header_item(name: str, pieces: list[str]) -> tuple[str, str, str]:
-    value = " ".join(p for p in pieces if p) if len(pieces) > 1 else pieces[0]
-    canonical = canonical_name(name)
-    if _BAD_CONTROL.search(value) or "\r" in value:
-        raise SipParseError(f"control character in {canonical} header")
-    return canonical.lower(), canonical, value
+        flush()
+    return items, error
 
 
 def _validate(message: SipRequest | SipResponse) -> None:
