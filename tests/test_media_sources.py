@@ -419,3 +419,12 @@ async def test_pacing_survives_a_rate_change_of_the_sent_track():
     assert clock.sleeps == pytest.approx([0.02] * 4)
     assert [f.sample_rate for f in frames] == [8000, 8000]
     assert [f.pts for f in frames] == [480, 640]  # 60 ms and 80 ms at 8 kHz
+
+
+def test_a_played_file_is_released_and_reopened_on_reset(tmp_path):
+    path = generate_tone_file(tmp_path / "once.wav", [440.0], duration=0.1, rate=8000)
+    src = FileSource(path, sample_rate=8000, realtime=False)
+    first = read_all(src)
+    assert src._decoder._container is None
+    src.reset()
+    assert np.array_equal(read_all(src), first)

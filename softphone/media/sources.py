@@ -519,6 +519,8 @@ class FileSource(AudioSource):
             more = self._decoder.read(n - len(out) // self.bytes_per_sample)
             reopened_empty = not more
             out += more
+        if not self.loop and self._decoder.exhausted:
+            self._decoder.close()  # played once: release the file now (reset() reopens it)
         return bytes(out)
 
     def _at_end(self) -> bool:
