@@ -624,3 +624,19 @@ async def test_sources_and_sinks_behind_the_description_handler_through_coturn(t
     assert rate == 8000 and x.size / rate >= 0.6
     assert tones.frequencies_close(tones.dominant_frequency(x[rate // 5: rate // 2], rate)[0], 700.0)
     assert "".join(d.digit for d in tones.decode_dtmf(x, rate)) == "42"  # the file holds the digits too
+
+
+@pytest.mark.parametrize("name, rate", [("keys8k.wav", 8000), ("keys48k.flac", 48000), ("keys48k.ogg", 48000)])
+async def test_all_digits_from_a_noisy_file(tmp_path, name, rate):
+    """A file of all 16 digits with white noise 15 dB down, played by FileSource into DtmfDetector."""
+    from softphone.media.sources import FileSource, write_audio
+
+    pcm = tones.dtmf_samples(tones.DTMF_DIGITS, rate=rate).astype(np.float64) / 32768
+    rng = np.random.default_rng(rate)
+    x = np.concatenate([np.zeros(rate // 10), pcm])
+    x += rng.normal(0, 0.25 / np.sqrt(2) * 10 ** (-15 / 20), x.size)
+    path = write_audio(tmp_path / name, tones.float_to_pcm16(x), rate)
+    detector = DtmfDetector()
+    await detector.start(FileSource(path, sample_rate=rate, realtime=False, on_end=EndBehavior.STOP))
+    await detector.wait_closed(timeout=10)
+    assert detector.digits == tones.DTMF_DIGITS
