@@ -82,6 +82,9 @@ async def test_digest_response_is_never_logged(caplog):
     response = auth.split('response="', 1)[1].split('"', 1)[0]
     assert response not in caplog.text
     assert "secret-1001" not in caplog.text
+    # The debug trace shows the messages (as SIP.js's traceSip does), masked.
+    assert "SIP out:\nREGISTER sip:example.test SIP/2.0" in caplog.text
+    assert 'response="***"' in caplog.text and "SIP in:\nSIP/2.0 200 OK" in caplog.text
 
 
 async def test_stale_nonce_is_retried_transparently():

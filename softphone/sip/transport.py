@@ -16,7 +16,9 @@ from __future__ import annotations
 import abc
 import asyncio
 import enum
+import logging
 import random
+import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +33,12 @@ log = get_logger(__name__)
 
 CRLF_PING = "\r\n\r\n"
 CRLF_PONG = "\r\n"
+_DIGEST_RESPONSE_RE = re.compile(r'(\bresponse\s*=\s*)("[^"]*"|[^,\s]+)', re.IGNORECASE)
+
+
+def trace_text(text: str) -> str:
+    """A SIP message as it may appear in a debug log: digest responses masked, secrets redacted."""
+    return redact(_DIGEST_RESPONSE_RE.sub(r'\1"***"', text))
 
 
 class TransportState(enum.Enum):
@@ -154,6 +162,8 @@ class Transport(EventEmitter, abc.ABC):
                 f"cannot send {_describe(message)}: SIP transport is {self._state.value}, not connected"
             )
         text = message if isinstance(message, str) else message.encode().decode("utf-8", "replace")
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("SIP out:\n%s", trace_text(text))
         self.send_text(text)
 
     def receive_text(self, text: str) -> None:
@@ -162,6 +172,8 @@ class Transport(EventEmitter, abc.ABC):
 
         if text in (CRLF_PONG, CRLF_PING, ""):
             return
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("SIP in:\n%s", trace_text(text))
         try:
             message = parse_message(text)
         except SipParseError as exc:
