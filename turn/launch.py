@@ -6,6 +6,7 @@ library only, so it runs inside the stock coturn image.
 
     python turn/launch.py --port 3478 --user NAME:PASS --realm R [--loopback] [--foreground]
     python turn/launch.py --check 127.0.0.1:3478      # STUN Binding probe, exit 0 when answered
+    python turn/launch.py --render-only --state-dir DIR --user NAME:PASS   # only write DIR/turnserver.conf
 
 Every option falls back to an environment variable (TURN_PORT, TURN_USER,
 TURN_PASSWORD, TURN_REALM, ...), which is how docker-compose configures it. The
@@ -47,8 +48,8 @@ class TurnSettings:
     user: str = "softphone"
     password: str = dataclasses.field(default="", repr=False)
     realm: str = "omnisense.local"
-    listening_ip: str = "127.0.0.1"
-    relay_ip: str = "127.0.0.1"
+    listening_ip: str = "127.0.0.1"  # "" or "0.0.0.0": every interface
+    relay_ip: str | None = None  # default: the listening IP when it is a single address
     external_ip: str | None = None
     min_port: int = 49152
     max_port: int = 65535
@@ -61,10 +62,11 @@ class TurnSettings:
 
     def validate(self) -> None:
         """Reject values coturn would misread (its config is line-based `key=value`)."""
-        for name in ("user", "password", "realm", "listening_ip", "relay_ip"):
-            value = getattr(self, name)
-            if not value:
+        for name in ("user", "password", "realm"):
+            if not getattr(self, name):
                 raise LaunchError(f"TURN setting {name!r} is empty")
+        for name in ("user", "password", "realm", "listening_ip", "relay_ip", "external_ip"):
+            value = getattr(self, name) or ""
             if any(c in value for c in "\r\n\0"):
                 raise LaunchError(f"TURN setting {name!r} contains a line break or NUL")
         if ":" in self.user:
@@ -94,10 +96,12 @@ def render_config(settings: TurnSettings, state_dir: Path) -> str:
     log_lines = "simple-log\n" + (f"log-file={settings.log_file}" if settings.log_file else "log-file=stdout")
     if settings.verbose:
         log_lines += "\nverbose"
+    listen = "" if settings.listening_ip in ("", "0.0.0.0") else settings.listening_ip
+    relay = settings.relay_ip or listen
     values = {
-        "listening_ip": settings.listening_ip,
+        "listening_ip_line": f"listening-ip={listen}" if listen else "",
         "port": settings.port,
-        "relay_ip": settings.relay_ip,
+        "relay_ip_line": f"relay-ip={relay}" if relay else "",
         "external_ip_line": f"external-ip={settings.external_ip}" if settings.external_ip else "",
         "min_port": settings.min_port,
         "max_port": settings.max_port,
@@ -186,7 +190,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=int(env("TURN_PORT", "3478")), help="TURN listening port (turn_port)")
     p.add_argument("--user", default=None, help="NAME:PASS (or TURN_USER and TURN_PASSWORD)")
     p.add_argument("--realm", default=env("TURN_REALM", "omnisense.local"))
-    p.add_argument("--listening-ip", default=env("TURN_LISTEN_IP", "127.0.0.1"))
+    p.add_argument("--listening-ip", default=env("TURN_LISTEN_IP", "127.0.0.1"),
+                   help='"0.0.0.0" or "" for every interface')
     p.add_argument("--relay-ip", default=env("TURN_RELAY_IP"), help="default: the listening IP")
     p.add_argument("--external-ip", default=env("TURN_EXTERNAL_IP"), help="public address behind NAT")
     p.add_argument("--min-port", type=int, default=int(env("TURN_MIN_PORT", "49152")))
@@ -203,6 +208,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="replace this process with turnserver (containers, fixtures)")
     p.add_argument("--timeout", type=float, default=15.0, help="readiness bound in the background mode")
     p.add_argument("--print-config", action="store_true", help="print the rendered config (password masked)")
+    p.add_argument("--render-only", action="store_true", help="write the config, print its path, do not run")
     p.add_argument("--check", metavar="HOST:PORT", help="only probe a running server with STUN and exit")
     return p.parse_args(argv)
 
@@ -219,7 +225,7 @@ def settings_from_args(args: argparse.Namespace) -> TurnSettings:
         raise LaunchError("TURN credentials missing: give --user NAME:PASS or TURN_USER and TURN_PASSWORD")
     return TurnSettings(
         port=args.port, user=user, password=password, realm=args.realm, listening_ip=args.listening_ip,
-        relay_ip=args.relay_ip or args.listening_ip, external_ip=args.external_ip, min_port=args.min_port,
+        relay_ip=args.relay_ip or None, external_ip=args.external_ip, min_port=args.min_port,
         max_port=args.max_port, loopback=args.loopback, tls_cert=args.tls_cert, tls_key=args.tls_key,
         tls_port=args.tls_port, log_file=args.log_file, verbose=args.verbose,
     )
@@ -230,7 +236,10 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
         if args.check:
             host, _, port = args.check.rpartition(":")
-            mapped = stun_binding(host or "127.0.0.1", int(port), timeout=2.0)
+            try:
+                mapped = stun_binding(host or "127.0.0.1", int(port), timeout=2.0)
+            except OSError as exc:
+                raise LaunchError(f"no STUN answer from {args.check}: {exc}") from exc
             print(f"STUN answered from {args.check}: mapped {mapped[0]}:{mapped[1]}")
             return 0
         settings = settings_from_args(args)
@@ -238,13 +247,17 @@ def main(argv: list[str] | None = None) -> int:
         config = write_config(settings, state_dir)
         if args.print_config:
             print(render_config(dataclasses.replace(settings, password="********"), state_dir))
+        if args.render_only:
+            print(config)
+            return 0
         command = build_command(config)
         print(f"turn: {' '.join(command)} (port {settings.port}, realm {settings.realm})", flush=True)
         if args.foreground:
             os.execv(command[0], command)
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
         try:
-            wait_ready(settings.listening_ip, settings.port, time.monotonic() + args.timeout,
+            wait_ready(settings.listening_ip if settings.listening_ip not in ("", "0.0.0.0") else "127.0.0.1",
+                       settings.port, time.monotonic() + args.timeout,
                        alive=lambda: proc.poll() is None)
         except LaunchError:
             if proc.poll() is None:
