@@ -7,8 +7,8 @@ delete) through the REST API with ``softphone.platform``'s client, and prints
 leads per second and request latency percentiles.  It checks at the end that
 every lead is in the archive and none is left in ``vicidial_list``.
 
-MariaDB: a private ``mariadbd`` is started in a temporary directory (and
-stopped by PID) unless ``--mysql-url mysql://USER:PASS@HOST:PORT/DB`` names a
+MariaDB: a private ``mariadbd`` is started in a temporary directory by the
+test suite's peer code (``tests/peers/mariadb.py``, stopped by PID) unless ``--mysql-url mysql://USER:PASS@HOST:PORT/DB`` names a
 server whose user may create databases.
 
     python bench/archive.py                 # both backends, 100,000 leads
@@ -26,11 +26,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # tests/peers: the suite's mariadbd
 
 from softphone.lab.db import Database, Tx
 from softphone.lab.seed import INSERT_LEAD_SQL, Seed, lead_row, load_seed, make_lead
 from softphone.lab.server import start_lab
-from softphone.lab.testing import PrivateMariaDB, drop_mysql_database, fresh_mysql_url, table_snapshot
+from softphone.lab.testing import drop_mysql_database, fresh_mysql_url, table_snapshot
 from softphone.platform.client import PlatformClient
 
 BATCH = 500
@@ -133,7 +134,10 @@ async def main() -> None:
             if args.mysql_url:
                 url = fresh_mysql_url(args.mysql_url)
             else:
-                server = PrivateMariaDB(tmp).start()
+                from peers.mariadb import MariaDB
+
+                server = MariaDB(Path(tmp) / "mariadb")
+                server.start()
                 print(f"[mariadb] private mariadbd pid {server.pid} on port {server.port}", flush=True)
                 url = server.create_database("bench_archive")
             try:

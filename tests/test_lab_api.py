@@ -15,7 +15,7 @@ import pytest
 from softphone.errors import TelephonyError
 from softphone.lab.server import start_lab
 from softphone.lab.telephony import InMemoryTelephony
-from softphone.lab.testing import MYSQL_URL_ENV, PrivateMariaDB, drop_mysql_database, fresh_mysql_url
+from softphone.lab.testing import MYSQL_URL_ENV, drop_mysql_database, fresh_mysql_url
 
 KEY = "lab-system-key"
 
@@ -415,21 +415,9 @@ async def test_logs_never_show_key_passwords_or_tokens(api, caplog):
 
 
 @pytest.fixture(scope="module")
-def mariadb_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    """$SOFTPHONE_TEST_MYSQL_URL, else the ``mariadb`` peer fixture, else a private mariadbd."""
-    if os.environ.get(MYSQL_URL_ENV):
-        yield os.environ[MYSQL_URL_ENV]
-        return
-    try:
-        yield request.getfixturevalue("mariadb")
-        return
-    except pytest.FixtureLookupError:
-        pass
-    server = PrivateMariaDB(str(tmp_path_factory.mktemp("mariadb"))).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def mariadb_server(request: pytest.FixtureRequest):
+    """$SOFTPHONE_TEST_MYSQL_URL (an external server) if set, else the ``mariadb`` peer fixture."""
+    return os.environ.get(MYSQL_URL_ENV) or request.getfixturevalue("mariadb")
 
 
 @pytest.mark.peer

@@ -20,7 +20,6 @@ from softphone.lab.schema import LEAD_COLUMN_NAMES
 from softphone.lab.seed import INSERT_LEAD_SQL, lead_row, make_lead
 from softphone.lab.testing import (
     MYSQL_URL_ENV,
-    PrivateMariaDB,
     drop_mysql_database,
     fresh_mysql_url,
     table_snapshot,
@@ -119,21 +118,9 @@ async def check_sequence(db: Database, ops: list) -> None:
 
 
 @pytest.fixture(scope="module")
-def mariadb_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    """$SOFTPHONE_TEST_MYSQL_URL, else the ``mariadb`` peer fixture, else a private mariadbd."""
-    if os.environ.get(MYSQL_URL_ENV):
-        yield os.environ[MYSQL_URL_ENV]
-        return
-    try:
-        yield request.getfixturevalue("mariadb")
-        return
-    except pytest.FixtureLookupError:
-        pass
-    server = PrivateMariaDB(str(tmp_path_factory.mktemp("mariadb"))).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def mariadb_server(request: pytest.FixtureRequest):
+    """$SOFTPHONE_TEST_MYSQL_URL (an external server) if set, else the ``mariadb`` peer fixture."""
+    return os.environ.get(MYSQL_URL_ENV) or request.getfixturevalue("mariadb")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("mariadb", marks=pytest.mark.peer)])
