@@ -780,7 +780,7 @@ def sip_messages(draw, response: bool | None = None):
     return eol.join(lines) + eol + eol + body
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(sip_messages())
 def test_serialisation_is_stable(text):
     first = parse_message(text)
@@ -845,13 +845,13 @@ def mutated(draw):
     return bytes(data)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(mutated())
 def test_mutated_messages_raise_only_parse_errors(data):
     _only_parse_errors(data)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(sip_messages(response=False), st.integers(100, 699), st.none() | _label)
 def test_make_response_to_any_request(text, status, tag):
     req = parse_message(text)
@@ -869,7 +869,7 @@ def test_make_response_to_any_request(text, status, tag):
 _header_names = st.sampled_from(["Via", "v", "VIA", "To", "t", "X-A", "x-a", "Contact", "m"])
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["add", "prepend", "set", "remove"]), _header_names,
                           st.text("ab ,\"<>", max_size=6)), max_size=20))
 def test_headers_behave_like_an_ordered_list(ops):
