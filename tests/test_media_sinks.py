@@ -640,3 +640,29 @@ async def test_all_digits_from_a_noisy_file(tmp_path, name, rate):
     await detector.start(FileSource(path, sample_rate=rate, realtime=False, on_end=EndBehavior.STOP))
     await detector.wait_closed(timeout=10)
     assert detector.digits == tones.DTMF_DIGITS
+
+
+async def test_level_meter_waits_for_sound_and_silence():
+    meter = LevelMeter()
+    sound = asyncio.ensure_future(meter.wait_sound(above_dbfs=-30.0, for_seconds=0.1, timeout=5))
+    silence = asyncio.ensure_future(meter.wait_silence(below_dbfs=-50.0, for_seconds=0.2, timeout=5))
+    await asyncio.sleep(0)
+    blip = tones.sine_mix([500.0], 160, 8000, 0.3)
+    plan = [np.zeros(160)] * 5 + [blip] * 3 + [np.zeros(160)] * 3 + [blip] * 10 + [np.zeros(160)] * 12
+    for block in plan:
+        meter.measure(block, 8000)
+    assert await sound == pytest.approx(0.22)    # the 60 ms blip was too short, the 200 ms one counts
+    assert await silence == pytest.approx(0.42)  # 100 ms and 60 ms of quiet are too short; the tail counts
+    with pytest.raises(TimeoutError):
+        await meter.wait_sound(above_dbfs=-5.0, timeout=0.05)
+    assert meter._level_waiters == []
+
+
+async def test_tone_wait_for_sees_a_beep_that_already_ended():
+    detector = ToneDetector([1000.0])
+    detector.feed(np.concatenate([tones.sine_mix([1000.0], 800, 8000, 0.3), np.zeros(1600)]), 8000)
+    assert detector.present() == []
+    event = await detector.wait_for(1000.0, timeout=1)
+    assert event.duration == pytest.approx(0.1, abs=0.04)
+    with pytest.raises(TimeoutError):
+        await detector.wait_for(1000.0, timeout=0.05, include_past=False)

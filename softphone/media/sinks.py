@@ -19,7 +19,7 @@ import asyncio
 import collections
 import enum
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -291,6 +291,14 @@ class LevelSample(NamedTuple):
     peak_dbfs: float
 
 
+@dataclass
+class _LevelWaiter:
+    test: Callable[[float], bool]
+    for_seconds: float
+    future: asyncio.Future
+    since: float | None = None
+
+
 class LevelMeter(AudioSink):
     """RMS and peak dBFS per frame and running, with a history for plots.
 
@@ -310,10 +318,45 @@ class LevelMeter(AudioSink):
         self._silent_frames = 0
         self._blocks = 0
         self.last: LevelSample | None = None
+        self._level_waiters: list[_LevelWaiter] = []
 
     def _write(self, frame: av.AudioFrame) -> None:
         x = frame_to_mono(frame)
         self.measure(x, frame.sample_rate)
+
+    async def wait_sound(self, above_dbfs: float = -40.0, for_seconds: float = 0.0,
+                         timeout: float | None = None) -> float:
+        """Until the RMS stays above ``above_dbfs`` for ``for_seconds``; returns when it began (s).
+
+        A bot waits for the far end to speak, a test for the prompt to start.
+        """
+        return await self._wait_level(lambda db: db >= above_dbfs, for_seconds, timeout)
+
+    async def wait_silence(self, below_dbfs: float = -50.0, for_seconds: float = 0.5,
+                           timeout: float | None = None) -> float:
+        """Until the RMS stays below ``below_dbfs`` for ``for_seconds`` (the caller stopped talking)."""
+        return await self._wait_level(lambda db: db < below_dbfs, for_seconds, timeout)
+
+    async def _wait_level(self, test: Callable[[float], bool], for_seconds: float,
+                          timeout: float | None) -> float:
+        waiter = _LevelWaiter(test, for_seconds, asyncio.get_running_loop().create_future())
+        self._level_waiters.append(waiter)
+        try:
+            return await asyncio.wait_for(waiter.future, timeout)
+        finally:
+            if waiter in self._level_waiters:
+                self._level_waiters.remove(waiter)
+
+    def _check_waiters(self, sample: LevelSample) -> None:
+        for waiter in list(self._level_waiters):
+            if waiter.test(sample.rms_dbfs):
+                if waiter.since is None:
+                    waiter.since = sample.t
+                if self._time - waiter.since >= waiter.for_seconds - 1e-9 and not waiter.future.done():
+                    waiter.future.set_result(waiter.since)
+                    self._level_waiters.remove(waiter)
+            else:
+                waiter.since = None
 
     def measure(self, x: np.ndarray, rate: int) -> LevelSample:
         """Account for one block of mono samples (for callers without frames)."""
@@ -331,6 +374,8 @@ class LevelMeter(AudioSink):
             self._silent_frames += 1
         self.history.append(sample)
         self.last = sample
+        if self._level_waiters:
+            self._check_waiters(sample)
         return sample
 
     @property
@@ -499,11 +544,20 @@ class ToneDetector(AudioSink):
         """Whether ``freq`` was detected at any time."""
         return freq in self._active or any(d.freq == freq for d in self.detections)
 
-    async def wait_for(self, freq: float | None = None, timeout: float | None = None) -> ToneEvent:
-        """Until ``freq`` (any configured one if None) is detected."""
+    async def wait_for(self, freq: float | None = None, timeout: float | None = None,
+                       include_past: bool = True) -> ToneEvent:
+        """Until ``freq`` (any configured one if None) is detected.
+
+        With ``include_past`` a tone that was already heard (even if it has
+        ended) answers at once, so a test cannot miss a short beep.
+        """
         for f, event in self._active.items():
             if freq is None or f == freq:
                 return event
+        if include_past:
+            for event in self.detections:
+                if freq is None or event.freq == freq:
+                    return event
         if freq is not None and freq not in self.freqs:
             raise ConfigurationError(f"freq: {freq} Hz is not among the detector's freqs {self.freqs}")
         fut = asyncio.get_running_loop().create_future()
