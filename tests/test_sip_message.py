@@ -894,3 +894,16 @@ def test_headers_behave_like_an_ordered_list(ops):
         assert headers.get(name) == next((v for k, v in model if k == key), None)
         assert (name in headers) == any(k == key for k, _ in model)
     assert headers.copy() == headers
+
+
+@settings(max_examples=150, deadline=None)
+@given(_uri, _display, st.none() | _token)
+def test_uri_and_name_addr_round_trip(uri_text, display, tag):
+    uri = SipUri.parse(uri_text)
+    again = SipUri.parse(str(uri))
+    assert again == uri and str(again) == str(uri) and hash(again) == hash(uri)
+    addr = NameAddr.parse(_addr(display, uri_text, tag))
+    assert addr.display_name == (display if display is not None else None)
+    assert addr.tag == tag and addr.uri == uri
+    back = NameAddr.parse(str(addr))
+    assert (back.display_name, back.uri, back.params) == (addr.display_name, addr.uri, addr.params)
