@@ -59,6 +59,7 @@ async def test_options_answered_200_with_capabilities(setup):
     assert resp.headers.get("Accept") == "application/sdp"
     assert "outbound" in resp.headers.get("Supported")
     assert resp.headers.get("User-Agent").startswith("softphone/")
+    assert resp.to.tag  # RFC 3261 8.2.6.2: a final response carries a To tag
 
 
 async def test_unknown_method_501_known_not_allowed_405(setup):

@@ -461,12 +461,14 @@ class UserAgentCore:
     def make_response(self, request: Any, status: int, reason: str | None = None, *,
                       to_tag: str | None = None, headers: list[tuple[str, str]] | None = None,
                       body: str = "", content_type: str | None = None, contact: str | None = None) -> Any:
-        from softphone.sip.message import make_response
+        from softphone.sip.message import generate_tag, make_response
 
+        if to_tag is None and status > 100:
+            to_tag = generate_tag()  # RFC 3261 8.2.6.2; ignored when the To already has a tag
         extra = list(headers or [])
         if contact:
             extra.append(("Contact", contact))
-        if status >= 200 or status > 100:
+        if status > 100:
             extra.append(("Supported", ", ".join(self.config.supported)))
         extra.append(("User-Agent", self.config.user_agent))
         if (request.method in ("INVITE", "OPTIONS") and 200 <= status < 300) or status == 405:
