@@ -49,6 +49,9 @@ _LAYOUTS = {1: "mono", 2: "stereo"}
 
 FrameTap = Callable[[av.AudioFrame], None]
 
+#: In-band DTMF samples (the generator lives with the other signal functions in ``tones``).
+dtmf_samples = tones.dtmf_samples
+
 
 class EndBehavior(enum.Enum):
     """What the track does once finite content has been played."""
