@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 from datetime import UTC, datetime
 
 import aiohttp
 import pytest
 
 from softphone.lab.server import start_lab
-from softphone.lab.testing import table_snapshot
+from softphone.lab.testing import MYSQL_URL_ENV, drop_mysql_database, fresh_mysql_url, table_snapshot
 
 KEY = {"Authorization": "Key=lab-system-key"}
 ARCHIVE = "/vicidial/leads/archive"
@@ -128,3 +130,29 @@ async def test_many_batches_through_http(lab, session):
     assert totals == {"select_count": 50, "insert_count": 50, "update_count": 0, "delete_count": 50}
     snap = await table_snapshot(lab.db)
     assert not snap["vicidial_list"] and set(snap["vicidial_list_archive"]) == set(ids)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("mariadb", marks=pytest.mark.peer)])
+def backend_url(request: pytest.FixtureRequest, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/lab.db"
+        return
+    url = fresh_mysql_url(os.environ.get(MYSQL_URL_ENV) or request.getfixturevalue("mariadb"))
+    yield url
+    drop_mysql_database(url)
+
+
+async def test_twenty_concurrent_http_requests_on_overlapping_ids(backend_url):
+    async with await start_lab(db_url=backend_url) as server, aiohttp.ClientSession(server.url) as session:
+        before = await table_snapshot(server.db)
+        answers = await asyncio.wait_for(asyncio.gather(*(
+            post(session, ARCHIVE, {**ALL, "lead_ids": list(range(1 + k, 16 + k))}) for k in range(20))), 120)
+        ok = [data for status, data in answers if status == 200]
+        refused = [data for status, data in answers if status != 200]
+        assert all(d["message"] == "lead_ids does not exist" for d in refused)
+        snap = await table_snapshot(server.db)
+        archived = set(snap["vicidial_list_archive"])
+        assert archived | set(snap["vicidial_list"]) == set(range(1, 51))
+        assert not archived & set(snap["vicidial_list"])
+        assert sum(d["insert_count"] for d in ok) == sum(d["delete_count"] for d in ok) == len(archived)
+        assert all(snap["vicidial_list_archive"][i] == before["vicidial_list"][i] for i in archived)

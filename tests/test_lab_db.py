@@ -94,6 +94,8 @@ def test_seed_and_sample_leads_are_deterministic():
     assert make_lead(17) == make_lead(17)
     assert set(make_lead(17)) == set(VICIDIAL_COLUMNS)
     assert all(len(make_lead(i)["phone_number"]) <= 18 for i in range(1, 2000))
+    assert "agent1pass" not in repr(seed) and "lab-system-key" not in repr(seed)
+    assert repr(seed) == "Seed('softphone/lab/seed.json', 1 customer(s), 3 user(s), 2 campaign(s), 50 lead(s))"
 
 
 def test_bad_seed_files_are_configuration_errors(tmp_path):

@@ -107,6 +107,10 @@ class Seed:
     def user(self, user_id: int) -> dict[str, Any] | None:
         return next((u for u in self.users if u["user_id"] == user_id), None)
 
+    def __repr__(self) -> str:  # never the api key or passwords
+        return (f"Seed({self.path!r}, {len(self.customers)} customer(s), {len(self.users)} user(s), "
+                f"{len(self.campaigns)} campaign(s), {len(self.leads)} lead(s))")
+
 
 def _need(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
     if not isinstance(obj, dict) or key not in obj:
