@@ -494,7 +494,8 @@ async def test_hook_counts_crafted_packets_without_decoding():
     await receiver._handle_rtp_packet(rtp(110, pt=96), arrival_time_ms=0)  # not negotiated
     r = receiver.report()
     assert r.expected == 11 and r.lost == 2 and r.out_of_order == 1 and r.duplicates == 1
-    assert receiver.unknown_payload_type == 1 and r.unexpected_payload_type >= 1
+    assert receiver.unknown_payload_type == 1 and r.unexpected_payload_type == 1
+    assert r.payload_types == {0: 9, 96: 1}
     assert receiver.getSynchronizationSources()[0].source == 1234
 
     # A disabled (held) receiver ignores packets, as aiortc's does.

@@ -520,7 +520,7 @@ class CountingRtpReceiver(RTCRtpReceiver):
 
     def report(self) -> RtpStreamReport:
         """Summed figures over every SSRC this receiver has seen."""
-        total = RtpStreamReport(unexpected_payload_type=self.unknown_payload_type)
+        total = RtpStreamReport()  # unknown payload types are in the counters too
         for counter in self._RTCRtpReceiver__remote_streams.values():
             if isinstance(counter, RtpStreamCounter):
                 total = total + counter.report()
