@@ -5,7 +5,9 @@ Every source is a :class:`aiortc.MediaStreamTrack` (kind ``audio``) whose
 by default as aiortc's Opus path wants; aiortc resamples for PCMU) with
 ``pts`` counted in samples and ``time_base = 1/rate``.  Pacing copies aiortc's
 ``AudioStreamTrack``: frame *k* is due at ``start + k * ptime`` and ``recv``
-sleeps until then, so a late frame does not shift the ones after it.
+sleeps until then, so a late frame does not shift the ones after it.  The
+clock is monotonic (aiortc uses wall-clock time, which would stall or burst
+when the system clock is stepped).
 ``realtime=False`` skips the sleeping (tests, offline rendering).
 
 Content is pulled with :meth:`AudioSource.read`, which is not paced; that is
@@ -80,7 +82,7 @@ class AudioSource(MediaStreamTrack):
     def __init__(self, *, sample_rate: int = DEFAULT_RATE, channels: int = 1,
                  ptime: float = DEFAULT_PTIME, realtime: bool = True,
                  on_end: EndBehavior | str = EndBehavior.SILENCE,
-                 clock: Callable[[], float] = time.time,
+                 clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[object]] = asyncio.sleep):
         super().__init__()
         self._check_format(sample_rate, channels)
