@@ -64,7 +64,7 @@ def test_this_aiortc_is_supported():
     check_aiortc_supported()
 
 
-def test_an_untested_aiortc_fails_clearly(monkeypatch):
+async def test_an_untested_aiortc_fails_clearly(monkeypatch):
     import aiortc
 
     from softphone.errors import AiortcCompatibilityError
