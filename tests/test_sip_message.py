@@ -8,6 +8,9 @@ the network raises anything but SipParseError.
 
 from __future__ import annotations
 
+import asyncio
+
+import aiohttp
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -907,3 +910,129 @@ def test_uri_and_name_addr_round_trip(uri_text, display, tag):
     assert addr.tag == tag and addr.uri == uri
     back = NameAddr.parse(str(addr))
     assert (back.display_name, back.uri, back.params) == (addr.display_name, addr.uri, addr.params)
+
+
+# --- real Kamailio: a whole call of hand-built messages through the proxy ----------------------
+
+
+class _Peer:
+    """One raw WebSocket SIP endpoint: sends messages built here, parses what arrives."""
+
+    def __init__(self, ws, user: str, kam):
+        self.ws, self.user, self.kam = ws, user, kam
+        self.host = f"{user}-msgtest.invalid"
+        self.tag = generate_tag()
+
+    @property
+    def aor(self) -> str:
+        return f"sip:{self.user}@{self.kam.domain}"
+
+    def contact(self) -> str:
+        return f"<sip:{self.user}@{self.host};transport=ws>"
+
+    def via(self) -> str:
+        return f"SIP/2.0/WS {self.host};branch={generate_branch()};rport"
+
+    async def send(self, message) -> None:
+        await self.ws.send_str(message.encode().decode())
+
+    async def receive(self):
+        while True:
+            frame = await asyncio.wait_for(self.ws.receive(), 10)
+            assert frame.type == aiohttp.WSMsgType.TEXT, frame
+            if frame.data.strip():
+                return parse_message(frame.data)
+
+    async def final(self):
+        while True:
+            message = await self.receive()
+            if isinstance(message, SipResponse) and message.status >= 200:
+                return message
+
+
+def _request(peer: _Peer, method: str, uri: str, to: str, call_id: str, cseq: int, *extra: tuple[str, str],
+             body: str = "") -> SipRequest:
+    headers = Headers([("Via", peer.via()), ("Max-Forwards", "70"), ("To", to),
+                       ("From", f"<{peer.aor}>;tag={peer.tag}"), ("Call-ID", call_id),
+                       ("CSeq", str(CSeq(cseq, method)))])
+    for name, value in extra:
+        headers.add(name, value)
+    if body:
+        headers.add("Content-Type", "application/sdp")
+    return SipRequest(method, uri, headers, body)
+
+
+async def _authorized(peer: _Peer, request: SipRequest):
+    """Send; answer one 401/407 with digest (RFC 3261 22.2) and return the final response."""
+    from softphone.sip.digest import DigestChallenge, DigestClient, DigestCredentials, choose_challenge
+
+    await peer.send(request)
+    response = await peer.final()
+    if response.status not in (401, 407):
+        return request, response, None
+    proxy = response.status == 407
+    challenge = choose_challenge([DigestChallenge.parse(v) for v in response.headers.get_all(
+        "Proxy-Authenticate" if proxy else "WWW-Authenticate")])
+    if request.method == "INVITE":  # ACK the challenge hop by hop (same branch)
+        ack = SipRequest("ACK", request.uri, [("Via", request.headers.get("Via")), ("Max-Forwards", "70"),
+                                             ("To", response.headers.get("To")), ("From", request.headers.get("From")),
+                                             ("Call-ID", request.call_id), ("CSeq", str(CSeq(request.cseq.seq, "ACK")))])
+        await peer.send(ack)
+    retry = SipRequest(request.method, request.uri, request.headers.copy(), request.body)
+    retry.headers.set("Via", peer.via())
+    retry.headers.set("CSeq", str(CSeq(request.cseq.seq + 1, request.method)))
+    client = DigestClient(DigestCredentials(peer.user, peer.kam.users[peer.user]))
+    retry.headers.add("Proxy-Authorization" if proxy else "Authorization",
+                      client.authorize(challenge, request.method, str(request.uri), request.body))
+    await peer.send(retry)
+    return retry, await peer.final(), response
+
+
+async def test_call_of_hand_built_messages_through_real_kamailio(kamailio):
+    sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\n"
+    async with aiohttp.ClientSession() as session, \
+            session.ws_connect(kamailio.ws_url, protocols=("sip",)) as ws_a, \
+            session.ws_connect(kamailio.ws_url, protocols=("sip",)) as ws_b:
+        alice, bob = _Peer(ws_a, "1013", kamailio), _Peer(ws_b, "1014", kamailio)
+        register = _request(bob, "REGISTER", f"sip:{kamailio.domain}", f"<{bob.aor}>", generate_call_id(), 1,
+                            ("Contact", bob.contact() + ";expires=60"))
+        _, registered, challenge = await _authorized(bob, register)
+        assert challenge.status == 401 and registered.status == 200 and registered.contact
+
+        call_id = generate_call_id()
+        invite = _request(alice, "INVITE", bob.aor, f"<{bob.aor}>", call_id, 10, ("Contact", alice.contact()),
+                          body=sdp)
+        pending = asyncio.ensure_future(_authorized(alice, invite))  # 407, ACK, retry with credentials
+        incoming = await bob.receive()
+        while not (isinstance(incoming, SipRequest) and incoming.method == "INVITE"):
+            incoming = await bob.receive()
+        assert incoming.body == sdp and incoming.call_id == call_id
+        assert len(incoming.via) == 2 and incoming.via[1].host == alice.host
+        assert incoming.via[1].received and incoming.via[1].rport  # filled in by Kamailio (RFC 3581)
+        assert incoming.headers.get_all("Record-Route")
+        assert "Proxy-Authorization" not in incoming.headers  # consumed by the proxy
+        await bob.send(make_response(incoming, 180, to_tag=bob.tag))
+        await bob.send(make_response(incoming, 200, to_tag=bob.tag, headers=[("Contact", bob.contact())],
+                                     body=sdp))
+        sent_invite, ok, challenge = await asyncio.wait_for(pending, 10)
+        assert challenge.status == 407 and sent_invite.headers.get("Proxy-Authorization")
+        assert ok.status == 200 and ok.to.tag == bob.tag and ok.body == sdp
+        assert [v.branch for v in ok.via] == [sent_invite.top_via.branch]  # the proxy's Via is gone
+        route_set = list(reversed(ok.headers.get_all("Record-Route")))
+        target = ok.contact[0].uri
+        assert route_set and target.user == bob.user
+
+        dialog_to = f"<{bob.aor}>;tag={bob.tag}"
+        routes = [("Route", r) for r in route_set]
+        ack = _request(alice, "ACK", str(target), dialog_to, call_id, sent_invite.cseq.seq, *routes)
+        await alice.send(ack)
+        got_ack = await bob.receive()
+        assert isinstance(got_ack, SipRequest) and got_ack.method == "ACK" and got_ack.cseq.method == "ACK"
+
+        bye = _request(alice, "BYE", str(target), dialog_to, call_id, sent_invite.cseq.seq + 1, *routes)
+        await alice.send(bye)
+        got_bye = await bob.receive()
+        assert got_bye.method == "BYE" and got_bye.to.tag == bob.tag and got_bye.from_.tag == alice.tag
+        await bob.send(make_response(got_bye, 200))
+        bye_ok = await alice.final()
+        assert bye_ok.status == 200 and bye_ok.cseq == CSeq(sent_invite.cseq.seq + 1, "BYE")
