@@ -16,6 +16,7 @@ from softphone.errors import TelephonyError
 from softphone.lab.server import start_lab
 from softphone.lab.telephony import InMemoryTelephony
 from softphone.lab.testing import MYSQL_URL_ENV, drop_mysql_database, fresh_mysql_url
+from softphone.platform.paths import DEFAULT_PATHS
 
 KEY = "lab-system-key"
 
@@ -462,3 +463,19 @@ async def test_restart_on_a_file_database_starts_with_nobody_logged_in(tmp_path)
         assert await api.req("POST", "/omni/users/1001/logout") == (409, error("user_id 1001 is not logged in"))
         await api.login()
         assert (await api.call())["call_id"] == 2
+
+
+async def test_overridden_paths_keep_credentials_and_error_shapes():
+    """A deployment's own paths (softphone.platform.paths overrides) are served the same way."""
+    paths = DEFAULT_PATHS.override(call="/api/v2/voice/{user_id}/dial", lead_archive="/api/v2/leads/archive")
+    async with await start_lab(paths=paths) as server, aiohttp.ClientSession(server.url) as session:
+        api = Api(session)
+        await api.authorize()
+        body = {"phone_number": "0821234567", "outbound_cli": "2711", "unique_id": "x"}
+        assert await api.req("POST", "/api/v2/voice/1001/dial", body, token=None) == (
+            401, error("invalid or expired token"))
+        assert await api.req("POST", "/api/v2/voice/1001/dial", body) == (409, error("user_id 1001 is not logged in"))
+        assert await api.req("POST", "/api/v2/leads/archive", {}, key="bad") == (
+            401, {"message": "unable to validate api user"})
+        status, data = await api.req("POST", "/api/v2/leads/archive", {"insert_leads": "x"})
+        assert (status, data["message"]) == (400, "insert_leads must be a boolean value")

@@ -151,10 +151,31 @@ def _omni_error(status: int, detail: str) -> web.Response:
     return web.json_response({"success": False, "detail": detail}, status=status)
 
 
+LEAD_ROUTES = ("lead_archive", "lead_dearchive")
+
+
+def api_family(request: web.Request) -> str | None:
+    """``"vicidial"``, ``"omni"`` or None: which error shapes and credentials apply.
+
+    Decided by the matched route (paths are configurable), else by the path prefix.
+    """
+    name = request.match_info.route.name or ""
+    if name in LEAD_ROUTES:
+        return "vicidial"
+    if name in HANDLERS:
+        return "omni"
+    if request.path.startswith("/vicidial/"):
+        return "vicidial"
+    if request.path.startswith("/omni/"):
+        return "omni"
+    return None
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Callable) -> web.StreamResponse:
     """Known errors to the contract's shapes; anything else to a 500 without a traceback."""
-    vicidial = request.path.startswith("/vicidial/")
+    family = api_family(request)
+    vicidial = family == "vicidial"
     try:
         return await handler(request)
     except LabApiError as exc:
@@ -165,7 +186,7 @@ async def error_middleware(request: web.Request, handler: Callable) -> web.Strea
         return web.json_response(exc.as_json(), status=400)
     except web.HTTPException as exc:
         # unknown paths and methods under the API answer JSON like every other error
-        if exc.status >= 400 and (vicidial or request.path.startswith("/omni/")):
+        if exc.status >= 400 and family is not None:
             if vicidial:
                 return web.json_response({"message": exc.reason.lower()}, status=exc.status)
             return _omni_error(exc.status, exc.reason.lower())
@@ -184,13 +205,14 @@ async def auth_middleware(request: web.Request, handler: Callable) -> web.Stream
     """System key on /omni and /vicidial; user token on /omni except authorize."""
     lab: Lab = request.app[LAB_KEY]
     route_name = request.match_info.route.name or ""
-    if request.path.startswith("/vicidial/"):
+    family = api_family(request)
+    if family == "vicidial":
         if not lab.key_ok(request):
             return web.json_response({"message": "unable to validate api user"}, status=401)
-    elif request.path.startswith("/omni/"):
+    elif family == "omni":
         if not lab.key_ok(request):
             return _omni_error(401, "invalid system key")
-        if route_name != "authorize" and not route_name.startswith("lead_"):
+        if route_name != "authorize":
             token = request.headers.get("tokenKey", "")
             user_id = await lab.store.token_user(token, lab.clock()) if token else None
             if user_id is None:
