@@ -988,12 +988,14 @@ async def _authorized(peer: _Peer, request: SipRequest):
     return retry, await peer.final(), response
 
 
-async def test_call_of_hand_built_messages_through_real_kamailio(kamailio):
+async def test_call_of_hand_built_messages_through_real_kamailio(kamailio_factory):
+    # A private instance: nobody else's registrations can fork this INVITE.
+    kamailio = kamailio_factory(users={"7013": "pw-a-7013", "7014": "pw-b-7014"}, n_users=0)
     sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\n"
     async with aiohttp.ClientSession() as session, \
             session.ws_connect(kamailio.ws_url, protocols=("sip",)) as ws_a, \
             session.ws_connect(kamailio.ws_url, protocols=("sip",)) as ws_b:
-        alice, bob = _Peer(ws_a, "1013", kamailio), _Peer(ws_b, "1014", kamailio)
+        alice, bob = _Peer(ws_a, "7013", kamailio), _Peer(ws_b, "7014", kamailio)
         register = _request(bob, "REGISTER", f"sip:{kamailio.domain}", f"<{bob.aor}>", generate_call_id(), 1,
                             ("Contact", bob.contact() + ";expires=60"))
         _, registered, challenge = await _authorized(bob, register)
