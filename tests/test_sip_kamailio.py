@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -237,3 +238,100 @@ async def test_message_between_agents(kamailio):
         request = await asyncio.wait_for(received, BOUND)
         assert request.body == "hello from 1018"
         assert request.content_type == "text/plain"
+
+
+# --- interop with the Webphone's stack: SIP.js 0.15.11 (legacy SIP.UA API) in Chromium -------------
+
+SIPJS_PAGE = """<!doctype html><html><head><meta charset="utf-8"><script src="/sip.min.js"></script></head>
+<body><script>
+const report = (ev, data) => fetch('/event', {method: 'POST', body: JSON.stringify({ev, data: data || ''})});
+window.onerror = (msg) => report('error', String(msg));
+const ua = new SIP.UA({
+  uri: 'sip:%(ext)s@%(domain)s',
+  transportOptions: {wsServers: ['%(ws)s'], traceSip: false},
+  authorizationUser: '%(ext)s', password: '%(password)s',
+  hackIpInContact: true, register: true, userAgentString: 'SIP.js/0.15.11',
+  sessionDescriptionHandlerFactoryOptions: {
+    constraints: {audio: true, video: false},
+    peerConnectionOptions: {rtcConfiguration: {iceServers: []}, iceCheckingTimeout: 500},
+  },
+  log: {builtinEnabled: false},
+});
+ua.on('registrationFailed', (r, cause) => report('registrationFailed', String(cause)));
+ua.once('registered', () => {
+  report('registered');
+  const s = ua.invite('sip:%(target)s@%(domain)s',
+                      {sessionDescriptionHandlerOptions: {constraints: {audio: true, video: false}}});
+  s.on('progress', (r) => report('progress', String(r && r.statusCode)));
+  s.on('accepted', () => {
+    report('accepted');
+    s.dtmf('7');
+    setTimeout(() => s.bye(), 400);
+  });
+  s.on('failed', (r, cause) => report('failed', String(cause)));
+  s.on('terminated', () => report('terminated'));
+});
+ua.on('invite', (s) => { report('invite'); s.accept(); });
+</script></body></html>"""
+
+
+async def test_sipjs_webphone_in_chromium_calls_us_through_kamailio(kamailio, chromium):
+    """The browser Webphone's real stack registers, calls our agent, sends INFO DTMF and hangs up."""
+    from aiohttp import web
+
+    events: asyncio.Queue = asyncio.Queue()
+    page = SIPJS_PAGE % {"ext": "1020", "domain": kamailio.domain, "ws": kamailio.ws_url,
+                         "password": kamailio.users["1020"], "target": "1019"}
+
+    async def index(request):
+        return web.Response(text=page, content_type="text/html")
+
+    async def sipjs(request):
+        return web.FileResponse(chromium.sipjs_path)
+
+    async def event(request):
+        item = json.loads(await request.text())
+        events.put_nowait((item["ev"], item["data"]))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.add_routes([web.get("/", index), web.get("/sip.min.js", sipjs), web.post("/event", event)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+
+    agent = make_ua(kamailio, "1019")
+    seen: list[tuple[str, str]] = []
+
+    async def next_event(name: str, timeout: float = 60.0) -> str:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while True:
+            ev, data = await asyncio.wait_for(events.get(), max(0.1, end - loop.time()))
+            seen.append((ev, data))
+            assert ev not in ("error", "registrationFailed", "failed"), seen
+            if ev == name:
+                return data
+
+    browser = None
+    try:
+        async with agent:
+            incoming = await incoming_call(agent)
+            browser = chromium.launch(f"http://127.0.0.1:{port}/")
+            await next_event("registered")
+            invitation = await asyncio.wait_for(incoming, 60.0)
+            assert invitation.request.headers.get("User-Agent") == "SIP.js/0.15.11"
+            assert "UDP/TLS/RTP/SAVPF" in invitation.request.body  # a real Chromium offer
+            digits: list[tuple] = []
+            invitation.on("dtmf", lambda *args: digits.append(args))
+            await next_event("accepted")
+            await invitation.wait_established(BOUND)
+            await asyncio.wait_for(invitation.wait_terminated(30.0), 30.0)
+            assert invitation.termination_reason == "remote hangup"
+            assert digits and digits[0][0] == "7" and digits[0][2] == "info"
+    finally:
+        if browser is not None:
+            browser.stop()
+        await runner.cleanup()
