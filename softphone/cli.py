@@ -159,14 +159,17 @@ def leads_group() -> None:
               help="Seed file (default: the packaged softphone/lab/seed.json)")
 @click.option("--token-ttl", default=3600.0, show_default=True, type=click.FloatRange(min=1),
               help="Lifetime of user tokens in seconds.")
+@click.option("--paths-file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="REST path overrides (JSON/TOML, as for the client) [env SOFTPHONE_PATHS_FILE, SOFTPHONE_PATH_*]")
 @handle_interrupt
 def lab_command(host: str, port: int, db_url: str, api_key: str | None, office_hours: tuple[str, ...],
-                seed: str | None, token_ttl: float) -> None:
+                seed: str | None, token_ttl: float, paths_file: str | None) -> None:
     """Run the local stand-in of the OmniSense platform REST API until Ctrl-C."""
     import asyncio
 
     from softphone.errors import ConfigurationError, LabError
     from softphone.lab.server import serve_until_stopped
+    from softphone.platform.paths import PlatformPaths
 
     def announce(server) -> None:
         click.echo(f"softphone lab: serving {server.url}")
@@ -174,6 +177,7 @@ def lab_command(host: str, port: int, db_url: str, api_key: str | None, office_h
         click.echo(f"  api key from: {server.api_key_source}")
         click.echo(f"  seed:         {server.seed.path}")
         click.echo(f"  office hours: {server.lab.office_hours.describe()}")
+        click.echo(f"  paths:        {server.lab.paths!r}")
         click.echo(f"  openapi:      {server.url}/openapi.yaml")
         click.echo("  Ctrl-C to stop")
 
@@ -181,9 +185,10 @@ def lab_command(host: str, port: int, db_url: str, api_key: str | None, office_h
     key_source = {click.core.ParameterSource.ENVIRONMENT: "environment SOFTPHONE_LAB_API_KEY",
                   click.core.ParameterSource.COMMANDLINE: "option --api-key"}.get(source)
     try:
+        paths = PlatformPaths.load(paths_file)
         asyncio.run(serve_until_stopped(announce, host=host, port=port, db_url=db_url, api_key=api_key,
                                         office_hours=list(office_hours) or None, seed=seed,
-                                        token_ttl=token_ttl, api_key_source=key_source))
+                                        token_ttl=token_ttl, api_key_source=key_source, paths=paths))
     except ConfigurationError as exc:
         click.echo(f"softphone lab: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)

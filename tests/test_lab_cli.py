@@ -94,6 +94,20 @@ async def test_api_key_seed_and_office_hours_options(tmp_path):
     assert code == 0
 
 
+async def test_paths_file_moves_the_routes(tmp_path):
+    paths = tmp_path / "paths.json"
+    paths.write_text(json.dumps({"paths": {"lead_archive": "/custom/archive"}}))
+    proc, banner = await start("--port", "0", "--paths-file", str(paths))
+    try:
+        assert "/custom/archive" in banner["paths"]
+        async with aiohttp.ClientSession(banner["url"]) as session:
+            async with session.post("/custom/archive", json={}) as resp:
+                assert resp.status == 401 and await resp.json() == {"message": "unable to validate api user"}
+    finally:
+        code, _ = await stop(proc)
+    assert code == 0
+
+
 @pytest.mark.parametrize(("args", "fragment"), [
     (["--db", "postgres://x/y"], "unsupported scheme 'postgres'"),
     (["--office-hours", "someday 08:00-17:00"], "'someday' is not a day"),
