@@ -666,3 +666,22 @@ async def test_tone_wait_for_sees_a_beep_that_already_ended():
     assert event.duration == pytest.approx(0.1, abs=0.04)
     with pytest.raises(TimeoutError):
         await detector.wait_for(1000.0, timeout=0.05, include_past=False)
+
+
+async def test_sinks_join_and_leave_a_running_fanout(tmp_path):
+    source = ToneSource([440.0], duration=0.4, sample_rate=8000, realtime=False, on_end=EndBehavior.STOP)
+    early, late = LevelMeter(), LevelMeter()
+    fanout = SinkFanout(source, [early])
+    for _ in range(5):
+        fanout.feed(await source.recv())
+    fanout.add(late)
+    for _ in range(5):
+        fanout.feed(await source.recv())
+    fanout.remove(early)
+    await fanout.start()
+    await fanout.wait(timeout=5)
+    assert (early.frames, late.frames, fanout.frames) == (10, 15, 20)
+    assert late.state is SinkState.CLOSED and early.state is SinkState.RUNNING  # removed: not closed by it
+    early.close()
+    early.write(frame_of(np.zeros(160), 8000, 0))
+    assert early.frames == 10  # a closed sink ignores frames

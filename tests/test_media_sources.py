@@ -428,3 +428,13 @@ def test_a_played_file_is_released_and_reopened_on_reset(tmp_path):
     assert src._decoder._container is None
     src.reset()
     assert np.array_equal(read_all(src), first)
+
+
+def test_bad_paths_in_composites_fail_early_and_change_nothing(tmp_path):
+    with pytest.raises(AudioFileError, match=r"gone\.mp3"):
+        PlaylistSource([ToneSource(), tmp_path / "gone.mp3"])
+    tone = ToneSource([440.0])
+    switch = SwitchableSource(tone, realtime=False)
+    with pytest.raises(AudioFileError, match=r"gone\.wav"):
+        switch.switch(tmp_path / "gone.wav")
+    assert switch.current is tone and switch.switches == 1
