@@ -7,10 +7,12 @@ on synthetic signals and reused by sinks, sources and offline analysis.
 Why numpy (a runtime dependency): a detector runs once per call in load
 tests, so it must be cheap.  Measured on this 2-core machine, the 8 DTMF
 Goertzel filters over one 25.6 ms window cost 120 us at 8 kHz and 980 us at
-48 kHz in pure Python, but 17 us at 48 kHz as a numpy matrix product; that
-is the difference between 5 % of a core per call and 0.3 %.  Whole sinks,
-per 20 ms frame on the same (shared, loaded) machine: DtmfDetector 70-100 us,
-ToneDetector (3 frequencies) 25-35 us, LevelMeter 15-25 us, at 8 or 48 kHz.
+48 kHz in pure Python, but 17 us at 48 kHz as a numpy matrix product.  With
+about four windows per 20 ms frame, pure Python would take ~20 % of a core
+per 48 kHz call for DTMF alone.  Whole sinks with numpy, per 20 ms frame on
+the same (shared, loaded) machine: DtmfDetector 70-100 us (0.35-0.5 % of a
+core per call), ToneDetector (3 frequencies) 25-35 us, LevelMeter 15-25 us,
+at 8 or 48 kHz.
 
 Level convention: dBFS is RMS relative to a full-scale *square* wave, so a
 full-scale sine reads -3.01 dBFS (the convention of sox and most meters);
