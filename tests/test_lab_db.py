@@ -127,3 +127,40 @@ async def test_sqlite_upsert_inserts_then_updates():
         assert rows == [("k", "two")]
     finally:
         await db.close()
+
+
+@pytest.mark.peer
+async def test_mariadb_deadlock_victim_is_run_again(request):
+    """Two transactions lock rows in opposite order: InnoDB kills one, run_transaction re-runs it."""
+    import asyncio
+    import os
+
+    from softphone.lab.seed import apply_seed
+    from softphone.lab.testing import MYSQL_URL_ENV, drop_mysql_database, fresh_mysql_url
+
+    url = fresh_mysql_url(os.environ.get(MYSQL_URL_ENV) or request.getfixturevalue("mariadb"))
+    db = await open_database(url)
+    try:
+        await apply_seed(db, load_seed())
+        first_locked, second_locked = asyncio.Event(), asyncio.Event()
+        attempts = {"one": 0, "two": 0}
+
+        def body(name: str, mine: int, theirs: int, locked: asyncio.Event, other: asyncio.Event):
+            async def run(tx):
+                attempts[name] += 1
+                await tx.fetchall("SELECT lead_id FROM vicidial_list WHERE lead_id = ? FOR UPDATE", (mine,))
+                locked.set()
+                await asyncio.wait_for(other.wait(), 30)
+                await tx.execute("UPDATE vicidial_list SET comments = ? WHERE lead_id = ?", (name, theirs))
+            return run
+
+        await asyncio.wait_for(asyncio.gather(
+            db.run_transaction(body("one", 1, 2, first_locked, second_locked)),
+            db.run_transaction(body("two", 2, 1, second_locked, first_locked))), 60)
+        assert sorted(attempts.values()) == [1, 2]
+        rows = await db.run_transaction(lambda tx: tx.fetchall(
+            "SELECT lead_id, comments FROM vicidial_list WHERE lead_id IN (1, 2) ORDER BY lead_id"))
+        assert rows == [(1, "two"), (2, "one")]
+    finally:
+        await db.close()
+        drop_mysql_database(url)
