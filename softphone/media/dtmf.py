@@ -3,9 +3,11 @@
 Sending: events must share the audio sender's SSRC, sequence numbers and
 timestamp space, but aiortc keeps the sequence number in a local variable of
 ``RTCRtpSender._run_rtp``.  :class:`RtpSenderTap` therefore stands in for the
-sender's ``RTCDtlsTransport`` (``RTCRtpSender.setTransport``) and renumbers
-every outgoing RTP packet itself; audio packets are held back while an
-event plays, as browsers do, and RTCP passes through untouched.
+sender's ``RTCDtlsTransport`` (``RTCRtpSender.setTransport``), slots event
+packets into the sequence space and shifts later audio sequence numbers to
+make room; audio packets are held back while an event plays, as browsers
+do, and RTCP passes through untouched.  The first digit waits for aiortc's
+first audio packet, whose timestamp reveals the stream's random origin.
 
 Receiving: aiortc's RTP router drops payload types it did not negotiate and
 ``RTCRtpReceiver`` drops unknown ones, so :class:`DtmfReceiver` registers the
