@@ -258,9 +258,11 @@ const ua = new SIP.UA({
   log: {builtinEnabled: false},
 });
 ua.on('registrationFailed', (r, cause) => report('registrationFailed', String(cause)));
+const TARGET = '%(target)s';
 ua.once('registered', () => {
   report('registered');
-  const s = ua.invite('sip:%(target)s@%(domain)s',
+  if (!TARGET) return;
+  const s = ua.invite('sip:' + TARGET + '@%(domain)s',
                       {sessionDescriptionHandlerOptions: {constraints: {audio: true, video: false}}});
   s.on('progress', (r) => report('progress', String(r && r.statusCode)));
   s.on('accepted', () => {
@@ -271,67 +273,109 @@ ua.once('registered', () => {
   s.on('failed', (r, cause) => report('failed', String(cause)));
   s.on('terminated', () => report('terminated'));
 });
-ua.on('invite', (s) => { report('invite'); s.accept(); });
+ua.on('invite', (s) => {
+  report('invite');
+  s.on('accepted', () => report('accepted'));
+  s.on('dtmf', (request, dtmf) => report('dtmf', dtmf.tone));
+  s.on('reinvite', () => report('reinvite'));
+  s.on('bye', () => report('bye'));
+  s.on('failed', (r, cause) => report('failed', String(cause)));
+  s.accept({sessionDescriptionHandlerOptions: {constraints: {audio: true, video: false}}});
+});
 </script></body></html>"""
+
+
+class SipJsPage:
+    """A loopback web server for one SIP.js page; the page POSTs its events back here."""
+
+    def __init__(self, chromium, **params) -> None:
+        self.chromium = chromium
+        self.page = SIPJS_PAGE % params
+        self.events: asyncio.Queue = asyncio.Queue()
+        self.seen: list[tuple[str, str]] = []
+        self.runner = None
+        self.browser = None
+
+    async def __aenter__(self) -> SipJsPage:
+        from aiohttp import web
+
+        async def index(request):
+            return web.Response(text=self.page, content_type="text/html")
+
+        async def sipjs(request):
+            return web.FileResponse(self.chromium.sipjs_path)
+
+        async def event(request):
+            item = json.loads(await request.text())
+            self.events.put_nowait((item["ev"], item["data"]))
+            return web.Response(text="ok")
+
+        app = web.Application()
+        app.add_routes([web.get("/", index), web.get("/sip.min.js", sipjs), web.post("/event", event)])
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/"
+        return self
+
+    def open(self) -> None:
+        self.browser = self.chromium.launch(self.url)
+
+    async def next_event(self, name: str, timeout: float = 60.0) -> str:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while True:
+            ev, data = await asyncio.wait_for(self.events.get(), max(0.1, end - loop.time()))
+            self.seen.append((ev, data))
+            assert ev not in ("error", "registrationFailed", "failed"), self.seen
+            if ev == name:
+                return data
+
+    async def __aexit__(self, *exc_info) -> None:
+        if self.browser is not None:
+            self.browser.stop()
+        await self.runner.cleanup()
 
 
 async def test_sipjs_webphone_in_chromium_calls_us_through_kamailio(kamailio, chromium):
     """The browser Webphone's real stack registers, calls our agent, sends INFO DTMF and hangs up."""
-    from aiohttp import web
-
-    events: asyncio.Queue = asyncio.Queue()
-    page = SIPJS_PAGE % {"ext": "1020", "domain": kamailio.domain, "ws": kamailio.ws_url,
-                         "password": kamailio.users["1020"], "target": "1019"}
-
-    async def index(request):
-        return web.Response(text=page, content_type="text/html")
-
-    async def sipjs(request):
-        return web.FileResponse(chromium.sipjs_path)
-
-    async def event(request):
-        item = json.loads(await request.text())
-        events.put_nowait((item["ev"], item["data"]))
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.add_routes([web.get("/", index), web.get("/sip.min.js", sipjs), web.post("/event", event)])
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-
     agent = make_ua(kamailio, "1019")
-    seen: list[tuple[str, str]] = []
+    async with SipJsPage(chromium, ext="1020", domain=kamailio.domain, ws=kamailio.ws_url,
+                         password=kamailio.users["1020"], target="1019") as page, agent:
+        incoming = await incoming_call(agent)
+        page.open()
+        await page.next_event("registered")
+        invitation = await asyncio.wait_for(incoming, 60.0)
+        assert invitation.request.headers.get("User-Agent") == "SIP.js/0.15.11"
+        assert "UDP/TLS/RTP/SAVPF" in invitation.request.body  # a real Chromium offer
+        digits: list[tuple] = []
+        invitation.on("dtmf", lambda *args: digits.append(args))
+        await page.next_event("accepted")
+        await invitation.wait_established(BOUND)
+        await asyncio.wait_for(invitation.wait_terminated(30.0), 30.0)
+        assert invitation.termination_reason == "remote hangup"
+        assert digits and digits[0][0] == "7" and digits[0][2] == "info"
 
-    async def next_event(name: str, timeout: float = 60.0) -> str:
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
-        while True:
-            ev, data = await asyncio.wait_for(events.get(), max(0.1, end - loop.time()))
-            seen.append((ev, data))
-            assert ev not in ("error", "registrationFailed", "failed"), seen
-            if ev == name:
-                return data
 
-    browser = None
-    try:
-        async with agent:
-            incoming = await incoming_call(agent)
-            browser = chromium.launch(f"http://127.0.0.1:{port}/")
-            await next_event("registered")
-            invitation = await asyncio.wait_for(incoming, 60.0)
-            assert invitation.request.headers.get("User-Agent") == "SIP.js/0.15.11"
-            assert "UDP/TLS/RTP/SAVPF" in invitation.request.body  # a real Chromium offer
-            digits: list[tuple] = []
-            invitation.on("dtmf", lambda *args: digits.append(args))
-            await next_event("accepted")
-            await invitation.wait_established(BOUND)
-            await asyncio.wait_for(invitation.wait_terminated(30.0), 30.0)
-            assert invitation.termination_reason == "remote hangup"
-            assert digits and digits[0][0] == "7" and digits[0][2] == "info"
-    finally:
-        if browser is not None:
-            browser.stop()
-        await runner.cleanup()
+async def test_we_call_sipjs_in_chromium_hold_dtmf_and_hang_up(kamailio, chromium):
+    """Our agent calls the Webphone's stack (auto-answer), holds, unholds, sends DTMF, hangs up."""
+    from softphone.sip.null_handler import webrtc_null_handler_factory
+
+    agent = make_ua(kamailio, "1018", description_handler_factory=webrtc_null_handler_factory)
+    async with SipJsPage(chromium, ext="1020", domain=kamailio.domain, ws=kamailio.ws_url,
+                         password=kamailio.users["1020"], target="") as page, agent:
+        page.open()
+        await page.next_event("registered")
+        inviter = await asyncio.wait_for(agent.call("1020"), 60.0)
+        await page.next_event("accepted", 30.0)
+        assert "UDP/TLS/RTP/SAVPF" in inviter.handler.remote_sdp  # Chromium's answer
+        await asyncio.wait_for(inviter.hold(), 30.0)
+        assert sdp_direction(inviter.handler.remote_sdp) in (Direction.RECVONLY, Direction.INACTIVE)
+        await page.next_event("reinvite", 30.0)
+        await asyncio.wait_for(inviter.unhold(), 30.0)
+        assert sdp_direction(inviter.handler.remote_sdp) is Direction.SENDRECV
+        assert await asyncio.wait_for(inviter.send_dtmf("3", duration_ms=50), 30.0) == "info"
+        assert await page.next_event("dtmf", 30.0) == "3"
+        await asyncio.wait_for(inviter.bye(), 30.0)
+        await page.next_event("bye", 30.0)

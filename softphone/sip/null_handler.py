@@ -71,14 +71,17 @@ class _Offer(enum.Enum):
 class NullDescriptionHandler(SessionDescriptionHandler):
     """Writes a PCMU/PCMA/telephone-event SDP; ``send_dtmf`` returns False.
 
-    Offers are plain RTP/AVP; answers mirror the offer's profile (a WebRTC
-    offer gets a UDP/TLS/RTP/SAVPF-shaped answer) and keep only the offered
-    G.711 and telephone-event/8000 payload types, so the far end's SDP checks
-    pass.  No packet is ever sent or received.
+    First offers are plain RTP/AVP, or WebRTC-shaped (UDP/TLS/RTP/SAVPF with
+    ICE credentials, a fingerprint, rtcp-mux) with ``webrtc=True`` so that a
+    browser accepts them; answers mirror the offer's profile and keep only the
+    offered G.711 and telephone-event/8000 payload types; later offers
+    (re-INVITEs) reuse what was negotiated.  No packet is ever sent or received.
     """
 
-    def __init__(self, session=None, options=None, *, address: str = "127.0.0.1") -> None:
+    def __init__(self, session=None, options=None, *, address: str = "127.0.0.1", webrtc: bool = False) -> None:
         self.session = session
+        self.webrtc = webrtc
+        self._negotiated: _OfferedMedia | None = None
         self.address = address
         self.port = next(_ports)
         self._session_id = random.randint(10**9, 2**31)
@@ -107,11 +110,16 @@ class NullDescriptionHandler(SessionDescriptionHandler):
             # holding (SIP.js's hold modifier) means we stop receiving: sendonly/inactive.
             direction = Direction.of(remote.receives, remote.sends and not self.hold)
             self._state = _Offer.STABLE
-            media = _answer_media(self.remote_sdp or "")
+            media = self._negotiated = _answer_media(self.remote_sdp or "")
         else:
             direction = Direction.SENDONLY if self.hold else Direction.SENDRECV
             self._state = _Offer.HAVE_LOCAL_OFFER
-            media = _OfferedMedia()
+            if self._negotiated is not None:
+                media = self._negotiated
+            elif self.webrtc:
+                media = _OfferedMedia("UDP/TLS/RTP/SAVPF", mid="0")
+            else:
+                media = _OfferedMedia()
         self.local_direction = direction
         self.descriptions_made += 1
         return Body(SDP, self._sdp(direction, media))
@@ -129,6 +137,11 @@ class NullDescriptionHandler(SessionDescriptionHandler):
         self.remote_direction = sdp_direction(body.content)
         if self._state is _Offer.HAVE_LOCAL_OFFER:
             self._state = _Offer.STABLE
+            if self._negotiated is None:
+                try:
+                    self._negotiated = _answer_media(body.content)
+                except SessionError:
+                    self._negotiated = None
         else:
             self._state = _Offer.HAVE_REMOTE_OFFER
 
@@ -154,11 +167,13 @@ class NullDescriptionHandler(SessionDescriptionHandler):
             f"m=audio {self.port} {media.proto} {payloads}",
         ]
         if media.mid is not None:
+            lines.insert(5, f"a=group:BUNDLE {media.mid}")
             lines.append(f"a=mid:{media.mid}")
         if "TLS" in media.proto:
-            # Shaped like a WebRTC answer so SDP checks pass; no ICE or DTLS ever happens.
+            # Shaped like WebRTC so a browser's SDP checks pass; no ICE or DTLS ever happens.
+            setup = "actpass" if self._state is _Offer.HAVE_LOCAL_OFFER else "active"
             lines += [f"a=ice-ufrag:{self._ice[0]}", f"a=ice-pwd:{self._ice[1]}",
-                      f"a=fingerprint:sha-256 {self._fingerprint}", "a=setup:active", "a=rtcp-mux"]
+                      f"a=fingerprint:sha-256 {self._fingerprint}", f"a=setup:{setup}", "a=rtcp-mux"]
         for pt, name in media.codecs:
             lines.append(f"a=rtpmap:{pt} {name}")
             if name.startswith("telephone-event"):
@@ -209,3 +224,8 @@ def _answer_media(offer: str) -> _OfferedMedia:
 def null_handler_factory(session=None, options=None) -> NullDescriptionHandler:
     """A :data:`SessionDescriptionHandlerFactory` for signalling-only sessions."""
     return NullDescriptionHandler(session, options)
+
+
+def webrtc_null_handler_factory(session=None, options=None) -> NullDescriptionHandler:
+    """Signalling-only sessions whose offers a browser (SIP.js in Chromium) accepts."""
+    return NullDescriptionHandler(session, options, webrtc=True)
