@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from softphone.errors import TelephonyError
-from softphone.lab.telephony import CallInfo, CallState, InMemoryTelephony, Telephony
+from softphone.lab.telephony import CALL_MOVES, CallInfo, CallState, InMemoryTelephony, Telephony
 
 
 def call(call_id: int = 1, user_id: int = 1001) -> CallInfo:
@@ -43,3 +43,12 @@ async def test_connect_joins_two_calls():
     await tel.connect(call(1), call(2))
     assert tel.calls == {1: CallState.CONNECTED, 2: CallState.CONNECTED}
     assert all(s.live for s in tel.calls.values()) and not CallState.ENDED.live
+
+
+def test_call_moves_table():
+    assert set(CALL_MOVES) == set(CallState)
+    assert CallState.ANSWERED.can_move_to(CallState.HOLD) and CallState.HOLD.can_move_to(CallState.ANSWERED)
+    assert not CallState.HOLD.can_move_to(CallState.HOLD)
+    assert not CallState.ANSWERED.can_move_to(CallState.ANSWERED)
+    assert not any(CallState.ENDED.can_move_to(s) for s in CallState)
+    assert all(s.can_move_to(CallState.ENDED) for s in CallState if s.live)

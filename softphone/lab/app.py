@@ -299,6 +299,12 @@ def _require_live(call: CallRecord) -> None:
         raise LabApiError(409, f"call_id {call.call_id} has already ended")
 
 
+def _require_move(call: CallRecord, new: CallState, needed: str) -> None:
+    """409 unless the call may move to ``new`` (telephony.CALL_MOVES); ``needed`` says from where."""
+    if not call.call_state.can_move_to(new):
+        raise LabApiError(409, f"call_id {call.call_id} is {call.call_state.value}, not {needed}")
+
+
 def _telephony_refused(exc: TelephonyError) -> LabApiError:
     return LabApiError(409, str(exc))
 
@@ -543,8 +549,7 @@ async def hold(request: web.Request) -> web.Response:
     user = await path_user(request)
     async with lab.user_lock(user.user_id):
         c = await path_call(request, user)
-        if c.call_state is not CallState.ANSWERED:
-            raise LabApiError(409, f"call_id {c.call_id} is {c.call_state.value}, not answered")
+        _require_move(c, CallState.HOLD, "answered")
         try:
             await lab.telephony.hold(call_info(c, user))
         except TelephonyError as exc:
@@ -558,8 +563,7 @@ async def retrieve(request: web.Request) -> web.Response:
     user = await path_user(request)
     async with lab.user_lock(user.user_id):
         c = await path_call(request, user)
-        if c.call_state is not CallState.HOLD:
-            raise LabApiError(409, f"call_id {c.call_id} is {c.call_state.value}, not on hold")
+        _require_move(c, CallState.ANSWERED, "on hold")
         try:
             await lab.telephony.retrieve(call_info(c, user))
         except TelephonyError as exc:
@@ -633,8 +637,7 @@ async def connect_calls(request: web.Request) -> web.Response:
             c = await lab.store.call(call_id)
             if c is None or c.user_id != user.user_id:
                 raise LabApiError(404, f"unknown call_id {call_id} for user_id {user.user_id}")
-            if c.call_state not in (CallState.ANSWERED, CallState.HOLD):
-                raise LabApiError(409, f"call_id {call_id} is {c.call_state.value}, not answered or on hold")
+            _require_move(c, CallState.CONNECTED, "answered or on hold")
             calls.append(c)
         try:
             await lab.telephony.connect(call_info(calls[0], user), call_info(calls[1], user))

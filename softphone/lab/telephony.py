@@ -35,6 +35,21 @@ class CallState(enum.Enum):
     def live(self) -> bool:
         return self is not CallState.ENDED
 
+    def can_move_to(self, new: CallState) -> bool:
+        """Whether :data:`CALL_MOVES` allows ``self -> new``."""
+        return new in CALL_MOVES[self]
+
+
+#: The one table of call state moves; the REST layer answers 409 for any other.
+CALL_MOVES: dict[CallState, frozenset[CallState]] = {
+    CallState.DIALING: frozenset({CallState.RINGING, CallState.ANSWERED, CallState.ENDED}),
+    CallState.RINGING: frozenset({CallState.ANSWERED, CallState.ENDED}),
+    CallState.ANSWERED: frozenset({CallState.HOLD, CallState.CONNECTED, CallState.ENDED}),
+    CallState.HOLD: frozenset({CallState.ANSWERED, CallState.CONNECTED, CallState.ENDED}),
+    CallState.CONNECTED: frozenset({CallState.ENDED}),
+    CallState.ENDED: frozenset(),
+}
+
 
 @dataclass(frozen=True)
 class CallInfo:
