@@ -65,6 +65,8 @@ _SINGLETONS = ("To", "From", "CSeq", "Call-ID", "Max-Forwards", "Content-Length"
 _MANDATORY = ("To", "From", "CSeq", "Call-ID", "Via")
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _BAD_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# In header values a control character is only legal as a quoted-pair (RFC 3261 25.1).
+_BARE_CONTROL = re.compile(r"(?<!\\)[\x00-\x08\x0a-\x1f\x7f]|[\r\n]")
 _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._")
 
 REASON_PHRASES: dict[int, str] = {
@@ -482,7 +484,7 @@ def _parse_header_lines(lines: list[str]) -> tuple[list[tuple[str, str, str]], s
         nonlocal error
         value = " ".join(p for p in pending if p) if len(pending) > 1 else pending[0]
         canonical = canonical_name(name)
-        if _BAD_CONTROL.search(value) or "\r" in value:
+        if _BARE_CONTROL.search(value):
             error = error or f"control character in {canonical} header"
         else:
             items.append((canonical.lower(), canonical, value))

@@ -67,9 +67,15 @@ def read_quoted(s: str, i: int) -> tuple[str, str, int]:
     raise SipParseError(f"unterminated quoted string in {_short(s)}")
 
 
+_NEEDS_ESCAPE = re.compile(r'["\\\x00-\x08\x0b\x0c\x0e-\x1f\x7f]')
+
+
 def quote_string(text: str) -> str:
-    """``text`` as a quoted-string, escaping ``"`` and backslash."""
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """``text`` as a quoted-string: quoted-pairs for ``"``, backslash and control characters.
+
+    CR and LF cannot be quoted (RFC 3261 25.1); Headers refuses them on add.
+    """
+    return '"' + _NEEDS_ESCAPE.sub(lambda m: "\\" + m.group(0), text) + '"'
 
 
 def parse_params(s: str, i: int) -> tuple[dict[str, str | None], int]:
