@@ -160,6 +160,7 @@ class Result:
     connected: int = 0
     setup_seconds: float = 0.0
     cpu_seconds: float = 0.0
+    cores_used: float = 0.0
     cpu_per_call_second: float = 0.0
     cpu_per_pc_second: float = 0.0
     rss_before_mib: float = 0.0
@@ -256,6 +257,9 @@ async def run_scenario(mode: str, n: int, codec: str, seconds: float, warmup: fl
     rss_during = rss_bytes()
 
     result.cpu_seconds = cpu1 - cpu0
+    # How much CPU the process got: one event loop caps near 1; far less means the
+    # machine was busy with other work and the scenario was starved, not saturated.
+    result.cores_used = result.cpu_seconds / elapsed
     call_seconds = max(1, len(calls)) * elapsed
     result.cpu_per_call_second = result.cpu_seconds / call_seconds
     result.cpu_per_pc_second = result.cpu_per_call_second / 2
@@ -291,7 +295,7 @@ async def run_scenario(mode: str, n: int, codec: str, seconds: float, warmup: fl
 
 
 COLUMNS = [
-    ("mode", "mode", "{}"), ("calls", "calls", "{}"), ("pcs", None, "{}"),
+    ("mode", "mode", "{}"), ("calls", "calls", "{}"), ("pcs", None, "{}"), ("cores", "cores_used", "{:.2f}"),
     ("CPU-s/call-s", "cpu_per_call_second", "{:.4f}"), ("CPU-s/pc-s", "cpu_per_pc_second", "{:.4f}"),
     ("RSS/call KiB", "rss_per_call_kib", "{:.0f}"), ("received", "packets_received", "{}"),
     ("expected", "packets_expected", "{}"), ("loss %", "loss_percent", "{:.3f}"),
