@@ -80,6 +80,13 @@ async def test_error_shapes_over_http(session):
     # a body that is not JSON (or not an object) has no flags
     assert await post(session, ARCHIVE, raw=b"{oops") == (
         400, {"message": "insert_leads must be a boolean value", "lead_errors": 0, "lead_ids": []})
+    # values JSON cannot echo as numbers come back as strings; huge integers simply do not exist
+    assert await post(session, ARCHIVE, raw=b'{"insert_leads": true, "update_leads": true, "delete_leads": true,'
+                                            b' "lead_ids": [1, 1e400, NaN, 2.5]}') == (
+        400, {"message": "lead_ids must only contain integer values", "lead_errors": 3,
+              "lead_ids": ["inf", "nan", 2.5]})
+    assert await post(session, ARCHIVE, {**ALL, "lead_ids": [10**30, -1, 1]}) == (
+        400, {"message": "lead_ids does not exist", "lead_errors": 2, "lead_ids": [10**30, -1]})
     assert await post(session, DEARCHIVE, raw=b"[]") == (
         400, {"message": "insert_leads must be a boolean value", "lead_errors": 0, "lead_ids": []})
 

@@ -29,6 +29,7 @@ import base64
 import binascii
 import hmac
 import json
+import math
 import re
 import time
 from collections.abc import Callable
@@ -147,6 +148,20 @@ class Lab:
 # --- middlewares ---------------------------------------------------------------------
 
 
+def strict_json(value: Any) -> Any:
+    """``value`` with non-finite floats (``1e400``, ``NaN`` sent by a client) as strings.
+
+    Echoing them back as numbers would produce ``Infinity``/``NaN``, which is not JSON.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, list):
+        return [strict_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    return value
+
+
 def _omni_error(status: int, detail: str) -> web.Response:
     return web.json_response({"success": False, "detail": detail}, status=status)
 
@@ -183,7 +198,7 @@ async def error_middleware(request: web.Request, handler: Callable) -> web.Strea
             return web.json_response({"message": exc.detail}, status=exc.status)
         return _omni_error(exc.status, exc.detail)
     except LeadRequestError as exc:
-        return web.json_response(exc.as_json(), status=400)
+        return web.json_response(strict_json(exc.as_json()), status=400)
     except web.HTTPException as exc:
         # unknown paths and methods under the API answer JSON like every other error
         if exc.status >= 400 and family is not None:
