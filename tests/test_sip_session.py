@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from softphone.errors import AuthenticationError, SessionError
+from softphone.sip.description_handler import DescriptionOptions
 from softphone.sip.invitation import AnswerPolicy, Invitation
 from softphone.sip.null_handler import Direction, NullDescriptionHandler, sdp_direction
 from softphone.sip.session import DTMF_PLAIN, DTMF_RELAY, SessionState, parse_dtmf_info
@@ -792,3 +793,29 @@ async def test_null_handler_answer_mirrors_a_webrtc_offer():
     await fresh.set_description(Body("application/sdp", only_opus))
     with pytest.raises(SessionError, match="PCMU or PCMA"):
         await fresh.get_description()
+
+
+async def test_offerless_reinvite_gets_our_offer_and_the_answer_in_ack(pair):
+    from softphone.sip.description_handler import Body
+
+    _hub, a, b = pair
+    incoming = asyncio.ensure_future(_incoming(b))
+    inviter = await asyncio.wait_for(a.call("1002"), BOUND)
+    callee = await incoming
+    await callee.wait_established(BOUND)
+    reinvites = []
+    inviter.on("reinvite", reinvites.append)
+    held = await _next(inviter, "hold")
+    # The callee sends a re-INVITE without SDP, by hand.
+    dialog = callee.dialog
+    request = dialog.create_request("INVITE")
+    response = await asyncio.wait_for(b.core.request(request, next_cseq=dialog.next_cseq).response(), BOUND)
+    assert response.status == 200 and response.body.startswith("v=0")  # our offer
+    handler = NullDescriptionHandler()
+    await handler.set_description(Body("application/sdp", response.body))
+    answer = await handler.get_description(DescriptionOptions(hold=True))  # the callee answers "on hold"
+    b.core.send_ack(dialog.create_ack(response.cseq.seq, answer.content, answer.content_type))
+    assert await asyncio.wait_for(held, BOUND) == ("sendonly",)
+    assert reinvites and inviter.handler.remote_sdp == answer.content
+    assert inviter.state is SessionState.ESTABLISHED
+    await inviter.bye()
