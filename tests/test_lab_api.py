@@ -415,6 +415,12 @@ async def test_logs_never_show_key_passwords_or_tokens(api, caplog):
     assert "logged in" in caplog.text  # the log is not simply empty
 
 
+async def test_reprs_never_show_secrets(lab):
+    text = repr(lab) + repr(lab.lab) + repr(lab.seed) + repr(lab.db) + repr(await lab.lab.store.user(1001))
+    for secret in (KEY, "agent1pass", "agent2pass"):
+        assert secret not in text
+
+
 @pytest.fixture(scope="module")
 def mariadb_server(request: pytest.FixtureRequest):
     """$SOFTPHONE_TEST_MYSQL_URL (an external server) if set, else the ``mariadb`` peer fixture."""
