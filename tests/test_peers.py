@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import re
 import secrets
+import signal
+import socket
+import stat
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,10 +26,15 @@ import aiomysql
 import pytest
 from aioice.stun import TransactionFailed
 from aioice.turn import create_turn_endpoint
+from peers.coturn import load_launcher
+from peers.kamailio import Kamailio
+from peers.plugin import _start_kamailio
+from peers.process import PeerProcess, PeerStartError, free_port
 
 pytestmark = pytest.mark.peer
 BOUND = 10.0
 REPO = Path(__file__).resolve().parents[1]
+launch = load_launcher()
 
 
 # --- coturn --------------------------------------------------------------------------------------
@@ -354,3 +364,201 @@ def test_chromium_loads_sipjs_and_sees_the_legacy_ua_api(chromium, tmp_path):
     dom = chromium.dump_dom(page.as_uri())
     assert "SIP.UA:function" in dom, dom[-2000:]
     assert "version:0.15.11" in dom
+
+
+def test_kamailio_factory_loads_a_thousand_users(kamailio_factory):
+    kam = kamailio_factory(n_users=1000)
+    assert len(kam.users) == 1000 and kam.users["2000"] == "pw2000"
+
+    async def register_last() -> int:
+        async with aiohttp.ClientSession() as session:
+            last = await phone(session, kam, "2000")
+            status = (await last.register())[1].status
+            await last.ws.close()
+            return status
+
+    assert asyncio.run(register_last()) == 200
+
+
+# --- how the fixtures fail and clean up -------------------------------------------------------------
+
+def test_a_kamailio_that_cannot_bind_fails_loudly_with_its_log(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))  # bound, not listening: Kamailio's bind fails, no probe succeeds
+        kam = Kamailio(tmp_path, n_users=1, port=taken.getsockname()[1])
+        with pytest.raises(pytest.fail.Exception) as info:
+            _start_kamailio(kam)
+    message = str(info.value)
+    assert message.startswith("kamailio: kamailio exited with code")
+    assert f"log: {kam.log_path}" in message and "--- last lines ---" in message
+    assert not kam.running()
+
+
+def test_a_broken_kamailio_config_is_reported_with_kamailio_c_output(tmp_path):
+    kam = Kamailio(tmp_path, n_users=1)
+    kam.write_config()
+    kam.config_path.write_text(kam.config_path.read_text().replace("lookup(\"location\");", "lookup_nowhere();"))
+    with pytest.raises(PeerStartError) as info:
+        kam.check_config()
+    assert "kamailio -c rejected" in str(info.value) and "lookup_nowhere" in str(info.value)
+
+
+def test_kamailio_config_rejects_values_that_would_break_it(tmp_path):
+    with pytest.raises(ValueError, match="extension"):
+        Kamailio(tmp_path, users={"10 01": "pw"}, n_users=0).write_config()
+    with pytest.raises(ValueError, match="unsupported character"):
+        Kamailio(tmp_path, users={"1001": 'pw"; drop'}, n_users=0).write_config()
+    with pytest.raises(ValueError, match="n_users"):
+        Kamailio(tmp_path, n_users=1001)
+
+
+def test_peer_process_stop_kills_a_group_that_ignores_sigterm(tmp_path):
+    script = ("import signal, subprocess, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+              "subprocess.Popen(['sleep', '60']); print('up and', 'ignoring', flush=True); time.sleep(60)")
+    proc = PeerProcess("stubborn", [sys.executable, "-c", script], tmp_path / "stubborn.log")
+    proc.start()
+    proc.wait_ready(lambda: "up and ignoring" in (tmp_path / "stubborn.log").read_text(), "its greeting")
+    pgid = proc.pid
+    proc.stop(timeout=0.5)
+    assert not proc.alive() and proc.pid is None
+    assert _live_group_members(pgid) == []
+    assert "stopped (exit -9)" in (tmp_path / "stubborn.log").read_text()
+    proc.stop()  # twice is fine
+
+
+def test_peers_die_with_a_killed_test_process(tmp_path):
+    """PR_SET_PDEATHSIG: a pytest killed with SIGKILL leaves no peer behind."""
+    pid_file = tmp_path / "peer.pid"
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time, pathlib; sys.path.insert(0, sys.argv[1]);"
+        "from peers.process import PeerProcess;"
+        "p = PeerProcess('sleeper', ['sleep', '60'], pathlib.Path(sys.argv[2]) / 'sleeper.log'); p.start();"
+        "pathlib.Path(sys.argv[2], 'peer.pid').write_text(str(p.pid)); time.sleep(60)"),
+        str(REPO / "tests"), str(tmp_path)])
+    try:
+        for _ in range(500):
+            if pid_file.exists() and pid_file.read_text():
+                break
+            assert parent.poll() is None, "the helper process died before starting its peer"
+            time.sleep(0.02)
+        peer_pid = int(pid_file.read_text())
+    finally:
+        parent.kill()
+        parent.wait(BOUND)
+    for _ in range(500):
+        if not _alive(peer_pid):
+            break
+        time.sleep(0.02)
+    else:
+        os.kill(peer_pid, signal.SIGKILL)
+        raise AssertionError("the peer outlived its killed parent")
+
+
+def _live_group_members(pgid: int) -> list[int]:
+    """PIDs in process group `pgid` that are not zombies (orphans' zombies wait for init)."""
+    members = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(stat_file.parent.name))
+    return members
+
+
+def _alive(pid: int) -> bool:
+    """Running and not a zombie (an orphan's zombie waits for init, which may not reap it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def test_free_port_is_free_for_tcp_and_udp():
+    port = free_port(udp=True)
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", port))
+
+
+# --- turn/launch.py ---------------------------------------------------------------------------------
+
+def test_turn_config_has_credentials_realm_port_and_safe_defaults(tmp_path):
+    settings = launch.TurnSettings(port=3479, user="agent", password="s3cret", realm="omni.test")
+    text = launch.render_config(settings, tmp_path)
+    lines = set(text.splitlines())
+    assert {"listening-port=3479", "lt-cred-mech", "user=agent:s3cret", "realm=omni.test", "fingerprint",
+            "no-cli", "no-tls", "no-dtls", "listening-ip=127.0.0.1", "relay-ip=127.0.0.1"} <= lines
+    assert "allow-loopback-peers" not in lines
+    assert "allow-loopback-peers" in launch.render_config(
+        launch.TurnSettings(user="a", password="b", loopback=True), tmp_path).splitlines()
+    everywhere = launch.render_config(launch.TurnSettings(user="a", password="b", listening_ip="0.0.0.0"), tmp_path)
+    assert not any(line.startswith(("listening-ip=", "relay-ip=")) for line in everywhere.splitlines())
+
+
+def test_turn_config_tls_needs_both_files(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("c")
+    key.write_text("k")
+    text = launch.render_config(launch.TurnSettings(user="a", password="b", tls_cert=str(cert), tls_key=str(key)),
+                                tmp_path)
+    assert f"cert={cert}" in text and f"pkey={key}" in text and "tls-listening-port=5349" in text
+    assert "no-tls" not in text
+    with pytest.raises(launch.LaunchError, match="both"):
+        launch.TurnSettings(user="a", password="b", tls_cert=str(cert)).validate()
+    with pytest.raises(launch.LaunchError, match="no such file"):
+        launch.TurnSettings(user="a", password="b", tls_cert="/nope.pem", tls_key=str(key)).validate()
+
+
+@pytest.mark.parametrize(("kwargs", "error"), [
+    ({"user": "a:b"}, "must not contain ':'"),
+    ({"password": "x\nno-auth"}, "line break"),
+    ({"password": ""}, "'password' is empty"),
+    ({"port": 0}, "'port' is out of range"),
+    ({"min_port": 60000, "max_port": 50000}, "relay range is empty"),
+])
+def test_turn_settings_reject_what_coturn_would_misread(kwargs, error):
+    settings = launch.TurnSettings(**{"user": "agent", "password": "pw", **kwargs})
+    with pytest.raises(launch.LaunchError, match=error):
+        settings.validate()
+
+
+def test_turn_settings_never_show_the_password():
+    assert "hunter2" not in repr(launch.TurnSettings(user="a", password="hunter2"))
+
+
+def test_turn_launcher_cli_writes_a_private_config_and_masks_the_password(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "turn" / "launch.py"), "--render-only", "--print-config",
+         "--state-dir", str(tmp_path), "--port", "3480"],
+        capture_output=True, text=True, timeout=BOUND,
+        env={"PATH": os.environ["PATH"], "TURN_USER": "agent", "TURN_PASSWORD": "hunter2"})
+    assert result.returncode == 0, result.stderr
+    config = tmp_path / "turnserver.conf"
+    assert "hunter2" not in result.stdout and "user=agent:********" in result.stdout
+    assert "user=agent:hunter2" in config.read_text()
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+
+
+def test_turn_launcher_cli_names_missing_credentials(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "turn" / "launch.py"), "--render-only"],
+                            capture_output=True, text=True, timeout=BOUND, env={"PATH": os.environ["PATH"]})
+    assert result.returncode == 2 and "TURN credentials missing" in result.stderr
+
+
+def test_turn_launcher_background_mode_waits_for_stun_and_returns(tmp_path):
+    port = free_port(udp=True)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "turn" / "launch.py"), "--port", str(port), "--user", "agent:pw",
+         "--state-dir", str(tmp_path), "--log-file", str(tmp_path / "turn.log")],
+        capture_output=True, text=True, timeout=30)
+    pid = int((tmp_path / "turnserver.pid").read_text()) if (tmp_path / "turnserver.pid").exists() else None
+    try:
+        assert result.returncode == 0, result.stderr
+        assert f"ready, pid {pid}" in result.stdout
+        assert launch.stun_binding("127.0.0.1", port)[0] == "127.0.0.1"
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGTERM)

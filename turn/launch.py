@@ -244,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         settings = settings_from_args(args)
         state_dir = Path(args.state_dir or tempfile.mkdtemp(prefix="turn-"))
+        if not args.foreground and not settings.log_file:
+            settings = dataclasses.replace(settings, log_file=str(state_dir / "turnserver.log"))
         config = write_config(settings, state_dir)
         if args.print_config:
             print(render_config(dataclasses.replace(settings, password="********"), state_dir))
@@ -254,7 +256,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"turn: {' '.join(command)} (port {settings.port}, realm {settings.realm})", flush=True)
         if args.foreground:
             os.execv(command[0], command)
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
+        # In the background turnserver must not hold our stdout: callers wait for its EOF.
+        with open(settings.log_file or os.devnull, "ab") as out:
+            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                    start_new_session=True)
         try:
             wait_ready(settings.listening_ip if settings.listening_ip not in ("", "0.0.0.0") else "127.0.0.1",
                        settings.port, time.monotonic() + args.timeout,

@@ -17,7 +17,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from .process import PeerProcess, PeerStartError, die_with_parent, log_tail
+from .process import PeerProcess, PeerStartError, log_tail, preexec_for_this_thread
 
 REPO = Path(__file__).resolve().parents[2]
 SIPJS = REPO / "tests" / "js" / "node_modules" / "sip.js" / "dist" / "sip.min.js"
@@ -74,7 +74,7 @@ class Chromium:
         log_path = self.workdir / f"dump-{n}.log"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, preexec_fn=die_with_parent)
+                                    start_new_session=True, preexec_fn=preexec_for_this_thread())
             try:
                 out, _ = proc.communicate(timeout=timeout)
             except subprocess.TimeoutExpired as exc:

@@ -17,12 +17,14 @@ an extension that is not registered gets 404.
 
 from __future__ import annotations
 
+import base64
 import secrets
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
-from .process import PeerProcess, PeerStartError, free_port, tcp_accepts
+from .process import PeerProcess, PeerStartError, free_port
 
 MODULE_DIRS = ("/usr/lib/x86_64-linux-gnu/kamailio/modules", "/usr/lib/kamailio/modules",
                "/usr/local/lib64/kamailio/modules")
@@ -226,6 +228,26 @@ onreply_route {{
 """
 
 
+def websocket_handshake(host: str, port: int, timeout: float = 0.5) -> bool:
+    """Readiness: the websocket module answers an upgrade to /ws with 101 and subprotocol sip."""
+    key = base64.b64encode(secrets.token_bytes(16)).decode()
+    request = (f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: sip\r\n\r\n")
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(request.encode())
+            answer = b""
+            while b"\r\n\r\n" not in answer and len(answer) < 4096:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+    except OSError:
+        return False
+    head = answer.decode(errors="replace").lower()
+    return head.startswith("http/1.1 101") and "sec-websocket-protocol: sip" in head
+
+
 class Kamailio:
     """One Kamailio instance on a fixed port that survives stop()/start() (same port again)."""
 
@@ -293,8 +315,8 @@ class Kamailio:
         self._process = PeerProcess("kamailio", argv, self.log_path, cwd=self.workdir)
         self._process.start()
         try:
-            self._process.wait_ready(lambda: tcp_accepts(self.host, self.port, 0.2),
-                                     f"accepting on {self.host}:{self.port}")
+            self._process.wait_ready(lambda: websocket_handshake(self.host, self.port),
+                                     f"a WebSocket handshake (subprotocol sip) on {self.ws_url}")
         except PeerStartError:
             self.stop()
             raise

@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -76,11 +77,22 @@ def tcp_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+try:  # loaded here, not in the forked child: dlopen after fork can deadlock
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except OSError:
+    _LIBC = None
+
+
 def die_with_parent() -> None:
     """Runs in the child before exec: SIGTERM it when the test process goes away."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def preexec_for_this_thread() -> Callable[[], None] | None:
+    """PR_SET_PDEATHSIG fires when the *thread* that forked exits: only tie peers to the main
+    thread; a peer started from a worker thread (run_in_executor) would die with that thread."""
+    return die_with_parent if threading.current_thread() is threading.main_thread() else None
 
 
 class PeerProcess:
@@ -109,7 +121,7 @@ class PeerProcess:
             log.flush()
             self.proc = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd,
-                env=self.env, start_new_session=True, preexec_fn=die_with_parent,
+                env=self.env, start_new_session=True, preexec_fn=preexec_for_this_thread(),
             )
 
     def wait_ready(self, probe: Callable[[], bool], what: str, timeout: float = READY_TIMEOUT) -> None:
