@@ -15,6 +15,7 @@ import sys
 import aiohttp
 import pytest
 import yaml
+from openapi_spec_validator import validate
 
 from softphone.lab.app import HANDLERS, openapi_text
 from softphone.lab.server import start_lab
@@ -26,6 +27,7 @@ ST = "from schemathesis.cli import schemathesis; schemathesis()"
 
 def test_document_covers_every_route_and_operation():
     doc = yaml.safe_load(openapi_text())
+    validate(doc)  # a valid OpenAPI 3.0 document
     assert doc["openapi"].startswith("3.")
     documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
     routes = {(DEFAULT_PATHS[n].method, DEFAULT_PATHS[n].template) for n in HANDLERS}

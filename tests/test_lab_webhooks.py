@@ -8,11 +8,29 @@ import socket
 
 import aiohttp
 import pytest
+import yaml
 from aiohttp import web
 
+from softphone.lab.app import openapi_text
 from softphone.lab.server import start_lab
 
 KEY = {"Authorization": "Key=lab-system-key"}
+
+
+PAYLOAD_SCHEMAS = {"user_status": "UserStatusPayload", "call": "CallPayload", "call_end": "CallEndPayload"}
+
+
+def check_against_openapi(notification: dict) -> None:
+    """The notification matches the document's Notification schema and its type's payload schema."""
+    from openapi_schema_validator import OAS30Validator
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT4
+
+    registry = Registry().with_resource(
+        "urn:lab", Resource.from_contents(yaml.safe_load(openapi_text()), default_specification=DRAFT4))
+    for ref, value in (("Notification", notification),
+                       (PAYLOAD_SCHEMAS[notification["type"]], notification["payload"])):
+        OAS30Validator({"$ref": f"urn:lab#/components/schemas/{ref}"}, registry=registry).validate(value)
 
 
 class Receiver:
@@ -86,6 +104,8 @@ async def test_user_status_call_and_call_end(client, receiver):
     await post(client, f"/omni/voice/1001/calls/{call_id}/hangup")
     await post(client, "/omni/users/1001/logout")
     got = await receiver.wait_for(4)
+    for notification in got:
+        check_against_openapi(notification)
     by_type = {}
     for n in got:
         by_type.setdefault(n["type"], []).append(n["payload"])
