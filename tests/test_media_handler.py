@@ -245,6 +245,39 @@ async def test_codec_preference_orders_the_offer(coturn):
         await handler.close()
 
 
+async def test_the_negotiated_codec_is_kept_for_the_whole_call(coturn):
+    codecs = ("opus", "PCMU", "PCMA")
+    a, b, meter_a, _ = await _pair(coturn, codecs=codecs)
+    try:
+        await negotiate(a, b)
+        await wait_connected(a, b)
+        reoffer, reanswer = await negotiate(a, b, offer_options=HOLD)
+        assert [c.name for c in sdpmod.audio_codecs(reoffer) if c.name != "telephone-event"] == ["opus"]
+        assert [c.name for c in sdpmod.audio_codecs(reanswer) if c.name != "telephone-event"] == ["opus"]
+        # a re-offer without the codec in use cannot be honoured by aiortc's sender: 488
+        offer = await b.get_description()
+        sd = sdpmod.SessionDescription.parse(offer.content)
+        audio = sd.audio()
+        audio.set_formats(["0"] + [f for f in audio.formats if f != "96"])
+        audio.lines[:] = [ln if ln != "a=rtpmap:96 opus/48000/2" else "a=rtpmap:0 PCMU/8000"
+                          for ln in audio.lines]
+        pcmu_only = str(sd)
+        assert sdpmod.audio_codecs(pcmu_only)[0].name == "PCMU"
+        with pytest.raises(DescriptionError, match="remote offer"):
+            await a.set_description(Body("application/sdp", pcmu_only))
+        assert a.state is NegotiationState.STABLE
+        await b.rollback_description()
+        await negotiate(a, b)  # the call goes on: unhold with opus
+        assert a.local_direction is Direction.SENDRECV
+        meter_a.reset()
+        await meter_a.wait_frames(25)
+        assert _close_enough(meter_a.dominant_frequency(), 1000.0)
+        assert (await a.stats()).codec == "opus"
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def test_rollback_keeps_the_call_as_it_was(coturn):
     a, b, _, _ = await _pair(coturn)
     try:

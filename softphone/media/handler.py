@@ -25,6 +25,7 @@ from typing import Any
 from aiortc import RTCSessionDescription
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcrtpsender import RTCRtpSender
 from pyee.asyncio import AsyncIOEventEmitter
 
 from softphone.errors import DescriptionError, MediaError
@@ -129,6 +130,7 @@ class WebRtcDescriptionHandler(SessionDescriptionHandler, AsyncIOEventEmitter):
             self.negotiated_events = events
             self._move(NegotiationState.STABLE)
             self._configure_dtmf()
+            self._keep_codec()
         else:
             if self.state is NegotiationState.HAVE_LOCAL_OFFER:
                 raise DescriptionError("get_description: an offer is already pending its answer")
@@ -165,6 +167,7 @@ class WebRtcDescriptionHandler(SessionDescriptionHandler, AsyncIOEventEmitter):
             self.negotiated_events = {pt: r for pt, r in events.items() if self._offered_events.get(pt) == r}
             self._move(NegotiationState.STABLE)
             self._configure_dtmf()
+            self._keep_codec()
         else:
             self._remote_direction_forced_by_us = False
             self._remote_offer_events = events
@@ -340,6 +343,22 @@ class WebRtcDescriptionHandler(SessionDescriptionHandler, AsyncIOEventEmitter):
                                         mid=self.transceiver.mid)
             if pt is None:
                 log.debug("telephone-event not negotiated: DTMF falls back to SIP INFO")
+
+    def _keep_codec(self) -> None:
+        """Offer and accept only the negotiated codec from now on.
+
+        aiortc's sender picks its codec once and cannot change it mid-call, so
+        re-offers list just that codec and a re-offer without it fails
+        (DescriptionError -> 488) instead of leaving both ends on different codecs.
+        """
+        codecs = self.transceiver._codecs
+        if not codecs:
+            return
+        used = codecs[0]
+        keep = [c for c in RTCRtpSender.getCapabilities("audio").codecs
+                if c.mimeType.lower() == used.mimeType.lower() and c.clockRate == used.clockRate]
+        if keep:
+            self.transceiver.setCodecPreferences(keep)
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind != "audio" or self.closed:
