@@ -256,6 +256,21 @@ def test_password_and_response_never_in_reprs_or_errors(caplog):
     assert secret_creds.password() == "another-pass"
 
 
+@pytest.mark.parametrize("mangle", [
+    lambda h: h.replace(", uri=", " uri="),  # missing comma right before the secret part
+    lambda h: h.replace('response="', 'response=x"'),
+    lambda h: '"' + h,
+    lambda h: h.replace(", response=", ", @response="),
+])
+def test_parse_errors_never_quote_the_response(mangle):
+    header = DigestClient(DigestCredentials("u", "p")).authorize(
+        DigestChallenge.parse('Digest realm="r", nonce="n", qop="auth"'), "REGISTER", "sip:r")
+    response = params_of(header)["response"]
+    with pytest.raises(SipParseError) as info:
+        parse_auth_params(mangle(header))
+    assert response[:6] not in info.value.reason
+
+
 def test_register_responses_option_redacts_the_computed_response():
     challenge = DigestChallenge.parse('Digest realm="r", nonce="n", qop="auth"')
     plain = params_of(DigestClient(DigestCredentials("u", "pppp")).authorize(challenge, "REGISTER", "sip:r"))

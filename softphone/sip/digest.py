@@ -40,6 +40,8 @@ ALGORITHM_STRENGTH: dict[str, int] = {
 }
 _HASHES: dict[str, str] = {"MD5": "md5", "SHA-256": "sha256", "SHA-512-256": "sha512_256"}
 SUPPORTED_QOP = ("auth", "auth-int")
+# Unquoted values are tokens; base64 nonces sent unquoted by lax servers need "/=:@" too.
+_UNQUOTED_VALUE_CHARS = frozenset(TOKEN_CHARS | set("/=:@?"))
 
 
 def _short(value: str, limit: int = 60) -> str:
@@ -65,7 +67,7 @@ def parse_auth_params(value: str) -> tuple[str, dict[str, str]]:
         i += 1
     scheme = text[:i]
     if not scheme:
-        raise SipParseError(f"authentication header without a scheme: {_short(text)}")
+        raise SipParseError("authentication header does not start with a scheme token")
     params: dict[str, str] = {}
     expect_comma = False
     while True:
@@ -78,12 +80,13 @@ def parse_auth_params(value: str) -> tuple[str, dict[str, str]]:
             expect_comma = False
             continue
         if expect_comma:
-            raise SipParseError(f"missing ',' between parameters in {scheme} header at {text[i:i + 20]!r}")
+            # Offsets, not text: these headers carry nonces and responses.
+            raise SipParseError(f"missing ',' between parameters in {scheme} header at offset {i}")
         j = i
         while j < n and text[j] in TOKEN_CHARS:
             j += 1
         if j == i:
-            raise SipParseError(f"bad character {text[i]!r} in {scheme} header parameters")
+            raise SipParseError(f"bad character in {scheme} header parameters at offset {i}")
         name = text[i:j].lower()
         i = j
         while i < n and text[i] in " \t":
@@ -107,7 +110,7 @@ def parse_auth_params(value: str) -> tuple[str, dict[str, str]]:
             params[name] = "".join(out)
         else:
             j = i
-            while j < n and text[j] not in ", \t":
+            while j < n and text[j] in _UNQUOTED_VALUE_CHARS:
                 j += 1
             if j == i:
                 raise SipParseError(f"parameter {name!r} has an empty value in {scheme} header")
