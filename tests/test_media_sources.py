@@ -438,3 +438,18 @@ def test_bad_paths_in_composites_fail_early_and_change_nothing(tmp_path):
     with pytest.raises(AudioFileError, match=r"gone\.wav"):
         switch.switch(tmp_path / "gone.wav")
     assert switch.current is tone and switch.switches == 1
+
+
+def test_stereo_files_are_mixed_down_and_mono_files_spread(tmp_path):
+    left = tones.float_to_pcm16(tones.sine_mix([500.0], 8000, 8000, 0.3))
+    right = tones.float_to_pcm16(tones.sine_mix([1500.0], 8000, 8000, 0.3))
+    interleaved = np.empty(16000, dtype="<i2")
+    interleaved[0::2], interleaved[1::2] = left, right
+    path = write_wav(tmp_path / "lr.wav", interleaved, 8000, channels=2)
+    x = read_all(FileSource(path, sample_rate=8000, realtime=False))
+    levels = tones.tone_levels(x, [500.0, 1500.0], 8000)
+    assert abs(levels[0] - levels[1]) < 0.5 and min(levels) > -30  # both sides are heard
+    spread = FileSource(generate_tone_file(tmp_path / "m.wav", [700.0], 0.2, rate=8000), channels=2,
+                        sample_rate=8000, realtime=False)
+    raw = np.frombuffer(spread.read(800), dtype="<i2").reshape(-1, 2)
+    assert (raw[:, 0] == raw[:, 1]).all() and raw.any()

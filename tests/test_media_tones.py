@@ -194,3 +194,14 @@ def test_any_digit_string_round_trips(digits, on_ms, off_ms, rate, snr_db, ampli
     assert "".join(d.digit for d in found) == digits
     for d in found:
         assert d.duration == pytest.approx(on_ms / 1000, abs=0.02)
+
+
+def test_debounce_rejects_blips_unless_configured_to_accept_them():
+    rate = 8000
+    blips = np.concatenate([np.zeros(400), tones.dtmf_samples("73", on_ms=18, off_ms=60, rate=rate) / 32768])
+    assert tones.decode_dtmf(blips, rate) == []  # under ~23 ms: not a key press (ITU-T Q.24)
+    eager = tones.decode_dtmf(blips, rate, min_duration=0.0)
+    assert "".join(d.digit for d in eager) == "73"
+    decoder = tones.DtmfDecoder(rate)
+    decoder.feed(blips)
+    assert decoder.take_started() == []  # no digit_start for a rejected blip either

@@ -587,10 +587,11 @@ class DtmfDetector(AudioSink):
     at any rate >= 8 kHz; thresholds are :class:`tones.DtmfThresholds`.
     """
 
-    def __init__(self, thresholds: tones.DtmfThresholds | None = None, min_on: int = 2, min_off: int = 2):
+    def __init__(self, thresholds: tones.DtmfThresholds | None = None, min_on: int = 2, min_off: int = 2,
+                 min_duration: float = 0.025):
         super().__init__()
         self.thresholds = thresholds or tones.DtmfThresholds()
-        self.min_on, self.min_off = min_on, min_off
+        self.min_on, self.min_off, self.min_duration = min_on, min_off, min_duration
         self.events: list[tones.DtmfDigit] = []
         self._decoder: tones.DtmfDecoder | None = None
         self._offset = 0.0
@@ -608,7 +609,7 @@ class DtmfDetector(AudioSink):
             if self._decoder is not None:
                 self._emit_done(self._decoder.flush())
                 self._offset += self._decoder.position
-            self._decoder = tones.DtmfDecoder(rate, self.thresholds, self.min_on, self.min_off)
+            self._decoder = tones.DtmfDecoder(rate, self.thresholds, self.min_on, self.min_off, self.min_duration)
         done = self._decoder.feed(x)
         for digit, start in self._decoder.take_started():
             self.emit("digit_start", digit, start + self._offset)

@@ -288,8 +288,11 @@ class DtmfDecoder:
 
     Windows of 25.6 ms (205 samples at 8 kHz, the classic Goertzel block)
     advance by a quarter window, so a 40 ms tone fills at least two whole
-    windows.  Debounce: a digit starts after ``min_on`` consecutive windows
-    agree and ends after ``min_off`` windows without it; durations are
+    windows.  Debounce: a digit is held after ``min_on`` consecutive windows
+    agree, counts once held for ``min_duration`` (25 ms: ITU-T Q.24 receivers
+    must take 40 ms tones and refuse ones under about 23 ms; windows that only
+    partly overlap a tone still detect it, hence the explicit floor), and ends
+    after ``min_off`` windows without it; durations are
     measured between window centres, so they are accurate to about one hop
     (6.4 ms).
     """
@@ -297,7 +300,7 @@ class DtmfDecoder:
     WINDOW_S = 0.0256
 
     def __init__(self, rate: int, thresholds: DtmfThresholds | None = None, min_on: int = 2,
-                 min_off: int = 2):
+                 min_off: int = 2, min_duration: float = 0.025):
         if rate < 4000:
             raise ConfigurationError(f"rate: DTMF needs at least 4000 Hz, got {rate}")
         self.rate = int(rate)
@@ -306,6 +309,8 @@ class DtmfDecoder:
         self.hop = max(1, self.window // 4)
         self.min_on = max(1, min_on)
         self.min_off = max(1, min_off)
+        self.min_duration = min_duration
+        self._confirmed = False
         self.state = DtmfState.IDLE
         self._buf = np.zeros(0)
         self._buf_start = 0          # absolute index of _buf[0]
@@ -369,6 +374,7 @@ class DtmfDecoder:
                 self._digit_last = index
                 self._misses = 0
                 self._candidate, self._candidate_run = None, 0
+                self._confirm()
                 return
             self._misses += 1
             self._track_candidate(digit, index)
@@ -394,8 +400,21 @@ class DtmfDecoder:
         self._digit, self._digit_first, self._digit_last = digit, first, last
         self._misses = 0
         self._candidate, self._candidate_run = None, 0
-        self._pending_start.append((digit, self._centre_seconds(first) - self.hop / 2 / self.rate))
-        log.debug("DTMF %s started at %.3f s", digit, self._centre_seconds(first))
+        self._confirmed = False
+        self._confirm()
+
+    def _held_seconds(self) -> float:
+        """Duration of the held digit so far, between its first and last window centres (+1 hop)."""
+        return (self._digit_last - self._digit_first + self.hop) / self.rate
+
+    def _confirm(self) -> None:
+        """A held digit counts (``digit_start``) once it lasted ``min_duration``: blips never do."""
+        if self._confirmed or self._held_seconds() < self.min_duration:
+            return
+        self._confirmed = True
+        start = self._centre_seconds(self._digit_first) - self.hop / 2 / self.rate
+        self._pending_start.append((self._digit, max(0.0, start)))  # type: ignore[arg-type]
+        log.debug("DTMF %s started at %.3f s", self._digit, start)
 
     def _finish(self, done: list[DtmfDigit], at_end: bool = False) -> None:
         """Close the held digit; at the end of the stream it lasted to its last window's end."""
@@ -405,8 +424,12 @@ class DtmfDecoder:
             end = (self._digit_last + self.window) / self.rate
         else:
             end = self._centre_seconds(self._digit_last) + self.hop / 2 / self.rate
-        done.append(DtmfDigit(self._digit, max(0.0, start), end - max(0.0, start)))
-        log.debug("DTMF %s ended, %.1f ms", self._digit, (end - start) * 1000)
+        if self._confirmed:
+            done.append(DtmfDigit(self._digit, max(0.0, start), end - max(0.0, start)))
+            log.debug("DTMF %s ended, %.1f ms", self._digit, (end - start) * 1000)
+        else:
+            log.debug("DTMF %s rejected: %.1f ms is shorter than %.0f ms", self._digit,
+                      self._held_seconds() * 1000, self.min_duration * 1000)
         self.state = DtmfState.IDLE
         self._digit = None
         self._misses = 0
