@@ -562,3 +562,52 @@ def test_turn_launcher_background_mode_waits_for_stun_and_returns(tmp_path):
     finally:
         if pid:
             os.kill(pid, signal.SIGTERM)
+
+
+# --- the Webphone's own stack against the Kamailio fixture -----------------------------------------
+
+SIPJS_PAGE = """<!doctype html><html><head><script src="/sip.min.js"></script></head><body><script>
+function report(text) { fetch('/result', {method: 'POST', body: text}); }
+try {
+  var ua = new SIP.UA({uri: 'sip:%(ext)s@%(domain)s', transportOptions: {wsServers: ['%(ws)s']},
+    authorizationUser: '%(ext)s', password: '%(password)s', hackIpInContact: true, register: true,
+    log: {builtinEnabled: false}});
+  ua.on('registered', function () { report('registered'); });
+  ua.on('registrationFailed', function (response, cause) { report('failed ' + cause); });
+} catch (e) { report('error ' + e); }
+</script></body></html>"""
+
+
+async def test_sipjs_in_chromium_registers_with_the_kamailio_fixture(chromium, kamailio):
+    from aiohttp import web
+
+    results: asyncio.Queue[str] = asyncio.Queue()
+    page = SIPJS_PAGE % {"ext": "1020", "domain": kamailio.domain, "ws": kamailio.ws_url,
+                         "password": kamailio.users["1020"]}
+
+    async def result(request: web.Request) -> web.Response:
+        results.put_nowait(await request.text())
+        return web.Response(text="ok")
+
+    async def index(_: web.Request) -> web.Response:
+        return web.Response(text=page, content_type="text/html")
+
+    async def sipjs(_: web.Request) -> web.FileResponse:
+        return web.FileResponse(chromium.sipjs_path)
+
+    app = web.Application()
+    app.router.add_get("/", index)
+    app.router.add_get("/sip.min.js", sipjs)
+    app.router.add_post("/result", result)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    browser = chromium.launch(f"http://127.0.0.1:{port}/")
+    try:
+        outcome = await asyncio.wait_for(results.get(), 30)
+        assert outcome == "registered", f"{outcome}; browser log {browser.log_path}"
+    finally:
+        browser.stop()
+        await runner.cleanup()
