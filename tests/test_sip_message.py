@@ -482,6 +482,14 @@ def test_bad_header_lines_still_give_an_answerable_partial(bad_line, reason):
     assert answer.status == 400 and answer.to.tag == "x" and answer.top_via.branch == "z9hG4bK776asdhds"
 
 
+def test_parse_errors_do_not_quote_a_mangled_authorization_line():
+    text = request("REGISTER", "sip:example.com",
+                   'Authorization Digest username="u", response="6629fae49393a05397450978507c4ef1"')
+    error = reason_of(text)
+    assert "header line without a colon: 'Authorization'" in error.reason
+    assert "6629fae4" not in error.reason
+
+
 def test_size_caps_give_clear_errors():
     huge = request("MESSAGE", "sip:b@example.com", body="x" * MAX_MESSAGE_BYTES)
     assert "exceeds the 65536-byte limit" in reason_of(huge).reason

@@ -503,7 +503,8 @@ def _parse_header_lines(lines: list[str]) -> tuple[list[tuple[str, str, str]], s
             return items, f"more than {MAX_HEADERS} headers"
         colon = line.find(":")
         if colon < 0:
-            error = error or f"header line without a colon: {_short(line)}"
+            # Only the first word: the line may be a mangled Authorization header.
+            error = error or f"header line without a colon: {_short(line.split(None, 1)[0][:30] if line.strip() else line)}"
             continue
         name = line[:colon].rstrip(" \t")
         if not is_token(name):
