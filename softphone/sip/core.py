@@ -26,6 +26,17 @@ from softphone import __version__
 from softphone.errors import AuthenticationError, SipError, TransactionTimeoutError, TransportError
 from softphone.log import Secret, get_logger, register_secret, reveal
 from softphone.sip.dialog import Dialog, DialogId
+from softphone.sip.digest import DigestChallenge, DigestClient, DigestCredentials, choose_challenge
+from softphone.sip.message import (
+    CSeq,
+    Headers,
+    SipRequest,
+    SipUri,
+    generate_branch,
+    generate_call_id,
+    generate_tag,
+    make_response,
+)
 from softphone.sip.timers import Timers
 from softphone.sip.transaction import (
     ClientTransaction,
@@ -80,8 +91,6 @@ class CoreConfig:
 
     @property
     def aor_uri(self) -> Any:
-        from softphone.sip.message import SipUri
-
         return SipUri.parse(self.aor)
 
     @property
@@ -188,8 +197,6 @@ class OutgoingRequest:
 
     def _retry_with_credentials(self, response: Any) -> bool:
         """Answer a digest challenge once; True if a new request went out."""
-        from softphone.sip.digest import DigestChallenge, choose_challenge
-
         config = self.core.config
         who = f"{config.auth_username or config.user}@{config.domain}"
         proxy = response.status == 407
@@ -226,8 +233,6 @@ class OutgoingRequest:
         return True
 
     def _next_request(self, proxy: bool, challenge: Any) -> Any:
-        from softphone.sip.message import CSeq, SipRequest
-
         old = self.request
         headers = old.headers.copy()
         seq = self.next_cseq() if self.next_cseq is not None else old.cseq.seq + 1
@@ -247,8 +252,6 @@ class OutgoingRequest:
 
     def cancel_request(self, reason: str | None = None) -> Any:
         """Build the CANCEL for this INVITE (RFC 3261 9.1): same branch, Call-ID, From, To, CSeq."""
-        from softphone.sip.message import CSeq, Headers, SipRequest
-
         invite = self.request
         headers = Headers()
         headers.add("Via", str(invite.top_via))
@@ -359,8 +362,6 @@ class UserAgentCore:
         return value
 
     def new_via(self) -> str:
-        from softphone.sip.message import generate_branch
-
         return f"SIP/2.0/{self.transport.via_transport} {self.config.via_host};branch={generate_branch()}"
 
     def local_identity(self, tag: str | None = None) -> str:
@@ -387,8 +388,6 @@ class UserAgentCore:
         supported: tuple[str, ...] | None = None,
     ) -> Any:
         """An out-of-dialog request with SIP.js's header set (Via is added by :meth:`send_request`)."""
-        from softphone.sip.message import CSeq, Headers, SipRequest, SipUri, generate_call_id, generate_tag
-
         if isinstance(uri, str):
             uri = SipUri.parse(uri)
         headers = Headers()
@@ -416,8 +415,6 @@ class UserAgentCore:
             headers.add("User-Agent", self.config.user_agent)
 
     def authorize(self, challenge: Any, method: str, uri: str, body: str = "") -> str:
-        from softphone.sip.digest import DigestClient, DigestCredentials
-
         if self._digest_client is None:
             credentials = DigestCredentials(self.config.auth_username or self.config.user,
                                             self.config.password or "")
@@ -461,8 +458,6 @@ class UserAgentCore:
     def make_response(self, request: Any, status: int, reason: str | None = None, *,
                       to_tag: str | None = None, headers: list[tuple[str, str]] | None = None,
                       body: str = "", content_type: str | None = None, contact: str | None = None) -> Any:
-        from softphone.sip.message import generate_tag, make_response
-
         if to_tag is None and status > 100:
             to_tag = generate_tag()  # RFC 3261 8.2.6.2; ignored when the To already has a tag
         extra = list(headers or [])
@@ -517,10 +512,8 @@ class UserAgentCore:
             tx.receive_response(response)
             return
         if response.cseq.method == "INVITE" and 200 <= response.status < 300:
-            from softphone.sip.dialog import _name_addr
-
-            from_tag = _name_addr(response.headers.get("From")).tag or ""
-            to_tag = _name_addr(response.headers.get("To")).tag or ""
+            from_tag = response.from_.tag or ""
+            to_tag = response.to.tag or ""
             user = self.dialogs.get((response.call_id, from_tag, to_tag))
             if user is not None:
                 user.receive_stray_2xx(response)

@@ -15,6 +15,7 @@ from typing import Any
 
 from softphone.errors import SipError
 from softphone.log import get_logger
+from softphone.sip.message import CSeq, Headers, NameAddr, SipRequest
 
 log = get_logger(__name__)
 
@@ -31,8 +32,6 @@ class DialogState(enum.Enum):
 
 
 def _name_addr(value: str) -> Any:
-    from softphone.sip.message import NameAddr
-
     return NameAddr.parse(value)
 
 
@@ -186,8 +185,6 @@ class Dialog:
         cseq: int | None = None,
     ) -> Any:
         """An in-dialog request without Via (the core adds it when sending)."""
-        from softphone.sip.message import CSeq, Headers, SipRequest
-
         if self.state is DialogState.TERMINATED and method not in ("ACK", "BYE"):
             raise SipError(f"dialog {self.call_id} is terminated: cannot send {method}")
         headers = Headers()

@@ -20,6 +20,7 @@ from softphone.log import get_logger
 from softphone.sip.core import UserAgentCore
 from softphone.sip.description_handler import Body, SessionDescriptionHandlerFactory
 from softphone.sip.dialog import Dialog
+from softphone.sip.message import generate_tag
 from softphone.sip.null_handler import sdp_direction
 from softphone.sip.session import Session, SessionState
 from softphone.sip.transaction import InviteServerTransaction, TransactionState
@@ -71,8 +72,6 @@ class Invitation(Session):
     def __init__(self, core: UserAgentCore, request: Any, transaction: InviteServerTransaction,
                  handler_factory: SessionDescriptionHandlerFactory) -> None:
         super().__init__(core, handler_factory)
-        from softphone.sip.message import generate_tag
-
         self.request = request
         self.transaction = transaction
         self.local_tag = generate_tag()

@@ -18,6 +18,7 @@ from softphone.log import get_logger
 from softphone.sip.core import OutgoingRequest, UserAgentCore
 from softphone.sip.description_handler import Body, SessionDescriptionHandlerFactory
 from softphone.sip.dialog import Dialog, _name_addr
+from softphone.sip.message import SipUri
 from softphone.sip.null_handler import sdp_direction
 from softphone.sip.session import Session, SessionState
 
@@ -31,8 +32,6 @@ class Inviter(Session):
                  *, extra_headers: list[tuple[str, str]] | None = None, no_answer_timeout: float = 120.0,
                  early_media: bool = True, offer: bool = True) -> None:
         super().__init__(core, handler_factory)
-        from softphone.sip.message import SipUri
-
         self.target = SipUri.parse(target) if isinstance(target, str) else target
         self.extra_headers = list(extra_headers or [])
         self.no_answer_timeout = no_answer_timeout

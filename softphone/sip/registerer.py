@@ -20,6 +20,7 @@ from pyee.asyncio import AsyncIOEventEmitter
 from softphone.errors import AuthenticationError, RegistrationError, SipError
 from softphone.log import get_logger
 from softphone.sip.core import UserAgentCore
+from softphone.sip.message import generate_call_id
 
 log = get_logger(__name__)
 
@@ -58,8 +59,6 @@ class Registerer(AsyncIOEventEmitter):
 
     def __init__(self, core: UserAgentCore, options: RegistererOptions | None = None) -> None:
         super().__init__()
-        from softphone.sip.message import generate_call_id
-
         self.core = core
         self.options = options or RegistererOptions()
         if self.options.expires < 0:

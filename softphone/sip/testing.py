@@ -20,9 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from softphone.errors import TransportError
+from softphone.errors import SipParseError, TransportError
 from softphone.log import get_logger
-from softphone.sip.transport import Transport, TransportState
+from softphone.sip.message import Via, generate_tag, make_response, parse_message
+from softphone.sip.timers import Timers
+from softphone.sip.transport import Reconnect, Transport, TransportState
+from softphone.sip.user_agent import UserAgent, UserAgentConfig
 
 log = get_logger(__name__)
 
@@ -152,9 +155,6 @@ class LoopbackHub:
     # --- routing ---------------------------------------------------------------------
 
     def route(self, source: FakeTransport, text: str) -> None:
-        from softphone.errors import SipParseError
-        from softphone.sip.message import parse_message
-
         try:
             msg = parse_message(text)
         except SipParseError:
@@ -176,8 +176,6 @@ class LoopbackHub:
 
     def respond(self, source: FakeTransport, request: Any, status: int, reason: str | None = None,
                 headers: list[tuple[str, str]] | None = None) -> None:
-        from softphone.sip.message import generate_tag, make_response
-
         to_tag = None if status == 100 else generate_tag()
         self.send_to(source, make_response(request, status, reason, to_tag=to_tag, headers=headers))
 
@@ -231,8 +229,6 @@ class LoopbackHub:
         vias = resp.headers.get_all("Via")
         if not vias or HUB_HOST not in vias[0]:
             return
-        from softphone.sip.message import Via
-
         branch = Via.parse(vias[0]).branch
         source = self._branches.get(branch or "")
         if source is None:
@@ -340,12 +336,8 @@ def _split_commas(text: str) -> list[str]:
 
 
 def hub_user_agent(hub: LoopbackHub, ext: str, *, password: str | None = None, scale: float = 0.05,
-                   **config: Any) -> Any:
+                   **config: Any) -> UserAgent:
     """A :class:`~softphone.sip.user_agent.UserAgent` on ``hub`` with timers scaled for tests."""
-    from softphone.sip.timers import Timers
-    from softphone.sip.transport import Reconnect
-    from softphone.sip.user_agent import UserAgent, UserAgentConfig
-
     config.setdefault("reconnect", Reconnect(min_delay=0.01 * scale * 100, max_delay=0.05 * scale * 100))
 
     if password is None and hub.users is not None:

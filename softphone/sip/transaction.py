@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from softphone.errors import TransactionTimeoutError, TransportError
 from softphone.log import get_logger
+from softphone.sip.message import CSeq, Headers, SipRequest, make_response
 from softphone.sip.timers import Timers
 
 log = get_logger(__name__)
@@ -214,8 +215,6 @@ class InviteClientTransaction(ClientTransaction):
 
 def make_non_2xx_ack(invite: Any, response: Any) -> Any:
     """The ACK for a 3xx-6xx final response (RFC 3261 17.1.1.3): hop-by-hop, same branch."""
-    from softphone.sip.message import CSeq, Headers, SipRequest
-
     headers = Headers()
     headers.add("Via", str(invite.top_via))
     for route in invite.headers.get_all("Route"):
@@ -318,8 +317,6 @@ class InviteServerTransaction(ServerTransaction):
     def _send_trying(self) -> None:
         """The TU is slow: tell the caller we are alive (17.2.1)."""
         if self.state is TransactionState.PROCEEDING and self.last_response is None:
-            from softphone.sip.message import make_response
-
             self.respond(make_response(self.request, 100, "Trying"))
 
     def respond(self, response: Any) -> None:

@@ -28,6 +28,7 @@ from pyee import EventEmitter
 
 from softphone.errors import ConfigurationError, SipParseError, TransportError
 from softphone.log import get_logger, redact
+from softphone.sip.message import make_response, parse_message
 
 log = get_logger(__name__)
 
@@ -168,8 +169,6 @@ class Transport(EventEmitter, abc.ABC):
 
     def receive_text(self, text: str) -> None:
         """Turn one incoming frame into a ``message`` event; never raises."""
-        from softphone.sip.message import make_response, parse_message
-
         if text in (CRLF_PONG, CRLF_PING, ""):
             return
         if log.isEnabledFor(logging.DEBUG):
