@@ -17,7 +17,7 @@ from softphone.errors import AuthenticationError, SessionError, SipError, Transp
 from softphone.log import get_logger
 from softphone.sip.core import OutgoingRequest, UserAgentCore
 from softphone.sip.description_handler import Body, SessionDescriptionHandlerFactory
-from softphone.sip.dialog import Dialog, _name_addr
+from softphone.sip.dialog import Dialog
 from softphone.sip.message import SipUri
 from softphone.sip.null_handler import sdp_direction
 from softphone.sip.session import Session, SessionState
@@ -108,7 +108,7 @@ class Inviter(Session):
             self._send_cancel()
         if response.status == 100:
             return
-        to_tag = _name_addr(response.headers.get("To")).tag
+        to_tag = response.to.tag
         if to_tag and to_tag not in self._early_dialogs and response.contact:
             try:
                 self._early_dialogs[to_tag] = Dialog.uac(self.outgoing.request, response,
@@ -177,7 +177,7 @@ class Inviter(Session):
         self.emit("accepted", response)
 
     def _on_extra_2xx(self, response: Any) -> None:
-        to_tag = _name_addr(response.headers.get("To")).tag
+        to_tag = response.to.tag
         if self.dialog is not None and to_tag == self.dialog.remote_tag:
             self._resend_ack(response)
             return
