@@ -239,6 +239,60 @@ def test_make_challenge_flags_and_fresh_nonces():
         make_challenge("r", algorithm="SHA-1")
 
 
+@pytest.mark.parametrize("algorithm", ["MD5", "MD5-sess", "SHA-256", "SHA-256-sess"])
+@pytest.mark.parametrize("qop", [("auth",), ("auth-int",)])
+async def test_server_side_accepts_an_independent_client(algorithm, qop):
+    """aiohttp's DigestAuthMiddleware (its own RFC 7616 code) against make_challenge/verify_authorization."""
+    from aiohttp import DigestAuthMiddleware, web
+
+    seen: list[str | None] = []
+    issued: set[str] = set()
+    counter = NonceCounter()
+
+    async def handler(request: web.Request) -> web.Response:
+        body = await request.text()
+        header = request.headers.get("Authorization")
+        user = None
+        if header:
+            user = verify_authorization(header, request.method, {"agent": "s3cr3t pw"}.get, "lab.test", body,
+                                        nonce_counter=counter, nonces=issued.__contains__,
+                                        request_uri=request.path_qs)
+        seen.append(user)
+        if user is None:
+            value, nonce = make_challenge("lab.test", algorithm=algorithm, qop=qop, opaque="op1")
+            issued.add(nonce)
+            return web.Response(status=401, headers={"WWW-Authenticate": value})
+        return web.Response(text=f"hello {user}")
+
+    app = web.Application()
+    app.router.add_route("*", "/sip/register", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        async with aiohttp.ClientSession(middlewares=(DigestAuthMiddleware("agent", "s3cr3t pw"),)) as session:
+            url = f"http://127.0.0.1:{port}/sip/register?x=1"
+            async with session.post(url, data="v=0\r\n") as resp:
+                assert (resp.status, await resp.text()) == (200, "hello agent")
+            async with session.post(url, data="second") as resp:  # same nonce, nc=2
+                assert resp.status == 200
+        assert seen[0] is None and seen[-1] == "agent"
+        async with aiohttp.ClientSession(middlewares=(DigestAuthMiddleware("agent", "wrong"),)) as session, \
+                session.get(f"http://127.0.0.1:{port}/sip/register") as resp:
+            assert resp.status == 401
+    finally:
+        await asyncio.wait_for(runner.cleanup(), 10)
+
+
+def test_request_uri_must_match_when_given():
+    header, _ = make_challenge("r")
+    answer = DigestClient(DigestCredentials("u", "p")).authorize(DigestChallenge.parse(header), "REGISTER", "sip:r")
+    assert verify_authorization(answer, "REGISTER", {"u": "p"}.get, "r", request_uri="sip:r") == "u"
+    assert verify_authorization(answer, "REGISTER", {"u": "p"}.get, "r", request_uri="sip:other") is None
+
+
 # --- secrets -----------------------------------------------------------------------------------
 
 

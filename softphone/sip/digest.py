@@ -341,11 +341,14 @@ class NonceCounter:
 
 def verify_authorization(header_value: str, method: str, password_lookup: Callable[[str], str | None],
                          realm: str, body: str = "", *, nonce_counter: NonceCounter | None = None,
-                         nonces: Callable[[str], bool] | None = None) -> str | None:
+                         nonces: Callable[[str], bool] | None = None,
+                         request_uri: str | None = None) -> str | None:
     """The authenticated username, or None if the answer is wrong for any reason.
 
     ``nonces`` may say whether a nonce is one we issued; ``nonce_counter``
-    enforces growing ``nc`` values.  Never raises for bad input.
+    enforces growing ``nc`` values; ``request_uri`` must then equal the
+    digest ``uri`` (an answer replayed for another target is refused).
+    Never raises for bad input.
     """
     try:
         scheme, params = parse_auth_params(header_value)
@@ -365,6 +368,8 @@ def verify_authorization(header_value: str, method: str, password_lookup: Callab
     response = params.get("response")
     uri = params.get("uri")
     if not username or nonce is None or response is None or uri is None or params.get("realm") != realm:
+        return None
+    if request_uri is not None and uri != request_uri:
         return None
     if params.get("userhash", "").lower() == "true":
         return None  # hashed usernames need a reverse table the lab does not keep
