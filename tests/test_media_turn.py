@@ -131,3 +131,21 @@ async def test_rejected_turn_credentials_are_an_ice_error(coturn):
         assert "not-the-password" not in str(info.value)
     finally:
         await handler.close()
+
+
+async def test_turn_credential_never_reaches_the_logs(coturn, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)  # every logger: ours, aiortc's, aioice's
+    config = relay_config(coturn, codecs=("PCMU",))
+    a, b, offer, answer, _, _ = await _tone_call(config, 600.0, 900.0)
+    try:
+        await a.send_dtmf("5", 40, 40)
+        await a.stats()
+    finally:
+        await a.close()
+        await b.close()
+    assert caplog.records, "DEBUG logging produced nothing: the check would be empty"
+    text = caplog.text + "".join(str(r.args) for r in caplog.records) + offer + answer
+    assert coturn.password not in text
+    assert coturn.password not in repr(config) and coturn.password not in config.ice.describe()
