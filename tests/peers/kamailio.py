@@ -162,7 +162,12 @@ request_route {{
         exit;
     }}
 
-    # www (401) for REGISTER, proxy (407) for everything else.
+    # www (401) for REGISTER, proxy (407) for everything else. No credentials, or credentials
+    # of an unknown user: a (new) challenge, as for a wrong password.
+    if ($au == $null || $sht(users=>$au) == $null) {{
+        auth_challenge("$fd", "1");
+        exit;
+    }}
     if (!pv_auth_check("$fd", "$sht(users=>$au)", "0", "1")) {{
         auth_challenge("$fd", "1");
         exit;
@@ -255,7 +260,7 @@ class Kamailio:
 
     def __init__(self, workdir: Path, *, users: dict[str, str] | None = None, n_users: int = 20,
                  domain: str = "127.0.0.1", port: int | None = None, children: int = 2,
-                 shm_mb: int = 64, pkg_mb: int = 8, debug: int = 2) -> None:
+                 shm_mb: int | None = None, pkg_mb: int = 8, debug: int = 2) -> None:
         self.workdir = workdir
         self.domain = domain
         self.users: dict[str, str] = dict(default_users(n_users))
@@ -263,7 +268,9 @@ class Kamailio:
             self.users.update(users)
         self.port = port or free_port()
         self.children = children
-        self.shm_mb = shm_mb
+        # Each WebSocket connection costs ~130 KB of shared memory (a 64 KB frame buffer in the
+        # websocket module plus the TCP connection): 64 MB covers ~300 phones, so scale with users.
+        self.shm_mb = shm_mb or max(64, 32 + len(self.users) // 4)
         self.pkg_mb = pkg_mb
         self.debug = debug
         self.config_path = workdir / "kamailio.cfg"
