@@ -485,3 +485,24 @@ async def test_overridden_paths_keep_credentials_and_error_shapes():
             401, {"message": "unable to validate api user"})
         status, data = await api.req("POST", "/api/v2/leads/archive", {"insert_leads": "x"})
         assert (status, data["message"]) == (400, "insert_leads must be a boolean value")
+
+
+async def test_seed_may_preprovision_extensions(tmp_path):
+    import json
+
+    from softphone.lab.seed import load_seed
+
+    seed = load_seed()
+    data = {"api_key": seed.api_key, "customers": seed.customers, "campaigns": seed.campaigns,
+            "users": [{**seed.users[0], "extension": "7001"}, seed.users[1]]}
+    path = tmp_path / "seed.json"
+    path.write_text(json.dumps(data))
+    async with await start_lab(seed=path) as server, aiohttp.ClientSession(server.url) as session:
+        api = Api(session)
+        await api.authorize()
+        status, data = await api.req("POST", "/omni/users/1001/webrtc",
+                                     {"customer_id": 1, "expire_date": "2030-01-01T00:00:00Z"})
+        assert (status, data["extension"]) == (200, "7001")
+        await api.authorize("agent2", "agent2pass")
+        assert await api.req("POST", "/omni/users/1002/login", {"campaign_id": 1, "extension": "7001"}) == (
+            409, error("extension 7001 belongs to another user"))

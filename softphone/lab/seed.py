@@ -26,6 +26,8 @@ from softphone.log import get_logger
 log = get_logger(__name__)
 
 DEFAULT_SEED = "seed.json"
+#: expire_date of extensions a seed file gives users directly ("extension": "9101")
+PRESEEDED_EXPIRY = "2099-12-31T23:59:59+00:00"
 
 _FIRST = ("Thabo", "Aisha", "Pieter", "Naledi", "John", "Maria", "Sipho", "Fatima", "David", "Lerato",
           "James", "Zanele", "Ahmed", "Emma", "Kagiso", "Grace", "Lwazi", "Sarah", "Ruan", "Precious")
@@ -150,6 +152,8 @@ def load_seed(path: str | Path | None = None) -> Seed:
         _need(u, "user_name", str, w)
         _need(u, "password", str, w)
         _need(u, "customer_id", int, w)
+        if "extension" in u:
+            _need(u, "extension", str, w)
     for n, c in enumerate(campaigns):
         w = f"{where} campaigns[{n}]"
         _need(c, "campaign_id", int, w)
@@ -188,6 +192,11 @@ async def apply_seed(db: Database, seed: Seed) -> None:
                     "INSERT INTO lab_users (user_id, user_name, password, customer_id, status) "
                     "VALUES (?, ?, ?, ?, 'LOGGED_OUT')",
                     (u["user_id"], u["user_name"], u["password"], u["customer_id"]))
+            if u.get("extension") and not await tx.fetchone(
+                    "SELECT 1 FROM lab_extensions WHERE user_id = ? OR extension = ?", (u["user_id"], u["extension"])):
+                await tx.execute(
+                    "INSERT INTO lab_extensions (extension, user_id, customer_id, expire_date) VALUES (?, ?, ?, ?)",
+                    (u["extension"], u["user_id"], u["customer_id"], PRESEEDED_EXPIRY))
         for c in seed.campaigns:
             if not await tx.fetchone("SELECT 1 FROM lab_campaigns WHERE campaign_id = ?", (c["campaign_id"],)):
                 await tx.execute(
