@@ -668,3 +668,15 @@ async def test_handler_lean_call_counts_rtp_and_still_carries_dtmf():
     finally:
         await a.close()
         await b.close()
+
+
+async def test_release_gives_up_on_a_close_that_hangs(caplog):
+    class HangingPc:
+        def getTransceivers(self):
+            return []
+
+        async def close(self):
+            await asyncio.sleep(3600)
+
+    await asyncio.wait_for(lean.release_peer_connection(HangingPc(), timeout=0.05), 5)
+    assert "did not close" in caplog.text
