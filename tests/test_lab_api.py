@@ -506,3 +506,13 @@ async def test_seed_may_preprovision_extensions(tmp_path):
         await api.authorize("agent2", "agent2pass")
         assert await api.req("POST", "/omni/users/1002/login", {"campaign_id": 1, "extension": "7001"}) == (
             409, error("extension 7001 belongs to another user"))
+
+
+async def test_login_with_an_expired_extension_is_refused(api, clock):
+    await api.authorize()
+    until = datetime.fromtimestamp(clock.t + 120, UTC).replace(microsecond=0).isoformat()
+    status, data = await api.req("POST", "/omni/users/1001/webrtc", {"customer_id": 1, "expire_date": until})
+    assert status == 200
+    clock.t += 121
+    assert await api.req("POST", "/omni/users/1001/login", {"campaign_id": 1, "extension": data["extension"]}) == (
+        409, error(f"extension {data['extension']} expired at {until}"))

@@ -400,8 +400,11 @@ async def login(request: web.Request) -> web.Response:
         if campaign.status is CampaignStatus.NOT_RUNNING:
             raise LabApiError(409, f"campaign_id {campaign_id} is not running")
         owner = await lab.store.extension_owner(extension)
-        if owner is not None and owner != user.user_id:
-            raise LabApiError(409, f"extension {extension} belongs to another user")
+        if owner is not None:
+            if owner[0] != user.user_id:
+                raise LabApiError(409, f"extension {extension} belongs to another user")
+            if datetime.fromisoformat(owner[1]) <= lab.now():
+                raise LabApiError(409, f"extension {extension} expired at {owner[1]}")
         try:
             await lab.telephony.on_login(user.user_id, extension, campaign_id)
         except TelephonyError as exc:

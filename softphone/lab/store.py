@@ -184,10 +184,11 @@ class LabStore:
 
         return await self.db.run_transaction(run)
 
-    async def extension_owner(self, extension: str) -> int | None:
+    async def extension_owner(self, extension: str) -> tuple[int, str] | None:
+        """(user_id, expire_date ISO) of a provisioned extension, or None."""
         row = await self.db.run_transaction(lambda tx: tx.fetchone(
-            "SELECT user_id FROM lab_extensions WHERE extension = ?", (extension,)), readonly=True)
-        return int(row[0]) if row else None
+            "SELECT user_id, expire_date FROM lab_extensions WHERE extension = ?", (extension,)), readonly=True)
+        return (int(row[0]), str(row[1])) if row else None
 
     # campaigns --------------------------------------------------------------------
     async def campaign(self, campaign_id: int) -> Campaign | None:
