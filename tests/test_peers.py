@@ -366,18 +366,24 @@ def test_chromium_loads_sipjs_and_sees_the_legacy_ua_api(chromium, tmp_path):
     assert "version:0.15.11" in dom
 
 
-def test_kamailio_factory_loads_a_thousand_users(kamailio_factory):
+async def test_kamailio_factory_registers_a_thousand_websocket_phones(kamailio_factory):
+    """The registration-benchmark size: 1000 users, 1000 open WebSocket connections at once."""
     kam = kamailio_factory(n_users=1000)
     assert len(kam.users) == 1000 and kam.users["2000"] == "pw2000"
+    gate = asyncio.Semaphore(100)
 
-    async def register_last() -> int:
-        async with aiohttp.ClientSession() as session:
-            last = await phone(session, kam, "2000")
-            status = (await last.register())[1].status
-            await last.ws.close()
-            return status
+    async def register(session: aiohttp.ClientSession, ext: str) -> tuple[RawPhone, int]:
+        async with gate:
+            p = await phone(session, kam, ext)
+            return p, (await p.register())[1].status
 
-    assert asyncio.run(register_last()) == 200
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        results = await asyncio.gather(*(register(session, ext) for ext in kam.users))
+        try:
+            assert [status for _, status in results] == [200] * 1000
+        finally:
+            await asyncio.gather(*(p.ws.close() for p, _ in results))
+    assert "ERROR" not in kam.log_path.read_text()
 
 
 # --- how the fixtures fail and clean up -------------------------------------------------------------

@@ -17,7 +17,7 @@ from .chromium import Chromium
 from .coturn import Coturn
 from .kamailio import Kamailio
 from .mariadb import MariaDB
-from .process import PeerStartError, fail
+from .process import PeerStartError, fail, log_tail
 
 
 @pytest.fixture(scope="session")
@@ -64,6 +64,7 @@ def kamailio_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Calla
         started.append(kam)
         return _start_kamailio(kam)
 
+    make.started = started  # type: ignore[attr-defined]  # for the failure report below
     yield make
     for kam in started:
         kam.stop()
@@ -93,3 +94,25 @@ def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
         fail("chromium", str(exc))
     yield browser
     browser.stop_all()
+
+
+PEER_FIXTURES = ("coturn", "kamailio", "kamailio_factory", "mariadb")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """When a test that used a peer fails, show where each peer's log is, with its last lines."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed or call.when == "setup":
+        return
+    funcargs = getattr(item, "funcargs", {})
+    peers = []
+    for name in PEER_FIXTURES:
+        value = funcargs.get(name)
+        peers += getattr(value, "started", []) if name == "kamailio_factory" else [value] if value else []
+    lines = []
+    for peer in peers:
+        lines += [f"{peer!r}", f"--- {peer.log_path} (last lines) ---", log_tail(peer.log_path, 15), ""]
+    if lines:
+        report.sections.append(("peer logs", "\n".join(lines)))
