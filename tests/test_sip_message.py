@@ -574,6 +574,11 @@ def test_header_injection_is_refused():
         h.add("Subject", "hi\r\nVia: evil")
     with pytest.raises(SipError, match="invalid SIP header name"):
         h.add("Bad Name", "x")
+    req = parse_message(request())
+    with pytest.raises(SipError, match="line break in start line"):
+        make_response(req, 400, "Bad\r\nVia: evil").encode()
+    with pytest.raises(SipError, match="line break in start line"):
+        SipRequest("OPTIONS", SipUri(host="a\r\nb"), req.headers).encode()
 
 
 # --- URIs, addresses, Via, CSeq -------------------------------------------------------------

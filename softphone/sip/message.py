@@ -20,7 +20,7 @@ import re
 import secrets
 from collections.abc import Iterable
 
-from softphone.errors import SipParseError
+from softphone.errors import SipError, SipParseError
 from softphone.log import get_logger
 from softphone.sip.headers import (
     COMPACT_FORMS,
@@ -333,7 +333,10 @@ class SipMessage:
     def encode(self) -> bytes:
         """The wire form: CRLF line ends, Content-Length recomputed from the body."""
         body = self.body.encode("utf-8", "surrogateescape")
-        parts = [self.start_line(), "\r\n"]
+        start = self.start_line()
+        if "\r" in start or "\n" in start:
+            raise SipError(f"line break in start line {_short(start)}")
+        parts = [start, "\r\n"]
         for key, name, value in self.headers._items:
             if key != "content-length":
                 parts += (name, ": ", value, "\r\n")
