@@ -15,7 +15,8 @@ project's defaults where it does not (see ``openapi.yaml``, served at
   state, 500 (no traceback ever leaves the server);
 * state changes of one agent are serialized by a per-user lock, and the
   telephony hook (:mod:`softphone.lab.telephony`) is asked before the
-  database records a change, so a refusal (409) changes nothing.
+  database records a change, so a refusal (409) leaves the agent as it was
+  (a refused dial is kept as an ended call with SIP code 480).
 
 Webhooks (:mod:`softphone.lab.webhooks`) go out in the background:
 ``user_status`` on login/logout, ``call`` when a call is placed,
