@@ -258,3 +258,19 @@ async def test_unregister_failure_still_ends_unregistered():
         lambda msg, src: getattr(msg, "method", None) == "REGISTER" and (hub.respond(src, msg, 500), True)[1])
     await asyncio.wait_for(ua.stop(), BOUND)
     assert ua.registerer.state is RegistererState.TERMINATED
+
+
+async def test_pending_register_fails_at_once_when_the_connection_drops():
+    hub = LoopbackHub()
+    ua = hub_user_agent(hub, "1001", scale=1.0)  # timer F would be 32 s
+    async with ua:
+        before = len(hub.messages("REGISTER"))
+        hub.interceptors.append(lambda msg, src: getattr(msg, "method", None) == "REGISTER")
+        pending = asyncio.ensure_future(ua.registerer.register())
+        await _until(lambda: len(hub.messages("REGISTER")) > before)
+        ua.transport.drop("cable cut")
+        with pytest.raises(RegistrationError, match="connection lost"):
+            await asyncio.wait_for(pending, BOUND)
+        hub.interceptors.clear()
+        ua.transport.restore()
+        await _until(lambda: ua.registered)

@@ -344,6 +344,7 @@ class UserAgentCore:
         self._digest_client: Any = None
         self._nc: dict[str, int] = {}
         transport.on("message", self.receive_message)
+        transport.on("disconnected", self._on_transport_lost)
         if config.password is not None:
             register_secret(reveal(config.password))
 
@@ -621,9 +622,21 @@ class UserAgentCore:
         else:
             self.reply(invite_tx, 487, "Request Terminated")
 
+    def _on_transport_lost(self, reason: str) -> None:
+        """Responses come back on the connection the request left on: with it gone,
+        pending requests fail now instead of waiting for timer B/F."""
+        error = TransportError(f"connection lost before a final response ({reason})")
+        for tx in list(self.transactions.client.values()):
+            if tx.state in (TransactionState.CALLING, TransactionState.TRYING, TransactionState.PROCEEDING):
+                tx.terminate()
+                tx.user.on_transport_error(error)
+        for stx in list(self.transactions.server.values()):
+            stx.terminate()
+
     def close(self) -> None:
         self.transactions.terminate_all()
         self.transport.remove_listener("message", self.receive_message)
+        self.transport.remove_listener("disconnected", self._on_transport_lost)
 
 
 def ensure_sip_error(exc: BaseException) -> SipError:
