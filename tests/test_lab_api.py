@@ -248,6 +248,25 @@ async def test_telephony_refusal_is_409_and_changes_nothing():
         assert await api.req("POST", "/omni/users/1001/logout") == (409, error("user_id 1001 is not logged in"))
 
 
+class BusyTelephony(InMemoryTelephony):
+    """Stands for a carrier that refuses every dial."""
+
+    async def place_call(self, call):
+        raise TelephonyError(f"{call.phone_number} is busy")
+
+
+async def test_refused_dial_is_409_and_no_live_call_remains():
+    async with await start_lab(telephony=BusyTelephony()) as server, aiohttp.ClientSession(server.url) as session:
+        api = Api(session)
+        await api.authorize()
+        await api.login()
+        body = {"phone_number": "0821234567", "outbound_cli": "2711", "unique_id": "u"}
+        assert await api.req("POST", "/omni/voice/1001/call", body) == (409, error("0821234567 is busy"))
+        assert await api.req("GET", "/omni/voice/1001/calls") == (200, {"calls": []})
+        refused = await server.lab.store.call(1)
+        assert refused is not None and (refused.call_state.value, refused.sip_code) == ("ended", 480)
+
+
 # --- voice --------------------------------------------------------------------------------
 
 
