@@ -116,3 +116,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         lines += [f"{peer!r}", f"--- {peer.log_path} (last lines) ---", log_tail(peer.log_path, 15), ""]
     if lines:
         report.sections.append(("peer logs", "\n".join(lines)))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses a real peer `peer`, so `-m "not peer"` runs only the fast rest."""
+    for item in items:
+        if set(getattr(item, "fixturenames", ())) & {*PEER_FIXTURES, "chromium"}:
+            item.add_marker(pytest.mark.peer)
