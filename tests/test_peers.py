@@ -31,7 +31,8 @@ from peers.kamailio import Kamailio
 from peers.plugin import _start_kamailio
 from peers.process import PeerProcess, PeerStartError, free_port
 
-pytestmark = pytest.mark.peer
+# Tests using a peer fixture are marked `peer` by tests/peers/plugin.py; those that start a
+# peer binary themselves are marked here.
 BOUND = 10.0
 REPO = Path(__file__).resolve().parents[1]
 launch = load_launcher()
@@ -388,6 +389,7 @@ async def test_kamailio_factory_registers_a_thousand_websocket_phones(kamailio_f
 
 # --- how the fixtures fail and clean up -------------------------------------------------------------
 
+@pytest.mark.peer
 def test_a_kamailio_that_cannot_bind_fails_loudly_with_its_log(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))  # bound, not listening: Kamailio's bind fails, no probe succeeds
@@ -400,6 +402,7 @@ def test_a_kamailio_that_cannot_bind_fails_loudly_with_its_log(tmp_path):
     assert not kam.running()
 
 
+@pytest.mark.peer
 def test_a_broken_kamailio_config_is_reported_with_kamailio_c_output(tmp_path):
     kam = Kamailio(tmp_path, n_users=1)
     kam.write_config()
@@ -554,6 +557,7 @@ def test_turn_launcher_cli_names_missing_credentials(tmp_path):
     assert result.returncode == 2 and "TURN credentials missing" in result.stderr
 
 
+@pytest.mark.peer
 def test_turn_launcher_background_mode_waits_for_stun_and_returns(tmp_path):
     port = free_port(udp=True)
     result = subprocess.run(
