@@ -43,8 +43,8 @@ async def start(*args: str, env: dict | None = None) -> tuple[asyncio.subprocess
     return proc, banner
 
 
-async def stop(proc: asyncio.subprocess.Process) -> tuple[int, str]:
-    proc.send_signal(signal.SIGINT)
+async def stop(proc: asyncio.subprocess.Process, sig: int = signal.SIGINT) -> tuple[int, str]:
+    proc.send_signal(sig)
     out, _ = await asyncio.wait_for(proc.communicate(), 30)
     return proc.returncode, out.decode()
 
@@ -106,6 +106,12 @@ async def test_paths_file_moves_the_routes(tmp_path):
     finally:
         code, _ = await stop(proc)
     assert code == 0
+
+
+async def test_sigterm_is_a_clean_stop_too():
+    proc, _banner = await start("--port", "0")
+    code, out = await stop(proc, signal.SIGTERM)
+    assert code == 0 and "softphone lab: stopped" in out
 
 
 @pytest.mark.parametrize(("args", "fragment"), [
