@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from softphone.errors import SipError, SipParseError
 from softphone.log import get_logger
@@ -51,6 +52,7 @@ __all__ = [
 ]
 
 log = get_logger(__name__)
+_T = TypeVar("_T")
 
 MAX_MESSAGE_BYTES = 65536
 MAX_HEADERS = 200
@@ -520,6 +522,7 @@ def _parse_header_lines(lines: list[str]) -> tuple[list[tuple[str, str, str]], s
 
 
 def _validate(message: SipRequest | SipResponse) -> None:
+    """Mandatory and single-valued headers present once and well-formed (RFC 3261 8.1.1, 20)."""
     headers = message.headers
     counts: dict[str, int] = {}
     for key, _, _ in headers._items:
@@ -553,7 +556,8 @@ def _validate(message: SipRequest | SipResponse) -> None:
             _field(message, name, lambda n=name: [NameAddr.parse(v) for v in headers.get_all(n)])
 
 
-def _field(message: SipMessage, name: str, parse):  # type: ignore[no-untyped-def]
+def _field(message: SipMessage, name: str, parse: Callable[[], _T]) -> _T:
+    """Run ``parse``; its error is reworded to name the header and show its value."""
     try:
         return parse()
     except SipParseError as exc:
