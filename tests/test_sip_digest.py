@@ -18,6 +18,8 @@ from softphone.sip.digest import (
     DigestClient,
     DigestCredentials,
     NonceCounter,
+    NonceState,
+    NonceStore,
     choose_challenge,
     compute_response,
     make_challenge,
@@ -284,6 +286,30 @@ async def test_server_side_accepts_an_independent_client(algorithm, qop):
             assert resp.status == 401
     finally:
         await asyncio.wait_for(runner.cleanup(), 10)
+
+
+def test_nonce_store_valid_stale_unknown_and_the_stale_retry_flow():
+    now = [1000.0]
+    store = NonceStore(ttl=60, clock=lambda: now[0])
+    other = NonceStore(ttl=60, clock=lambda: now[0])
+    nonce = store.issue()
+    assert store.state(nonce) is NonceState.VALID and store.is_valid(nonce)
+    assert other.state(nonce) is NonceState.UNKNOWN  # another secret
+    for forged in ("", "abc", nonce.replace(".", ""), "zz." + nonce.split(".")[1], nonce[:-1] + "0"):
+        assert store.state(forged) is NonceState.UNKNOWN
+    header, _ = make_challenge("r", nonce=nonce)
+    client = DigestClient(DigestCredentials("u", "p"))
+    answer = client.authorize(DigestChallenge.parse(header), "REGISTER", "sip:r")
+    assert verify_authorization(answer, "REGISTER", {"u": "p"}.get, "r", nonces=store.is_valid) == "u"
+    now[0] += 61
+    assert store.state(nonce) is NonceState.STALE
+    assert verify_authorization(answer, "REGISTER", {"u": "p"}.get, "r", nonces=store.is_valid) is None
+    stale_header, fresh = make_challenge("r", stale=True, nonce=store.issue())
+    stale = DigestChallenge.parse(stale_header)
+    assert stale.stale and client.should_retry(stale, previous_attempt_failed=True)
+    retry = client.authorize(stale, "REGISTER", "sip:r")
+    assert params_of(retry)["nonce"] == fresh and params_of(retry)["nc"] == "00000001"
+    assert verify_authorization(retry, "REGISTER", {"u": "p"}.get, "r", nonces=store.is_valid) == "u"
 
 
 def test_request_uri_must_match_when_given():

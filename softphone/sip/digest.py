@@ -15,6 +15,7 @@ layer never logs.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import hmac
 import secrets
@@ -298,11 +299,12 @@ def algorithm_name(algorithm: str) -> str:
 
 
 def make_challenge(realm: str, algorithm: str = "MD5", qop: tuple[str, ...] | list[str] | None = ("auth",),
-                   stale: bool = False, opaque: str | None = None) -> tuple[str, str]:
-    """A ``Digest`` challenge value and its fresh nonce (for the lab registrar and tests)."""
+                   stale: bool = False, opaque: str | None = None, *, nonce: str | None = None) -> tuple[str, str]:
+    """A ``Digest`` challenge value and its nonce (fresh unless given; for the lab registrar and tests)."""
     if algorithm.upper() not in ALGORITHM_STRENGTH:
         raise AuthenticationError(f"unsupported digest algorithm {algorithm!r}")
-    nonce = f"{int(time.time()):x}{secrets.token_hex(12)}"
+    if nonce is None:
+        nonce = f"{int(time.time()):x}{secrets.token_hex(12)}"
     parts = [f"realm={_quote(realm)}", f"nonce={_quote(nonce)}"]
     if opaque is not None:
         parts.append(f"opaque={_quote(opaque)}")
@@ -321,6 +323,45 @@ def _valid_escapes(text: str) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+class NonceState(enum.Enum):
+    VALID = "valid"
+    STALE = "stale"  # ours but expired: challenge again with stale=true (RFC 7616 3.3)
+    UNKNOWN = "unknown"  # not issued by this store: plain challenge
+
+
+class NonceStore:
+    """Stateless server nonces: ``<issued-at hex>.<HMAC>`` checked without keeping a table.
+
+    A registrar answers an expired-but-genuine nonce with ``stale=true`` so the
+    client retries with the same credentials instead of reporting a failure.
+    """
+
+    def __init__(self, ttl: float = 300.0, secret: bytes | None = None, clock: Callable[[], float] = time.time):
+        self.ttl = ttl
+        self._secret = secret or secrets.token_bytes(32)
+        self._clock = clock
+
+    def _mac(self, stamp: str) -> str:
+        return hmac.new(self._secret, stamp.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def issue(self) -> str:
+        stamp = f"{int(self._clock() * 1000):x}"
+        return f"{stamp}.{self._mac(stamp)}"
+
+    def state(self, nonce: str) -> NonceState:
+        stamp, sep, mac = nonce.partition(".")
+        if not sep or not hmac.compare_digest(mac.encode(), self._mac(stamp).encode()):
+            return NonceState.UNKNOWN
+        try:
+            issued = int(stamp, 16) / 1000
+        except ValueError:
+            return NonceState.UNKNOWN
+        return NonceState.VALID if 0 <= self._clock() - issued <= self.ttl else NonceState.STALE
+
+    def is_valid(self, nonce: str) -> bool:
+        return self.state(nonce) is NonceState.VALID
 
 
 class NonceCounter:
