@@ -28,6 +28,19 @@ MIN_SECRET_LENGTH = 4
 _lock = threading.Lock()
 _secrets: set[str] = set()
 _pattern: re.Pattern[str] | None = None
+_dirty = False
+
+
+def _current_pattern() -> re.Pattern[str] | None:
+    """The alternation of all secrets, rebuilt only after new ones arrived."""
+    global _pattern, _dirty
+    if _dirty:
+        with _lock:
+            if _dirty:
+                ordered = sorted(_secrets, key=len, reverse=True)
+                _pattern = re.compile("|".join(re.escape(s) for s in ordered)) if ordered else None
+                _dirty = False
+    return _pattern
 
 
 def register_secret(value: str | None) -> None:
@@ -45,27 +58,27 @@ def register_secret(value: str | None) -> None:
         variants.add(base64.b64encode(value.encode()).decode())
     except Exception:  # pragma: no cover - str always encodes
         pass
-    global _pattern
+    global _dirty
     with _lock:
         before = len(_secrets)
         _secrets.update(v for v in variants if len(v) >= MIN_SECRET_LENGTH)
         if len(_secrets) != before:
-            ordered = sorted(_secrets, key=len, reverse=True)
-            _pattern = re.compile("|".join(re.escape(s) for s in ordered))
+            _dirty = True  # compiled lazily: hundreds of agents register secrets at start
 
 
 def forget_secrets() -> None:
     """Drop every registered secret (tests use this between cases)."""
-    global _pattern
+    global _pattern, _dirty
     with _lock:
         _secrets.clear()
         _pattern = None
+        _dirty = False
 
 
 def redact(text: Any) -> str:
     """Return ``str(text)`` with every registered secret replaced by ``***``."""
     s = text if isinstance(text, str) else str(text)
-    pattern = _pattern
+    pattern = _current_pattern()
     if pattern is None:
         return s
     return pattern.sub(REDACTED, s)
@@ -127,7 +140,7 @@ class RedactingFilter(logging.Filter):
     """Rewrites a record's message and exception text with secrets removed."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if _pattern is None:
+        if _current_pattern() is None:
             return True
         try:
             message = record.getMessage()
