@@ -115,3 +115,20 @@ def test_html_handler_escapes(tmp_path):
     text = (tmp_path / "x.html").read_text()
     assert "<script>x" not in text and "&lt;script&gt;x" in text
     assert text.rstrip().endswith("</html>")
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=150, deadline=None)
+@given(secrets=st.lists(st.text(alphabet="ab+/= %x", min_size=4, max_size=8), min_size=1, max_size=6),
+       filler=st.text(alphabet="ab+/= %xy", max_size=20))
+def test_overlapping_secrets_all_disappear(secrets, filler):
+    log.forget_secrets()
+    for s in secrets:
+        register_secret(s)
+    out = redact(filler.join(secrets) + filler)
+    for s in secrets:
+        assert s not in out.replace(log.REDACTED, "\x00")
+    log.forget_secrets()
