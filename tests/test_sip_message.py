@@ -1049,3 +1049,19 @@ async def test_call_of_hand_built_messages_through_real_kamailio(kamailio_factor
         await bob.send(make_response(got_bye, 200))
         bye_ok = await alice.final()
         assert bye_ok.status == 200 and bye_ok.cseq == CSeq(sent_invite.cseq.seq + 1, "BYE")
+
+
+def test_parse_benchmark_runs_on_a_valid_message():
+    """bench/sip_parse.py must keep working (bench/sip.py calls it); figures only, no timing asserts."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "sip_parse.py"
+    spec = importlib.util.spec_from_file_location("sip_parse_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    invite = parse_message(module.INVITE)
+    assert invite.content_type == "application/sdp" and "a=rtpmap:111 opus/48000/2" in invite.body
+    result = module.bench_parse(3)
+    assert set(result) >= {"parse_per_s", "serialise_per_s", "parse_and_serialise_per_s", "digest_authorize_per_s"}
+    assert result["message_bytes"] == len(module.INVITE.encode())
