@@ -67,6 +67,7 @@ _SINGLETONS = ("To", "From", "CSeq", "Call-ID", "Max-Forwards", "Content-Length"
 _MANDATORY = ("To", "From", "CSeq", "Call-ID", "Via")
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _BAD_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_ANY_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # all but HTAB and LF
 # In header values a control character is only legal as a quoted-pair (RFC 3261 25.1).
 _BARE_CONTROL = re.compile(r"(?<!\\)[\x00-\x08\x0a-\x1f\x7f]|[\r\n]")
 _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._")
@@ -421,12 +422,14 @@ def parse_message(data: bytes | str) -> SipRequest | SipResponse:
         head = head_bytes.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SipParseError(f"header section is not valid UTF-8 (byte {exc.start})") from None
-    lines = head.replace("\r\n", "\n").split("\n")
+    text = head.replace("\r\n", "\n")
+    lines = text.split("\n")
     start_line = lines[0]
     if "\r" in start_line or _BAD_CONTROL.search(start_line):
         raise SipParseError(f"control character in start line {_short(start_line)}")
     message, uri_error = _parse_start_line(start_line)
-    items, header_error = _parse_header_lines(lines)
+    # One scan of the whole header section spares a per-header check in the usual case.
+    items, header_error = _parse_header_lines(lines, _ANY_CONTROL.search(text) is not None)
     message.headers = Headers._trusted(items)
     partial = None
     if isinstance(message, SipRequest) and "Via" in message.headers:
@@ -475,7 +478,7 @@ def _parse_start_line(line: str) -> tuple[SipRequest | SipResponse, str | None]:
     return SipRequest(method, uri, Headers()), None
 
 
-def _parse_header_lines(lines: list[str]) -> tuple[list[tuple[str, str, str]], str | None]:
+def _parse_header_lines(lines: list[str], controls: bool = True) -> tuple[list[tuple[str, str, str]], str | None]:
     """Header fields in order, and the first problem met (bad lines are skipped).
 
     Going on past a bad line keeps Via/From/To/Call-ID/CSeq for the 400 answer.
@@ -489,7 +492,7 @@ def _parse_header_lines(lines: list[str]) -> tuple[list[tuple[str, str, str]], s
         nonlocal error
         value = " ".join(p for p in pending if p) if len(pending) > 1 else pending[0]
         canonical = canonical_name(name)
-        if _BARE_CONTROL.search(value):
+        if controls and _BARE_CONTROL.search(value):
             error = error or f"control character in {canonical} header"
         else:
             items.append((canonical.lower(), canonical, value))
