@@ -621,3 +621,18 @@ async def test_sipjs_in_chromium_registers_with_the_kamailio_fixture(chromium, k
     finally:
         browser.stop()
         await runner.cleanup()
+
+
+def test_docker_compose_turn_service_matches_the_launcher():
+    import yaml  # PyYAML comes with the test extra (schemathesis)
+
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    turn = compose["services"]["turn"]
+    assert turn["network_mode"] == "host" and turn["build"]["context"] == "./turn"
+    launcher_source = (REPO / "turn" / "launch.py").read_text()
+    for name in turn["environment"]:
+        assert f'"{name}"' in launcher_source, f"{name} is set by docker-compose but never read by turn/launch.py"
+    dockerfile = (REPO / "turn" / "Dockerfile").read_text()
+    assert "FROM coturn/coturn" in dockerfile and '"/opt/turn/launch.py", "--foreground"' in dockerfile
+    for copied in re.search(r"^COPY (.+) /opt/turn/$", dockerfile, re.M).group(1).split():
+        assert (REPO / "turn" / copied).is_file()
