@@ -53,8 +53,8 @@ async def test_turn_allocation_with_long_term_credentials_relays_datagrams(cotur
         _Sink, server_addr=(coturn.host, coturn.port), username=coturn.username, password=coturn.password,
         channel_refresh_time=60, lifetime=120), BOUND)
     try:
-        relayed = transport.get_extra_info("related_address") and transport.get_extra_info("sockname")
-        assert relayed, "no relayed address"
+        mapped, relayed = transport.get_extra_info("related_address"), transport.get_extra_info("sockname")
+        assert mapped and relayed, f"allocation without addresses: mapped {mapped}, relayed {relayed}"
         relay_host, relay_port = relayed[:2]
         assert relay_host == "127.0.0.1" and relay_port != coturn.port
         # A datagram from a loopback peer to the relayed address reaches us through coturn.
