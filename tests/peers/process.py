@@ -69,14 +69,6 @@ def free_port(udp: bool = False, avoid: Sequence[int] = ()) -> int:
     raise PeerStartError("no free loopback port found after 200 tries")
 
 
-def tcp_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 try:  # loaded here, not in the forked child: dlopen after fork can deadlock
     _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
 except OSError:
