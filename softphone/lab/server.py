@@ -8,7 +8,6 @@ use.  Port 0 picks a free port; :attr:`LabServer.url` says which.
 from __future__ import annotations
 
 import enum
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,7 +118,7 @@ async def start_lab(
         lab.notifier.url = await lab.store.setting(NOTIFICATION_SETTING)
         app = build_app(lab)
         runner = web.AppRunner(app, access_log_class=RedactedAccessLogger,
-                               access_log=logging.getLogger("softphone.lab.access"))
+                               access_log=get_logger("softphone.lab.access"))
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         try:
