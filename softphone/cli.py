@@ -97,9 +97,11 @@ def handle_interrupt(func: Callable) -> Callable:
 def main() -> None:
     """Headless WebRTC softphone agent for TForge OmniSense.
 
-    Registers like the browser Webphone (SIP.js over WebSocket, TURN), logs an
-    agent in, answers the bridge call, plays and records audio, and drives the
-    platform's REST API; plus a local lab that stands in for the platform.
+    Validates the Webphone's launch parameters, drives the platform's lead
+    archive API, and runs a local lab that stands in for the platform. The SIP
+    user agent, WebRTC media and REST client are Python libraries today
+    (softphone.sip, softphone.media, softphone.platform); the agent commands
+    (run, phone, demo) build on them next.
     """
     from softphone.log import setup_logging
 
