@@ -9,12 +9,12 @@ text, keep every other line untouched and always write CRLF.
 
 from __future__ import annotations
 
-import enum
 import re
 from dataclasses import dataclass, field
 
 from softphone.errors import DescriptionError
 from softphone.log import get_logger
+from softphone.sip.direction import Direction
 
 log = get_logger(__name__)
 
@@ -25,35 +25,6 @@ class SdpError(DescriptionError, ValueError):
     """An SDP body is not usable (no media section, bad m= line)."""
 
 
-class Direction(enum.Enum):
-    """RFC 3264 media direction, from the point of view of the SDP's writer."""
-
-    SENDRECV = "sendrecv"
-    SENDONLY = "sendonly"
-    RECVONLY = "recvonly"
-    INACTIVE = "inactive"
-
-    @property
-    def sends(self) -> bool:
-        return self in (Direction.SENDRECV, Direction.SENDONLY)
-
-    @property
-    def receives(self) -> bool:
-        return self in (Direction.SENDRECV, Direction.RECVONLY)
-
-    @classmethod
-    def of(cls, sends: bool, receives: bool) -> Direction:
-        if sends and receives:
-            return cls.SENDRECV
-        if sends:
-            return cls.SENDONLY
-        if receives:
-            return cls.RECVONLY
-        return cls.INACTIVE
-
-    def reversed(self) -> Direction:
-        """The direction seen from the other side."""
-        return Direction.of(self.receives, self.sends)
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from softphone.log import get_logger
 from softphone.sip.core import UserAgentCore
 from softphone.sip.description_handler import Body, SessionDescriptionHandlerFactory
 from softphone.sip.dialog import Dialog
+from softphone.sip.direction import sdp_direction
 from softphone.sip.message import generate_tag
-from softphone.sip.null_handler import sdp_direction
 from softphone.sip.session import Session, SessionState
 from softphone.sip.transaction import InviteServerTransaction, TransactionState
 

@@ -18,8 +18,8 @@ from softphone.log import get_logger
 from softphone.sip.core import OutgoingRequest, UserAgentCore
 from softphone.sip.description_handler import Body, SessionDescriptionHandlerFactory
 from softphone.sip.dialog import Dialog
+from softphone.sip.direction import sdp_direction
 from softphone.sip.message import SipUri
-from softphone.sip.null_handler import sdp_direction
 from softphone.sip.session import Session, SessionState
 
 log = get_logger(__name__)

@@ -17,47 +17,12 @@ import secrets
 from softphone.errors import SessionError
 from softphone.log import get_logger
 from softphone.sip.description_handler import Body, DescriptionOptions, SessionDescriptionHandler
+from softphone.sip.direction import Direction, sdp_direction
 
 log = get_logger(__name__)
 
 SDP = "application/sdp"
-_DIRECTION_RE = re.compile(r"^a=(sendrecv|sendonly|recvonly|inactive)\s*$", re.MULTILINE)
 _ports = itertools.count(40000, 2)
-
-
-class Direction(enum.Enum):
-    SENDRECV = "sendrecv"
-    SENDONLY = "sendonly"
-    RECVONLY = "recvonly"
-    INACTIVE = "inactive"
-
-    @property
-    def sends(self) -> bool:
-        return self in (Direction.SENDRECV, Direction.SENDONLY)
-
-    @property
-    def receives(self) -> bool:
-        return self in (Direction.SENDRECV, Direction.RECVONLY)
-
-    @classmethod
-    def of(cls, sends: bool, receives: bool) -> Direction:
-        if sends and receives:
-            return cls.SENDRECV
-        if sends:
-            return cls.SENDONLY
-        if receives:
-            return cls.RECVONLY
-        return cls.INACTIVE
-
-
-def sdp_direction(sdp: str) -> Direction:
-    """The direction attribute of the (first) media section, ``sendrecv`` by default."""
-    media = sdp.split("\nm=", 1)
-    search_in = "m=" + media[1] if len(media) > 1 else sdp
-    match = _DIRECTION_RE.search(search_in.replace("\r\n", "\n")) or _DIRECTION_RE.search(
-        sdp.replace("\r\n", "\n")
-    )
-    return Direction(match.group(1)) if match else Direction.SENDRECV
 
 
 class _Offer(enum.Enum):

@@ -32,7 +32,7 @@ from softphone.sip.description_handler import (
     SessionDescriptionHandlerFactory,
 )
 from softphone.sip.dialog import Dialog
-from softphone.sip.null_handler import Direction, sdp_direction
+from softphone.sip.direction import Direction, sdp_direction
 from softphone.sip.transaction import ServerTransaction
 
 log = get_logger(__name__)
