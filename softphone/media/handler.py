@@ -33,6 +33,7 @@ from softphone.log import get_logger
 from softphone.media import sdp as sdpmod
 from softphone.media.config import MediaConfig
 from softphone.media.dtmf import DtmfEvent, DtmfReceiver, DtmfSender, validate_tones
+from softphone.media.fastpath import enable_fastpath
 from softphone.media.lean import PreEncodedAudioTrack, install_counting_receiver
 from softphone.media.peer import (
     add_audio_transceiver,
@@ -73,6 +74,8 @@ class WebRtcDescriptionHandler(SessionDescriptionHandler, AsyncIOEventEmitter):
         self.source = source
         self.state = NegotiationState.NEW
         self.pc = create_peer_connection(self.config)
+        # SRTP straight from the datagram callback once connected (no queue/task hop).
+        enable_fastpath(self.pc)
         self.transceiver = add_audio_transceiver(self.pc, self.config, source)
         self.sender = self.transceiver.sender
         self.receiver = self.transceiver.receiver

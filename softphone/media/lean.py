@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import enum
 import fractions
+import functools
 import math
 import os
 import struct
@@ -87,8 +88,9 @@ class CodecSpec:
         """RTP timestamp increment of one 20 ms packet."""
         return int(self.clock_rate * FRAME_SECONDS)
 
-    @property
+    @functools.cached_property
     def time_base(self) -> fractions.Fraction:
+        # Read for every packet sent: one Fraction per codec, not one per packet.
         return fractions.Fraction(1, self.clock_rate)
 
     def parameters(self) -> RTCRtpCodecParameters:
@@ -757,12 +759,14 @@ def _codec_preferences(codec: str) -> list:
 async def open_loopback_call(codec: str, caller_track: MediaStreamTrack | None,
                              callee_track: MediaStreamTrack | None, *, counting: bool = True,
                              caller_decode: bool = False, callee_decode: bool = False,
-                             configuration=None, connect_timeout: float = 10.0) -> LoopbackCall:
+                             configuration=None, connect_timeout: float = 10.0,
+                             fastpath: bool = True) -> LoopbackCall:
     """Negotiate ``codec`` between two new peer connections and wait until both are connected.
 
     ``counting`` installs :class:`CountingRtpReceiver` on both sides (decoding
     only where ``*_decode``); ``counting=False`` leaves aiortc's stock receivers.
     ``configuration`` defaults to no ICE servers at all (never a public STUN).
+    ``fastpath`` installs :func:`softphone.media.fastpath.enable_fastpath` on both.
     Wrap in :func:`loopback_host_candidates` to keep the candidates on 127.0.0.1.
     """
     from aiortc import RTCConfiguration
@@ -772,6 +776,11 @@ async def open_loopback_call(codec: str, caller_track: MediaStreamTrack | None,
     caps = _codec_preferences(codec)
     a = RTCPeerConnection(configuration)
     b = RTCPeerConnection(configuration)
+    if fastpath:
+        from softphone.media.fastpath import enable_fastpath
+
+        enable_fastpath(a)
+        enable_fastpath(b)
     try:
         ta = a.addTransceiver(caller_track or "audio", direction="sendrecv" if caller_track else "recvonly")
         ta.setCodecPreferences(caps)

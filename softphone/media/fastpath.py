@@ -1,0 +1,267 @@
+"""A direct receive path for SRTP and a cheaper clock, for many calls in one event loop.
+
+aiortc 1.16 / aioice 0.13 hand every received datagram through an
+``asyncio.Queue``: ``StunProtocol.datagram_received`` -> ``Connection.data_received``
+-> ``queue.put_nowait`` -> wake the DTLS transport's ``__run`` task -> ``Queue.get``
+-> ``Connection.recvfrom`` -> ``Connection.recv`` -> ``RTCDtlsTransport._recv_next``.
+That is a task switch and five coroutine frames per packet before any RTP work.
+:func:`install_fast_receive` makes ``Connection.data_received`` run the SRTP branch
+of ``_recv_next`` directly in the datagram callback; everything else (DTLS records,
+the end-of-connection sentinel, packets while earlier ones are still queued) still
+goes through the queue, so ordering and closing behave as before.  A packet
+handler that really suspends (a TURN channel bind on an RTCP reply, say) is
+finished in a task, and packets arriving meanwhile wait in order behind it.
+
+aiortc's ``clock`` builds a timezone-aware ``datetime`` for every RTP packet sent
+(twice) and received; :func:`install_fast_clock` swaps ``current_ms`` and
+``current_ntp_time`` for ``time.time()`` arithmetic with the same microsecond
+quantisation, so results are identical.
+
+Both rely on private names; :func:`check_fastpath_supported` verifies versions
+and attributes and raises :class:`~softphone.errors.AiortcCompatibilityError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+import types
+from collections.abc import Coroutine
+from typing import Any
+
+import aioice
+import aioice.ice
+import aiortc
+import pylibsrtp
+from aiortc import RTCPeerConnection
+from aiortc import clock as aiortc_clock
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcdtlstransport import State as DtlsState
+from aiortc.rtp import is_rtcp
+
+from softphone.errors import AiortcCompatibilityError
+from softphone.log import get_logger
+
+log = get_logger(__name__)
+
+TESTED_AIORTC = ((1, 16),)
+TESTED_AIOICE = ((0, 13),)
+_DTLS_ATTRS = ("_rx_srtp", "_state", "_handle_rtp_data", "_handle_rtcp_data",
+               "_RTCDtlsTransport__rx_bytes", "_RTCDtlsTransport__rx_packets")
+_CONNECTION_ATTRS = ("_queue", "data_received")
+_CLOCK_ATTRS = ("current_ms", "current_ntp_time", "current_datetime", "datetime_to_ntp", "NTP_EPOCH")
+
+#: Seconds from the NTP epoch (1900) to the Unix epoch (1970).
+NTP_UNIX_OFFSET = 2208988800
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(".")[:2] if x.isdigit())
+
+
+def check_fastpath_supported(dtls: RTCDtlsTransport | None = None) -> None:
+    """Raise :class:`AiortcCompatibilityError` unless the hooks fit the installed aiortc/aioice."""
+    problems = []
+    if _version(aiortc.__version__) not in TESTED_AIORTC:
+        problems.append(f"aiortc {aiortc.__version__} (written for 1.16)")
+    if _version(aioice.__version__) not in TESTED_AIOICE:
+        problems.append(f"aioice {aioice.__version__} (written for 0.13)")
+    missing = [a for a in _CLOCK_ATTRS if not hasattr(aiortc_clock, a)]
+    missing += [a for a in _CONNECTION_ATTRS if not hasattr(aioice.ice.Connection, a) and a != "_queue"]
+    if dtls is not None:
+        missing += [a for a in _DTLS_ATTRS if not hasattr(dtls, a)]
+        connection = getattr(getattr(dtls, "transport", None), "_connection", None)
+        if connection is None:
+            missing.append("transport._connection")
+        else:
+            missing += [a for a in _CONNECTION_ATTRS if not hasattr(connection, a)]
+    if missing:
+        problems.append(f"missing {', '.join(missing)}")
+    if problems:
+        raise AiortcCompatibilityError("media fast path: " + "; ".join(problems))
+
+
+# --- clock -----------------------------------------------------------------------------
+
+
+def fast_current_ms() -> int:
+    """``aiortc.clock.current_ms()`` (ms since 1900, from microseconds) without a datetime."""
+    t = time.time()
+    sec = int(t)
+    return (sec + NTP_UNIX_OFFSET) * 1000 + int((t - sec) * 1_000_000) // 1000
+
+
+def fast_current_ntp_time() -> int:
+    """``aiortc.clock.current_ntp_time()`` (64-bit NTP, microsecond resolution) without a datetime."""
+    t = time.time()
+    sec = int(t)
+    micros = int((t - sec) * 1_000_000)
+    return ((sec + NTP_UNIX_OFFSET) << 32) | ((micros << 32) // 1_000_000)
+
+
+_stock_clock: dict[str, Any] = {}
+
+
+def install_fast_clock() -> None:
+    """Swap aiortc's per-packet clock functions (process-wide, idempotent, same results)."""
+    check_fastpath_supported()
+    if not _stock_clock:
+        _stock_clock["current_ms"] = aiortc_clock.current_ms
+        _stock_clock["current_ntp_time"] = aiortc_clock.current_ntp_time
+    aiortc_clock.current_ms = fast_current_ms
+    aiortc_clock.current_ntp_time = fast_current_ntp_time
+
+
+def uninstall_fast_clock() -> None:
+    """Put aiortc's own clock functions back."""
+    for name, fn in _stock_clock.items():
+        setattr(aiortc_clock, name, fn)
+
+
+# --- receive ---------------------------------------------------------------------------
+
+
+@types.coroutine
+def _resume(coro: Coroutine, yielded: Any):
+    """Continue a coroutine already stepped once by hand, inside the awaiting task."""
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # delivered by the task (cancellation included)
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
+class FastReceive:
+    """The direct SRTP receive path of one DTLS transport (see the module docstring)."""
+
+    __slots__ = ("_backlog", "_task", "connection", "direct", "dtls", "queued")
+
+    def __init__(self, dtls: RTCDtlsTransport) -> None:
+        self.dtls = dtls
+        self.connection = dtls.transport._connection
+        self._backlog: collections.deque[bytes] = collections.deque()
+        self._task: asyncio.Task | None = None
+        self.direct = 0  # datagrams handled in the callback
+        self.queued = 0  # datagrams left to aiortc's queue and task
+
+    def data_received(self, data: bytes, component: int) -> None:
+        """Stands in for ``aioice.ice.Connection.data_received`` on one connection."""
+        dtls = self.dtls
+        if 127 < data[0] < 192 and dtls._rx_srtp is not None and dtls._state is DtlsState.CONNECTED:
+            if self._task is not None:
+                self._backlog.append(data)  # behind a handler that is still running
+                return
+            if self.connection._queue.empty():
+                self.direct += 1
+                coro = self._srtp(data)
+                if coro is not None:
+                    self._drive(coro)
+                return
+        self.queued += 1
+        self.connection._queue.put_nowait((data, component))
+
+    def _srtp(self, data: bytes) -> Coroutine | None:
+        """The SRTP branch of ``RTCDtlsTransport._recv_next`` up to its handler coroutine."""
+        dtls = self.dtls
+        dtls._RTCDtlsTransport__rx_bytes += len(data)
+        dtls._RTCDtlsTransport__rx_packets += 1
+        arrival_time_ms = aiortc_clock.current_ms()
+        try:
+            if is_rtcp(data):
+                return dtls._handle_rtcp_data(dtls._rx_srtp.unprotect_rtcp(data))
+            return dtls._handle_rtp_data(dtls._rx_srtp.unprotect(data), arrival_time_ms=arrival_time_ms)
+        except pylibsrtp.Error as exc:
+            log.debug("x SRTP unprotect failed: %s", exc)
+            return None
+
+    def _drive(self, coro: Coroutine) -> None:
+        try:
+            yielded = coro.send(None)
+        except StopIteration:
+            return
+        except pylibsrtp.Error as exc:
+            log.debug("x SRTP handling failed: %s", exc)
+            return
+        except Exception:
+            # aiortc's receive task would die on this and leave the transport deaf; one
+            # bad packet should not end the call.
+            log.exception("packet handler failed")
+            return
+        self._task = asyncio.ensure_future(self._finish(coro, yielded))
+
+    async def _finish(self, coro: Coroutine, yielded: Any) -> None:
+        try:
+            try:
+                await _resume(coro, yielded)
+            except pylibsrtp.Error as exc:
+                log.debug("x SRTP handling failed: %s", exc)
+            except Exception:
+                log.exception("packet handler failed")
+            while self._backlog:
+                coro = self._srtp(self._backlog.popleft())
+                if coro is None:
+                    continue
+                try:
+                    await coro
+                except pylibsrtp.Error as exc:
+                    log.debug("x SRTP handling failed: %s", exc)
+                except Exception:
+                    log.exception("packet handler failed")
+        finally:
+            self._task = None
+            self._backlog.clear()
+
+
+def install_fast_receive(dtls: RTCDtlsTransport) -> FastReceive:
+    """Route ``dtls``'s SRTP straight from the datagram callback; idempotent."""
+    connection = dtls.transport._connection
+    hook = connection.__dict__.get("data_received")
+    if isinstance(getattr(hook, "__self__", None), FastReceive):
+        return hook.__self__
+    check_fastpath_supported(dtls)
+    fast = FastReceive(dtls)
+    connection.data_received = fast.data_received  # instance attribute shadows the method
+    return fast
+
+
+def fast_receive_of(dtls: RTCDtlsTransport) -> FastReceive | None:
+    """The :class:`FastReceive` installed on ``dtls``, if any (tests, reports)."""
+    connection = getattr(getattr(dtls, "transport", None), "_connection", None)
+    hook = connection.__dict__.get("data_received") if connection is not None else None
+    owner = getattr(hook, "__self__", None)
+    return owner if isinstance(owner, FastReceive) else None
+
+
+def enable_fastpath(pc: RTCPeerConnection) -> None:
+    """Install the fast clock now and the fast receive path on ``pc``'s transports once connected.
+
+    Call right after creating the peer connection; DTLS transports are only final
+    (BUNDLE) and keyed once the connection is up.  Packets that arrive earlier go
+    through aiortc's queue as usual.
+    """
+    check_fastpath_supported()
+    install_fast_clock()
+
+    def on_state() -> None:
+        if pc.connectionState != "connected":
+            return
+        seen: set[int] = set()
+        for transceiver in pc.getTransceivers():
+            dtls = transceiver.receiver.transport
+            if dtls is not None and id(dtls) not in seen:
+                seen.add(id(dtls))
+                install_fast_receive(dtls)
+
+    pc.on("connectionstatechange", on_state)

@@ -1,0 +1,249 @@
+"""The media fast path: same clock values, SRTP handled in the datagram callback, order kept."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+
+import aiortc
+import pytest
+from aiortc import clock as aiortc_clock
+from aiortc.rtcdtlstransport import State as DtlsState
+
+from softphone.errors import AiortcCompatibilityError
+from softphone.media import fastpath
+from softphone.media.fastpath import (
+    FastReceive,
+    check_fastpath_supported,
+    fast_receive_of,
+    install_fast_receive,
+)
+from softphone.media.lean import PreEncodedAudioTrack, Tone, loopback_host_candidates, open_loopback_call
+
+# --- clock -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("t", [0.0, 1.5, 1_700_000_000.123456, 1_799_999_999.999999, 2_000_000_000.000001])
+def test_fast_clock_matches_aiortc_for_the_same_instant(monkeypatch, t):
+    monkeypatch.setattr(fastpath.time, "time", lambda: t)
+    dt = datetime.datetime.fromtimestamp(t, datetime.timezone.utc)
+    stock_ntp = aiortc_clock.datetime_to_ntp(dt)
+    stock_ms = int((dt - aiortc_clock.NTP_EPOCH).total_seconds() * 1000)
+    # Float microseconds of ``t`` may round differently from datetime's: allow one microsecond.
+    assert abs(fastpath.fast_current_ntp_time() - stock_ntp) <= (1 << 32) // 1_000_000 + 1
+    assert abs(fastpath.fast_current_ms() - stock_ms) <= 1
+
+
+def test_fast_clock_is_close_to_aiortc_now():
+    fastpath.uninstall_fast_clock()
+    stock = aiortc_clock.current_ntp_time()
+    fast = fastpath.fast_current_ntp_time()
+    assert stock >> 32 > 3_900_000_000  # after 2023, so the epoch offset is right
+    assert abs(fast - stock) < 60 << 32  # same clock, not a constant apart
+
+
+def test_install_fast_clock_swaps_and_restores():
+    fastpath.install_fast_clock()
+    try:
+        assert aiortc_clock.current_ntp_time is fastpath.fast_current_ntp_time
+        assert aiortc_clock.current_ms is fastpath.fast_current_ms
+    finally:
+        fastpath.uninstall_fast_clock()
+    assert aiortc_clock.current_ntp_time is not fastpath.fast_current_ntp_time
+
+
+# --- version checks --------------------------------------------------------------------
+
+
+def test_unsupported_aiortc_is_refused(monkeypatch):
+    monkeypatch.setattr(aiortc, "__version__", "1.99.0")
+    with pytest.raises(AiortcCompatibilityError, match=r"aiortc 1\.99\.0"):
+        check_fastpath_supported()
+
+
+def test_dtls_without_the_expected_internals_is_refused():
+    class Bare:
+        transport = None
+
+    with pytest.raises(AiortcCompatibilityError, match="_rx_srtp"):
+        check_fastpath_supported(Bare())  # type: ignore[arg-type]
+
+
+# --- receive path with a fake transport ----------------------------------------------------
+
+
+class FakeSrtp:
+    def unprotect(self, data: bytes) -> bytes:
+        return data
+
+    def unprotect_rtcp(self, data: bytes) -> bytes:
+        return data
+
+
+class FakeConnection:
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue = asyncio.Queue()
+
+    def data_received(self, data: bytes, component: int) -> None:  # replaced by the hook
+        self._queue.put_nowait((data, component))
+
+
+class FakeIce:
+    def __init__(self) -> None:
+        self._connection = FakeConnection()
+
+
+class FakeDtls:
+    """Just what the SRTP branch of RTCDtlsTransport._recv_next touches."""
+
+    def __init__(self, gate: asyncio.Event | None = None) -> None:
+        self.transport = FakeIce()
+        self._rx_srtp = FakeSrtp()
+        self._state = DtlsState.CONNECTED
+        self._RTCDtlsTransport__rx_bytes = 0
+        self._RTCDtlsTransport__rx_packets = 0
+        self.rtp: list[bytes] = []
+        self.rtcp: list[bytes] = []
+        self.gate = gate
+
+    async def _handle_rtp_data(self, data: bytes, arrival_time_ms: int) -> None:
+        if self.gate is not None and data[2] == 1:
+            await self.gate.wait()  # the first packet's handler really suspends
+        self.rtp.append(data)
+
+    async def _handle_rtcp_data(self, data: bytes) -> None:
+        self.rtcp.append(data)
+
+
+def rtp(n: int) -> bytes:
+    return bytes([0x80, 0, n, 0]) + bytes(8) + b"payload"
+
+
+def rtcp() -> bytes:
+    return bytes([0x80, 200, 0, 6]) + bytes(24)
+
+
+async def test_srtp_is_handled_in_the_callback_without_the_queue():
+    dtls = FakeDtls()
+    fast = install_fast_receive(dtls)  # type: ignore[arg-type]
+    conn = dtls.transport._connection
+    for n in range(1, 4):
+        conn.data_received(rtp(n), 1)
+    conn.data_received(rtcp(), 1)
+    assert dtls.rtp == [rtp(1), rtp(2), rtp(3)]  # handled synchronously, before any await
+    assert dtls.rtcp == [rtcp()]
+    assert conn._queue.empty()
+    assert (fast.direct, fast.queued) == (4, 0)
+    assert dtls._RTCDtlsTransport__rx_packets == 4
+    assert dtls._RTCDtlsTransport__rx_bytes == 3 * len(rtp(1)) + len(rtcp())
+
+
+async def test_install_is_idempotent_and_findable():
+    dtls = FakeDtls()
+    first = install_fast_receive(dtls)  # type: ignore[arg-type]
+    assert install_fast_receive(dtls) is first  # type: ignore[arg-type]
+    assert fast_receive_of(dtls) is first  # type: ignore[arg-type]
+    assert fast_receive_of(FakeDtls()) is None  # type: ignore[arg-type]
+
+
+async def test_dtls_records_and_unkeyed_srtp_go_through_the_queue():
+    dtls = FakeDtls()
+    fast = install_fast_receive(dtls)  # type: ignore[arg-type]
+    conn = dtls.transport._connection
+    dtls_record = bytes([22, 254, 253]) + bytes(10)
+    conn.data_received(dtls_record, 1)
+    dtls._rx_srtp = None  # before the handshake has produced keys
+    conn.data_received(rtp(1), 1)
+    assert [conn._queue.get_nowait()[0] for _ in range(2)] == [dtls_record, rtp(1)]
+    assert dtls.rtp == [] and fast.queued == 2
+
+
+async def test_packets_queue_behind_earlier_queued_datagrams():
+    dtls = FakeDtls()
+    install_fast_receive(dtls)  # type: ignore[arg-type]
+    conn = dtls.transport._connection
+    conn._queue.put_nowait((rtp(1), 1))  # not yet taken by aiortc's receive task
+    conn.data_received(rtp(2), 1)
+    assert dtls.rtp == []
+    assert [conn._queue.get_nowait()[0] for _ in range(2)] == [rtp(1), rtp(2)]
+
+
+async def test_a_suspended_handler_finishes_in_a_task_and_later_packets_keep_order():
+    gate = asyncio.Event()
+    dtls = FakeDtls(gate)
+    fast: FastReceive = install_fast_receive(dtls)  # type: ignore[arg-type]
+    conn = dtls.transport._connection
+    conn.data_received(rtp(1), 1)  # suspends on the gate
+    conn.data_received(rtp(2), 1)
+    conn.data_received(rtp(3), 1)
+    assert dtls.rtp == []
+    assert conn._queue.empty()
+    gate.set()
+    for _ in range(100):
+        if len(dtls.rtp) == 3:
+            break
+        await asyncio.sleep(0)
+    assert dtls.rtp == [rtp(1), rtp(2), rtp(3)]
+    conn.data_received(rtp(4), 1)  # back on the direct path
+    assert dtls.rtp[-1] == rtp(4)
+    assert fast._task is None
+
+
+async def test_a_failing_handler_does_not_stop_reception(caplog):
+    dtls = FakeDtls()
+    install_fast_receive(dtls)  # type: ignore[arg-type]
+    conn = dtls.transport._connection
+    original = dtls._handle_rtp_data
+
+    async def broken(data: bytes, arrival_time_ms: int) -> None:
+        if data[2] == 1:
+            raise RuntimeError("boom")
+        await original(data, arrival_time_ms)
+
+    dtls._handle_rtp_data = broken
+    conn.data_received(rtp(1), 1)
+    conn.data_received(rtp(2), 1)
+    assert dtls.rtp == [rtp(2)]
+    assert "packet handler failed" in caplog.text
+
+
+# --- a real call --------------------------------------------------------------------------
+
+
+async def test_loopback_call_uses_the_fast_path_and_keeps_rtp_and_rtcp():
+    tone = Tone(440, 1.0)
+    with loopback_host_candidates():
+        call = await open_loopback_call("PCMU", PreEncodedAudioTrack(tone), PreEncodedAudioTrack(tone))
+    try:
+        await asyncio.sleep(0.5)
+        for leg in (call.caller, call.callee):
+            fast = fast_receive_of(leg.receiver.transport)
+            assert fast is not None
+            assert fast.direct > 10
+            report = leg.report()
+            assert report.received > 10 and report.lost == 0
+        # RTCP sender/receiver reports are sent every ~1 s and arrive over the fast path too.
+        stats = {}
+        for _ in range(50):
+            stats = await call.caller.pc.getStats()
+            if any(s.type == "remote-inbound-rtp" for s in stats.values()):
+                break
+            await asyncio.sleep(0.1)
+        assert any(s.type == "remote-inbound-rtp" for s in stats.values())
+        transport = next(s for s in stats.values() if s.type == "transport")
+        assert transport.packetsReceived >= call.caller.report().received
+    finally:
+        await call.close()
+
+
+async def test_loopback_call_without_the_fast_path_still_works():
+    tone = Tone(440, 1.0)
+    with loopback_host_candidates():
+        call = await open_loopback_call("PCMU", PreEncodedAudioTrack(tone), PreEncodedAudioTrack(tone),
+                                        fastpath=False)
+    try:
+        await asyncio.sleep(0.3)
+        assert fast_receive_of(call.caller.receiver.transport) is None
+        assert call.caller.report().received > 5
+    finally:
+        await call.close()
