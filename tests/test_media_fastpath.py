@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import datetime
 
+import aioice
+import aioice.ice
 import aiortc
 import pytest
 from aiortc import clock as aiortc_clock
@@ -17,6 +19,7 @@ from softphone.media.fastpath import (
     check_fastpath_supported,
     fast_receive_of,
     install_fast_receive,
+    install_fast_send,
 )
 from softphone.media.lean import PreEncodedAudioTrack, Tone, loopback_host_candidates, open_loopback_call
 
@@ -83,6 +86,7 @@ class FakeSrtp:
 class FakeConnection:
     def __init__(self) -> None:
         self._queue: asyncio.Queue = asyncio.Queue()
+        self._nominated: dict = {}
 
     def data_received(self, data: bytes, component: int) -> None:  # replaced by the hook
         self._queue.put_nowait((data, component))
@@ -91,6 +95,11 @@ class FakeConnection:
 class FakeIce:
     def __init__(self) -> None:
         self._connection = FakeConnection()
+        self._send = self._stock_send
+        self.stock_sent: list[bytes] = []
+
+    async def _stock_send(self, data: bytes) -> None:
+        self.stock_sent.append(data)
 
 
 class FakeDtls:
@@ -207,6 +216,51 @@ async def test_a_failing_handler_does_not_stop_reception(caplog):
     assert "packet handler failed" in caplog.text
 
 
+# --- send path with a fake transport ------------------------------------------------------
+
+
+class FakeDatagramTransport:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.sent.append((data, addr))
+
+
+def nominate(dtls: FakeDtls, protocol) -> None:
+    candidate = aioice.Candidate(foundation="1", component=1, transport="udp", priority=1,
+                                 host="127.0.0.1", port=40000, type="host")
+    dtls.transport._connection._nominated[1] = aioice.ice.CandidatePair(protocol, candidate)
+
+
+async def test_fast_send_goes_to_the_nominated_pairs_transport():
+    dtls = FakeDtls()
+    install_fast_send(dtls)  # type: ignore[arg-type]
+    install_fast_send(dtls)  # type: ignore[arg-type]  # idempotent
+    with pytest.raises(ConnectionError):
+        await dtls.transport._send(b"early")
+    protocol = aioice.ice.StunProtocol(None)  # type: ignore[arg-type]
+    protocol.transport = FakeDatagramTransport()
+    nominate(dtls, protocol)
+    await dtls.transport._send(b"srtp")
+    assert protocol.transport.sent == [(b"srtp", ("127.0.0.1", 40000))]
+    assert dtls.transport.stock_sent == []
+
+
+async def test_fast_send_keeps_a_protocols_own_send_data():
+    class Custom(aioice.ice.StunProtocol):
+        async def send_data(self, data: bytes, addr: tuple[str, int]) -> None:
+            self.transport.sendto(b"wrapped:" + data, addr)
+
+    dtls = FakeDtls()
+    install_fast_send(dtls)  # type: ignore[arg-type]
+    protocol = Custom(None)  # type: ignore[arg-type]
+    protocol.transport = FakeDatagramTransport()
+    nominate(dtls, protocol)
+    await dtls.transport._send(b"x")
+    assert protocol.transport.sent == [(b"wrapped:x", ("127.0.0.1", 40000))]
+
+
 # --- a real call --------------------------------------------------------------------------
 
 
@@ -220,6 +274,7 @@ async def test_loopback_call_uses_the_fast_path_and_keeps_rtp_and_rtcp():
             fast = fast_receive_of(leg.receiver.transport)
             assert fast is not None
             assert fast.direct > 10
+            assert getattr(leg.receiver.transport.transport._send, "_softphone_fast", False)
             report = leg.report()
             assert report.received > 10 and report.lost == 0
         # RTCP sender/receiver reports are sent every ~1 s and arrive over the fast path too.

@@ -11,6 +11,8 @@ the end-of-connection sentinel, packets while earlier ones are still queued) sti
 goes through the queue, so ordering and closing behave as before.  A packet
 handler that really suspends (a TURN channel bind on an RTCP reply, say) is
 finished in a task, and packets arriving meanwhile wait in order behind it.
+:func:`install_fast_send` likewise collapses aioice's three-coroutine send chain
+into one ``transport.sendto`` on the nominated pair.
 
 aiortc's ``clock`` builds a timezone-aware ``datetime`` for every RTP packet sent
 (twice) and received; :func:`install_fast_clock` swaps ``current_ms`` and
@@ -49,7 +51,7 @@ TESTED_AIORTC = ((1, 16),)
 TESTED_AIOICE = ((0, 13),)
 _DTLS_ATTRS = ("_rx_srtp", "_state", "_handle_rtp_data", "_handle_rtcp_data",
                "_RTCDtlsTransport__rx_bytes", "_RTCDtlsTransport__rx_packets")
-_CONNECTION_ATTRS = ("_queue", "data_received")
+_CONNECTION_ATTRS = ("_queue", "_nominated", "data_received")
 _CLOCK_ATTRS = ("current_ms", "current_ntp_time", "current_datetime", "datetime_to_ntp", "NTP_EPOCH")
 
 #: Seconds from the NTP epoch (1900) to the Unix epoch (1970).
@@ -68,10 +70,13 @@ def check_fastpath_supported(dtls: RTCDtlsTransport | None = None) -> None:
     if _version(aioice.__version__) not in TESTED_AIOICE:
         problems.append(f"aioice {aioice.__version__} (written for 0.13)")
     missing = [a for a in _CLOCK_ATTRS if not hasattr(aiortc_clock, a)]
-    missing += [a for a in _CONNECTION_ATTRS if not hasattr(aioice.ice.Connection, a) and a != "_queue"]
+    missing += [f"Connection.{a}" for a in ("data_received", "send") if not hasattr(aioice.ice.Connection, a)]
+    missing += [f"StunProtocol.{a}" for a in ("send_data",) if not hasattr(aioice.ice.StunProtocol, a)]
     if dtls is not None:
         missing += [a for a in _DTLS_ATTRS if not hasattr(dtls, a)]
         connection = getattr(getattr(dtls, "transport", None), "_connection", None)
+        if not hasattr(getattr(dtls, "transport", None), "_send"):
+            missing.append("transport._send")
         if connection is None:
             missing.append("transport._connection")
         else:
@@ -224,6 +229,37 @@ class FastReceive:
             self._backlog.clear()
 
 
+def install_fast_send(dtls: RTCDtlsTransport) -> None:
+    """Send ``dtls``'s datagrams to the nominated pair's socket in one step; idempotent.
+
+    ``RTCIceTransport._send`` is aioice's ``Connection.send`` -> ``Connection.sendto``
+    -> ``StunProtocol.send_data`` -> ``transport.sendto``: three coroutine frames per
+    packet that only look up the nominated pair.  The replacement does the same
+    lookup and the same ``transport.sendto`` (a TURN relay's transport included);
+    a protocol with its own ``send_data`` keeps it.
+    """
+    ice = dtls.transport
+    if getattr(ice._send, "_softphone_fast", False):
+        return
+    check_fastpath_supported(dtls)
+    nominated = ice._connection._nominated
+    stock_send_data = aioice.ice.StunProtocol.send_data
+
+    async def send(data: bytes) -> None:
+        pair = nominated.get(1)
+        if pair is None:
+            raise ConnectionError("Cannot send data, not connected")
+        protocol = pair.protocol
+        if type(protocol).send_data is stock_send_data:
+            candidate = pair.remote_candidate
+            protocol.transport.sendto(data, (candidate._network_host, candidate.port))
+        else:
+            await protocol.send_data(data, pair.remote_addr)
+
+    send._softphone_fast = True  # type: ignore[attr-defined]
+    ice._send = send
+
+
 def install_fast_receive(dtls: RTCDtlsTransport) -> FastReceive:
     """Route ``dtls``'s SRTP straight from the datagram callback; idempotent."""
     connection = dtls.transport._connection
@@ -263,5 +299,6 @@ def enable_fastpath(pc: RTCPeerConnection) -> None:
             if dtls is not None and id(dtls) not in seen:
                 seen.add(id(dtls))
                 install_fast_receive(dtls)
+                install_fast_send(dtls)
 
     pc.on("connectionstatechange", on_state)
