@@ -7,15 +7,13 @@ exactly; the same job runs against the real lab in test_platform_lab.py.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import ipaddress
 import json
-import ssl
 
 import pytest
 from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
+from tls_support import make_self_signed
 
 from softphone.cli import main
 from softphone.errors import (
@@ -420,28 +418,8 @@ async def test_cli_ctrl_c_stops_after_current_batch_and_writes_report(tmp_path, 
 
 def _self_signed(tmp_path):
     """A self-signed certificate for 127.0.0.1: (server SSL context, PEM file)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "softphone test")])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert_file, key_file)
-    return ctx, cert_file
+    tls = make_self_signed(tmp_path)
+    return tls.server_context(), tls.cert_file
 
 
 def test_cli_tls_verified_by_default_ca_file_and_insecure(tmp_path):

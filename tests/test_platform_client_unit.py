@@ -11,13 +11,13 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
-import ipaddress
 import logging
 import ssl
 from collections import Counter
 
 import pytest
 from aiohttp import web
+from tls_support import make_self_signed
 
 from softphone.errors import (
     ConfigurationError,
@@ -468,28 +468,9 @@ async def test_secrets_never_in_repr_logs_or_errors(fake, caplog):
 
 
 def _self_signed(tmp_path):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "softphone test")])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert_file, key_file)
-    return ctx, cert_file
+    """A self-signed certificate for 127.0.0.1: (server SSL context, PEM file)."""
+    tls = make_self_signed(tmp_path)
+    return tls.server_context(), tls.cert_file
 
 
 async def test_tls_verified_by_default_ca_file_or_insecure(tmp_path):
