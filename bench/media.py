@@ -394,6 +394,7 @@ async def main(args: argparse.Namespace) -> None:
     meta = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpus": os.cpu_count(), "python": platform.python_version(),
         "aiortc": aiortc.__version__, "codec": args.codec, "seconds": args.seconds, "uvloop": args.uvloop,
+        "lean_sender": getattr(args, "lean_sender", True),
         "loadavg": list(os.getloadavg()), "scenarios": scenarios,
     }
     results: list[Result] = []
@@ -435,11 +436,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--codec", default="PCMU", help="PCMU, PCMA, G722 or opus")
     p.add_argument("--setup-batch", type=int, default=10, help="calls set up concurrently")
     p.add_argument("--uvloop", action="store_true", help="run on uvloop (must be installed)")
+    p.add_argument("--no-lean-sender", dest="lean_sender", action="store_false",
+                   help="send pre-encoded tracks through aiortc's own RTP loop (A/B of softphone.media.lean_sender)")
     return p.parse_args(argv)
 
 
 if __name__ == "__main__":
     arguments = parse_args()
+    from softphone.media.lean_sender import set_lean_sender_enabled
+
+    set_lean_sender_enabled(arguments.lean_sender)
     if arguments.uvloop:
         import uvloop
 

@@ -415,6 +415,10 @@ class PreEncodedAudioTrack(MediaStreamTrack):
     def bind(self, transceiver: RTCRtpTransceiver) -> PreEncodedAudioTrack:
         """Follow ``transceiver``'s negotiated codec (weakly: no reference cycle)."""
         self._transceiver = weakref.ref(transceiver)
+        from softphone.media.lean_sender import install_lean_sender, lean_sender_enabled
+
+        if lean_sender_enabled():
+            install_lean_sender(transceiver)
         return self
 
     @property
@@ -431,26 +435,38 @@ class PreEncodedAudioTrack(MediaStreamTrack):
                              "(pass codec= or bind() the track to its transceiver)")
         return codec_spec(codecs[0].mimeType)
 
-    async def recv(self) -> EncodedPacket:
-        if self.readyState != "live":
-            raise MediaStreamError
-        loop = asyncio.get_running_loop()
+    async def prepare(self) -> EncodedAudio:
+        """Fetch (or encode) the audio and start the playback clock; idempotent."""
         audio = self._audio
         if audio is None:
-            audio = self._audio = await self._cache.aget(self._source, self._negotiated_codec())
-            self._start = loop.time()
-            self.state = PlaybackState.PLAYING
-        else:
-            due = self._start + self._index * FRAME_SECONDS
-            wait = due - loop.time()
-            if wait > 0:
-                await frame_pacer(loop).sleep_until(due)
-            elif wait < -self.MAX_LAG:
-                # Starved loop: drop the frames whose time has passed, as a live source
-                # would, instead of flooding the far end; RTP timestamps keep real time.
-                skipped = int(-wait / FRAME_SECONDS)
-                self._index += skipped
-                self.frames_skipped += skipped
+            audio = await self._cache.aget(self._source, self._negotiated_codec())
+            if self._audio is None:
+                self._audio = audio
+                self._start = asyncio.get_running_loop().time()
+                self.state = PlaybackState.PLAYING
+        return self._audio
+
+    @property
+    def due(self) -> float:
+        """Loop time at which the next packet is due (valid once prepared)."""
+        return self._start + self._index * FRAME_SECONDS
+
+    def take(self, now: float) -> tuple[bytes, int]:
+        """The next payload and its pts (RTP ticks from the start), skipping frames if ``now``
+        is far past due; raises ``MediaStreamError`` once a non-repeating source is done.
+
+        The lean RTP sender calls this from its shared timer; :meth:`recv` after waiting.
+        """
+        audio = self._audio
+        if audio is None or self.readyState != "live":
+            raise MediaStreamError
+        wait = self._start + self._index * FRAME_SECONDS - now
+        if wait < -self.MAX_LAG:
+            # Starved loop: drop the frames whose time has passed, as a live source
+            # would, instead of flooding the far end; RTP timestamps keep real time.
+            skipped = int(-wait / FRAME_SECONDS)
+            self._index += skipped
+            self.frames_skipped += skipped
         index = self._index
         payloads = audio.payloads
         if index >= len(payloads) and not self._repeat:
@@ -458,8 +474,20 @@ class PreEncodedAudioTrack(MediaStreamTrack):
             raise MediaStreamError
         self._index = index + 1
         self.packets_sent += 1
-        spec = audio.codec
-        return EncodedPacket(payloads[index % len(payloads)], index * spec.frame_ticks, spec.time_base)
+        return payloads[index % len(payloads)], index * audio.codec.frame_ticks
+
+    async def recv(self) -> EncodedPacket:
+        if self.readyState != "live":
+            raise MediaStreamError
+        loop = asyncio.get_running_loop()
+        if self._audio is None:
+            await self.prepare()
+        else:
+            due = self._start + self._index * FRAME_SECONDS
+            if due > loop.time():
+                await frame_pacer(loop).sleep_until(due)
+        payload, pts = self.take(loop.time())
+        return EncodedPacket(payload, pts, self._audio.codec.time_base)
 
     def stop(self) -> None:
         self.state = PlaybackState.ENDED

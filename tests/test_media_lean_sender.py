@@ -1,0 +1,286 @@
+"""The lean RTP sender (softphone.media.lean_sender): wire format, continuity, RTCP, hold."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import aiortc
+import numpy as np
+import pytest
+from aiortc import RTCRtpSender
+from aiortc.rtp import RtcpPacket, RtcpSrPacket, RtpPacket, is_rtcp
+
+from softphone.errors import AiortcCompatibilityError
+from softphone.media import lean_sender
+from softphone.media.dtmf import DtmfSender
+from softphone.media.lean import PreEncodedAudioTrack, Tone, loopback_host_candidates, open_loopback_call
+from softphone.media.lean_sender import (
+    LeanState,
+    install_lean_sender,
+    lean_sender_of,
+    set_lean_sender_enabled,
+)
+
+
+@pytest.fixture(autouse=True)
+def _loopback_only():
+    with loopback_host_candidates():
+        yield
+
+
+async def wait_until(predicate, timeout: float = 5.0, what: str = "condition") -> None:
+    async def poll():
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+    try:
+        await asyncio.wait_for(poll(), timeout)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+def dominant_frequency(pcm: np.ndarray, rate: int) -> float:
+    x = pcm.astype(np.float64)
+    x = x - x.mean()
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return float(np.fft.rfftfreq(len(x), 1.0 / rate)[int(np.argmax(spectrum))])
+
+
+class Recorder:
+    """Stands in for the DTLS transport: records plaintext RTP/RTCP, then forwards it."""
+
+    def __init__(self, transport) -> None:
+        self._transport = transport
+        self.rtp: list[RtpPacket] = []
+        self.rtcp: list[tuple[int, object]] = []  # (RTP packets recorded before it, packet)
+
+    def __getattr__(self, name):
+        return getattr(self._transport, name)
+
+    def _send_rtp(self, data: bytes):
+        if is_rtcp(data):
+            for packet in RtcpPacket.parse(data):
+                self.rtcp.append((len(self.rtp), packet))
+        else:
+            self.rtp.append(RtpPacket.parse(data))
+        return self._transport._send_rtp(data)
+
+
+async def lean_call(codec="PCMU", **kwargs):
+    track = PreEncodedAudioTrack(Tone(440, 1.0))
+    call = await open_loopback_call(codec, track, None, **kwargs)
+    sender = call.caller.transceiver.sender
+    await wait_until(lambda: lean_sender_of(sender) is not None and lean_sender_of(sender).packets > 0,
+                     what="the lean sender's first packet")
+    return call, track, sender
+
+
+@pytest.mark.parametrize("codec", ["PCMU", "opus"])
+async def test_stock_aiortc_receiver_decodes_the_lean_stream_to_the_tone(codec):
+    call, _track, sender = await lean_call(codec, counting=False)
+    try:
+        assert type(call.callee.receiver) is aiortc.RTCRtpReceiver  # stock, decoding
+        remote = call.callee.receiver.track
+        chunks, rate = [], None
+        while sum(len(c) for c in chunks) < (rate or 8000) * 0.8:
+            frame = await asyncio.wait_for(remote.recv(), 5)
+            rate = frame.sample_rate
+            chunks.append(frame.to_ndarray().reshape(-1, len(frame.layout.channels))[:, 0])
+        pcm = np.concatenate(chunks)[int(rate * 0.1):]
+        assert abs(dominant_frequency(pcm, rate) - 440.0) < 15.0
+        assert lean_sender_of(sender).state is LeanState.SENDING
+    finally:
+        await call.close()
+
+
+async def test_packets_are_byte_identical_to_aiortc_serialize():
+    call, _track, sender = await lean_call()
+    try:
+        lean = lean_sender_of(sender)
+        assert lean.ext_head  # at least the mid extension is negotiated for audio
+        ntp = 0x1234567890ABCDEF
+        payload = bytes(range(160))
+        packet = RtpPacket(payload_type=lean.payload_type, marker=1, sequence_number=lean.sequence_number,
+                           timestamp=0xDEADBEEF, ssrc=sender._ssrc)
+        packet.payload = payload
+        packet.extensions.mid = sender._RTCRtpSender__mid
+        packet.extensions.abs_send_time = (ntp >> 14) & 0xFFFFFF
+        expected = packet.serialize(sender._RTCRtpSender__rtp_header_extensions_map)
+        assert lean.build(payload, 0xDEADBEEF, ntp) == expected
+    finally:
+        await call.close()
+
+
+async def test_sender_reports_count_exactly_the_packets_sent():
+    call, _track, sender = await lean_call()
+    try:
+        recorder = Recorder(sender.transport)
+        sender.setTransport(recorder)
+        await wait_until(lambda: any(isinstance(p, RtcpSrPacket) for _, p in recorder.rtcp), 5,
+                         "a sender report")
+        before, sr = next((n, p) for n, p in recorder.rtcp if isinstance(p, RtcpSrPacket))
+        audio = list(recorder.rtp)
+        earlier = lean_sender_of(sender).packets - len(audio)  # sent before the recorder went in
+        assert sr.ssrc == sender._ssrc
+        assert sr.sender_info.packet_count == earlier + before
+        assert sr.sender_info.octet_count == 160 * (earlier + before)  # PCMU: 160 B per 20 ms
+        assert sr.sender_info.rtp_timestamp == audio[before - 1].timestamp
+        stats = await sender.getStats()
+        outbound = next(s for s in stats.values() if s.type == "outbound-rtp")
+        assert outbound.packetsSent == lean_sender_of(sender).packets
+        assert outbound.bytesSent == 160 * outbound.packetsSent  # PCMU: 160 B per 20 ms
+    finally:
+        await call.close()
+
+
+async def test_sequence_and_timestamps_stay_continuous_across_a_digit():
+    call, _track, sender = await lean_call()
+    try:
+        dtmf = DtmfSender(sender, packet_interval=0.02)
+        dtmf.configure(payload_type=101, event_clock_rate=8000, audio_clock_rate=8000,
+                       mid=sender._RTCRtpSender__mid)
+        recorder = Recorder(dtmf.tap.wrapped)
+        dtmf.tap._transport = recorder
+        await wait_until(lambda: len(recorder.rtp) >= 5, what="audio before the digit")
+        await asyncio.wait_for(dtmf.send("5", duration_ms=100), 5)
+        count = len(recorder.rtp)
+        await wait_until(lambda: len(recorder.rtp) >= count + 5, what="audio after the digit")
+        packets = list(recorder.rtp)
+        seqs = [p.sequence_number for p in packets]
+        assert all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(seqs))
+        assert len({p.ssrc for p in packets}) == 1
+        events = [p for p in packets if p.payload_type == 101]
+        audio = [p for p in packets if p.payload_type == 0]
+        assert len(events) >= 5 + 3 - 1 and all(p.timestamp == events[0].timestamp for p in events)
+        first_event = packets.index(events[0])
+        last_event = packets.index(events[-1])
+        assert all(p.payload_type == 101 for p in packets[first_event:last_event + 1])  # audio paused
+        # Audio timestamps advance 160 per 20 ms, through the pause too, and the digit sits inside.
+        steps = {(b.timestamp - a.timestamp) & 0xFFFFFFFF for a, b in itertools.pairwise(audio)}
+        assert 160 in steps and all(s % 160 == 0 and s < 1 << 31 for s in steps)
+        before = packets[first_event - 1].timestamp
+        after = packets[last_event + 1].timestamp
+        assert 0 < (events[0].timestamp - before) & 0xFFFFFFFF < 1 << 31
+        assert 0 < (after - events[0].timestamp) & 0xFFFFFFFF < 1 << 31
+        assert dtmf.tap.audio_suppressed > 0
+    finally:
+        await call.close()
+
+
+async def renegotiate(call, caller_direction: str) -> None:
+    a, b = call.caller.pc, call.callee.pc
+    call.caller.transceiver.direction = caller_direction
+    await a.setLocalDescription(await a.createOffer())
+    await b.setRemoteDescription(a.localDescription)
+    await b.setLocalDescription(await b.createAnswer())
+    await a.setRemoteDescription(b.localDescription)
+
+
+async def test_inactive_direction_stops_packets_and_resuming_continues_the_sequence():
+    call, _track, sender = await lean_call()
+    try:
+        recorder = Recorder(sender.transport)
+        sender.setTransport(recorder)
+        lean = lean_sender_of(sender)
+        await renegotiate(call, "inactive")
+        assert call.caller.transceiver.currentDirection == "inactive"
+        sent = len(recorder.rtp)
+        paused = lean.paused_frames
+        await wait_until(lambda: lean.paused_frames >= paused + 10, what="paused frames")
+        assert len(recorder.rtp) == sent
+        await renegotiate(call, "sendrecv")
+        await wait_until(lambda: len(recorder.rtp) >= sent + 5, what="audio after resuming")
+        seqs = [p.sequence_number for p in recorder.rtp]
+        assert all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(seqs))
+        gap = (recorder.rtp[sent].timestamp - recorder.rtp[sent - 1].timestamp) & 0xFFFFFFFF
+        assert gap >= 160 * 10  # time went on while nothing was sent
+    finally:
+        await call.close()
+
+
+async def test_replacing_the_track_keeps_timestamps_continuous_and_stock_tracks_are_handed_back():
+    from aiortc.mediastreams import AudioStreamTrack
+
+    call, track, sender = await lean_call()
+    try:
+        recorder = Recorder(sender.transport)
+        sender.setTransport(recorder)
+        await wait_until(lambda: len(recorder.rtp) >= 3, what="audio")
+        other = PreEncodedAudioTrack(Tone(880, 1.0)).bind(call.caller.transceiver)
+        sender.replaceTrack(other)
+        count = len(recorder.rtp)
+        await wait_until(lambda: other.packets_sent >= 3, what="the new track's audio")
+        packets = list(recorder.rtp)
+        steps = {(b.timestamp - a.timestamp) & 0xFFFFFFFF for a, b in itertools.pairwise(packets)}
+        assert all(s % 160 == 0 and 0 < s < 160 * 20 for s in steps), steps
+        assert len(packets) > count
+        sender.replaceTrack(AudioStreamTrack())  # silence generator: not pre-encoded
+        lean = lean_sender_of(sender)
+        await wait_until(lambda: lean.state is LeanState.HANDED_BACK, what="hand-back to aiortc's encoder")
+        count = len(recorder.rtp)
+        await wait_until(lambda: len(recorder.rtp) >= count + 3, what="encoded packets")
+        assert not sender._RTCRtpSender__rtp_exited.is_set()
+        sender.replaceTrack(track)  # and back to the pre-encoded path
+        await wait_until(lambda: lean.state is LeanState.SENDING, what="the lean path again")
+        count = len(recorder.rtp)
+        await wait_until(lambda: len(recorder.rtp) >= count + 3, what="lean packets again")
+        seqs = [p.sequence_number for p in recorder.rtp]
+        assert all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(seqs))
+    finally:
+        await call.close()
+    assert sender._RTCRtpSender__rtp_exited.is_set()
+
+
+async def test_switched_off_leaves_aiortc_sending():
+    set_lean_sender_enabled(False)
+    try:
+        track = PreEncodedAudioTrack(Tone(440, 1.0))
+        call = await open_loopback_call("PCMU", track, None)
+    finally:
+        set_lean_sender_enabled(True)
+    try:
+        await wait_until(lambda: call.callee.report().received >= 5, what="stock-sent packets")
+        assert lean_sender_of(call.caller.transceiver.sender) is None
+        assert "_run_rtp" not in call.caller.transceiver.sender.__dict__
+    finally:
+        await call.close()
+
+
+async def test_close_stops_the_sender_and_unschedules_it():
+    call, track, sender = await lean_call()
+    lean = lean_sender_of(sender)
+    await call.close()
+    assert lean.state is LeanState.STOPPED and lean.slot is None
+    assert lean_sender_of(sender) is None
+    assert track.readyState == "ended"
+    assert sender._RTCRtpSender__rtp_exited.is_set()
+
+
+async def test_non_repeating_track_ends_the_sender_like_aiortc():
+    track = PreEncodedAudioTrack(Tone(440, 0.1), repeat=False)
+    call = await open_loopback_call("PCMU", track, None)
+    sender = call.caller.transceiver.sender
+    try:
+        await wait_until(lambda: sender._RTCRtpSender__rtp_exited.is_set(), what="the sender to end")
+        assert sender.track is None and track.readyState == "ended"
+        assert sender._RTCRtpSender__packet_count == track.audio.frames
+    finally:
+        await call.close()
+
+
+async def test_an_untested_aiortc_fails_clearly(monkeypatch):
+    from aiortc import RTCPeerConnection
+
+    pc = RTCPeerConnection()
+    try:
+        transceiver = pc.addTransceiver("audio")
+        monkeypatch.setattr(aiortc, "__version__", "9.0.0")
+        with pytest.raises(AiortcCompatibilityError, match=r"aiortc 9\.0\.0: the lean RTP sender"):
+            install_lean_sender(transceiver)
+        monkeypatch.setattr(aiortc, "__version__", "1.16.0")
+        monkeypatch.delattr(RTCRtpSender, "_run_rtcp")
+        with pytest.raises(AiortcCompatibilityError, match="_run_rtcp"):
+            lean_sender.check_lean_sender_supported()
+    finally:
+        await pc.close()
