@@ -394,7 +394,7 @@ async def main(args: argparse.Namespace) -> None:
     meta = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpus": os.cpu_count(), "python": platform.python_version(),
         "aiortc": aiortc.__version__, "codec": args.codec, "seconds": args.seconds, "uvloop": args.uvloop,
-        "lean_sender": getattr(args, "lean_sender", True),
+        "lean_sender": getattr(args, "lean_sender", True), "light_parse": getattr(args, "light_parse", True),
         "loadavg": list(os.getloadavg()), "scenarios": scenarios,
     }
     results: list[Result] = []
@@ -438,6 +438,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--uvloop", action="store_true", help="run on uvloop (must be installed)")
     p.add_argument("--no-lean-sender", dest="lean_sender", action="store_false",
                    help="send pre-encoded tracks through aiortc's own RTP loop (A/B of softphone.media.lean_sender)")
+    p.add_argument("--no-light-parse", dest="light_parse", action="store_false",
+                   help="parse received RTP with aiortc's RtpPacket.parse (A/B of the fast path's light parse)")
     return p.parse_args(argv)
 
 
@@ -446,6 +448,9 @@ if __name__ == "__main__":
     from softphone.media.lean_sender import set_lean_sender_enabled
 
     set_lean_sender_enabled(arguments.lean_sender)
+    from softphone.media.fastpath import FastReceive
+
+    FastReceive.light_parse = arguments.light_parse
     if arguments.uvloop:
         import uvloop
 

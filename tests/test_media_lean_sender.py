@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from aiortc import RTCRtpSender
 from aiortc.rtp import RtcpPacket, RtcpSrPacket, RtpPacket, is_rtcp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from softphone.errors import AiortcCompatibilityError
 from softphone.media import lean_sender
@@ -284,3 +286,85 @@ async def test_an_untested_aiortc_fails_clearly(monkeypatch):
             lean_sender.check_lean_sender_supported()
     finally:
         await pc.close()
+
+
+# --- the light RTP parse of the fast receive path ---------------------------------------
+
+
+def _counting_receiver():
+    from types import SimpleNamespace
+
+    from aiortc import RTCRtpReceiver
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    from softphone.media.lean import install_counting_receiver
+
+    receiver = install_counting_receiver(RTCRtpReceiver("audio", SimpleNamespace(state="new")))
+    receiver._RTCRtpReceiver__codecs[0] = RTCRtpCodecParameters(
+        mimeType="audio/PCMU", clockRate=8000, channels=1, payloadType=0)
+    return receiver
+
+
+@settings(max_examples=60, deadline=None)
+@given(csrcs=st.lists(st.integers(0, 0xFFFFFFFF), max_size=3), mid=st.one_of(st.none(), st.text("0123abc", min_size=1, max_size=5)),
+       abs_send_time=st.one_of(st.none(), st.integers(0, 0xFFFFFF)), padding=st.integers(0, 8),
+       payload=st.binary(min_size=0, max_size=200), seq=st.integers(0, 0xFFFF), ts=st.integers(0, 0xFFFFFFFF),
+       marker=st.integers(0, 1))
+def test_light_parse_reads_what_aiortc_parses(csrcs, mid, abs_send_time, padding, payload, seq, ts, marker):
+    from types import SimpleNamespace
+
+    from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+    from aiortc.rtp import HeaderExtensionsMap
+
+    from softphone.media.fastpath import _handle_rtp_light
+
+    ext_map = HeaderExtensionsMap()
+    ext_map.configure(RTCRtpParameters(headerExtensions=[
+        RTCRtpHeaderExtensionParameters(id=1, uri="urn:ietf:params:rtp-hdrext:sdes:mid"),
+        RTCRtpHeaderExtensionParameters(id=3, uri="http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"),
+    ]))
+    packet = RtpPacket(payload_type=0, marker=marker, sequence_number=seq, timestamp=ts, ssrc=77)
+    packet.csrc = csrcs
+    packet.padding_size = padding
+    packet.payload = payload
+    packet.extensions.mid = mid
+    packet.extensions.abs_send_time = abs_send_time
+    data = packet.serialize(ext_map)
+    expected = RtpPacket.parse(data, ext_map)
+
+    receiver = _counting_receiver()
+    fallbacks = []
+
+    async def full_parse(data, arrival_time_ms):
+        fallbacks.append(data)
+
+    dtls = SimpleNamespace(_rtp_router=SimpleNamespace(route_rtp=lambda p: receiver), _handle_rtp_data=full_parse)
+    coro = _handle_rtp_light(dtls, data, 0)
+    with pytest.raises(StopIteration):
+        coro.send(None)
+    assert fallbacks == []
+    counter = receiver.counters[77]
+    assert counter.packets_received == 1 and counter.payload_bytes == len(expected.payload)
+    assert counter.payload_types == {0: 1} and counter._last_ts == expected.timestamp
+
+    # A hooked (RFC 4733) or decoding receiver gets aiortc's full parse.
+    receiver._lean_decode = True
+    coro = _handle_rtp_light(dtls, data, 0)
+    with pytest.raises(StopIteration):
+        coro.send(None)
+    assert fallbacks == [data]
+
+
+async def test_lean_call_counts_full_payloads_with_the_light_parse():
+    from softphone.media.fastpath import fast_receive_of
+
+    call, _track, _sender = await lean_call()
+    try:
+        await wait_until(lambda: call.callee.report().received >= 20, what="packets")
+        assert fast_receive_of(call.callee.receiver.transport).direct > 0
+        report = call.callee.report()
+        assert report.payload_types == {0: report.received}
+        counter = next(iter(call.callee.receiver.counters.values()))
+        assert counter.payload_bytes == 160 * counter.packets_received
+    finally:
+        await call.close()
