@@ -47,6 +47,7 @@ from softphone.sip.transaction import (
     ServerTransaction,
     TransactionState,
     TransactionTable,
+    same_branch_headers,
 )
 from softphone.sip.transport import Transport
 
@@ -253,15 +254,7 @@ class OutgoingRequest:
     def cancel_request(self, reason: str | None = None) -> Any:
         """Build the CANCEL for this INVITE (RFC 3261 9.1): same branch, Call-ID, From, To, CSeq."""
         invite = self.request
-        headers = Headers()
-        headers.add("Via", str(invite.top_via))
-        for route in invite.headers.get_all("Route"):
-            headers.add("Route", route)
-        headers.add("Max-Forwards", "70")
-        headers.add("To", invite.headers.get("To"))
-        headers.add("From", invite.headers.get("From"))
-        headers.add("Call-ID", invite.call_id)
-        headers.add("CSeq", str(CSeq(invite.cseq.seq, "CANCEL")))
+        headers = same_branch_headers(invite, "CANCEL", invite.headers.get("To"))
         if reason:
             headers.add("Reason", reason)
         headers.add("User-Agent", self.core.config.user_agent)

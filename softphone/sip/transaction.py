@@ -213,17 +213,27 @@ class InviteClientTransaction(ClientTransaction):
             log.warning("could not ACK %d to INVITE %s: %s", response.status, self.request.uri, exc)
 
 
-def make_non_2xx_ack(invite: Any, response: Any) -> Any:
-    """The ACK for a 3xx-6xx final response (RFC 3261 17.1.1.3): hop-by-hop, same branch."""
+def same_branch_headers(invite: Any, method: str, to: str) -> Headers:
+    """Headers of a request in the INVITE's own transaction (CANCEL, non-2xx ACK).
+
+    RFC 3261 9.1 and 17.1.1.3: the INVITE's top Via (same branch), its Route
+    set, From, Call-ID and CSeq number, with ``method`` and the given To.
+    """
     headers = Headers()
     headers.add("Via", str(invite.top_via))
     for route in invite.headers.get_all("Route"):
         headers.add("Route", route)
     headers.add("Max-Forwards", "70")
-    headers.add("To", response.headers.get("To"))
+    headers.add("To", to)
     headers.add("From", invite.headers.get("From"))
     headers.add("Call-ID", invite.call_id)
-    headers.add("CSeq", str(CSeq(invite.cseq.seq, "ACK")))
+    headers.add("CSeq", str(CSeq(invite.cseq.seq, method)))
+    return headers
+
+
+def make_non_2xx_ack(invite: Any, response: Any) -> Any:
+    """The ACK for a 3xx-6xx final response (RFC 3261 17.1.1.3): hop-by-hop, same branch."""
+    headers = same_branch_headers(invite, "ACK", response.headers.get("To"))
     headers.add("Content-Length", "0")
     return SipRequest("ACK", invite.uri, headers, "")
 
