@@ -246,3 +246,15 @@ class LossyUdpRelay:
                 pending.cancel()
         if self._front is not None:
             self._front.close()
+
+
+async def wait_until(predicate, timeout: float = 5.0, what: str = "condition") -> None:
+    """Poll ``predicate`` every 20 ms; fail the test naming ``what`` after ``timeout``."""
+    async def poll():
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+    try:
+        await asyncio.wait_for(poll(), timeout)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None

@@ -22,6 +22,7 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import RtpPacket
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from media_support import wait_until
 
 from softphone.errors import AiortcCompatibilityError, AudioFileError, CodecError, MediaError
 from softphone.media import lean
@@ -62,17 +63,6 @@ def dominant_frequency(pcm: np.ndarray, rate: int) -> float:
     x = x - x.mean()
     spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
     return float(np.fft.rfftfreq(len(x), 1.0 / rate)[int(np.argmax(spectrum))])
-
-
-async def wait_until(predicate, timeout: float = 5.0, what: str = "condition") -> None:
-    async def poll():
-        while not predicate():
-            await asyncio.sleep(0.02)
-
-    try:
-        await asyncio.wait_for(poll(), timeout)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 def rtp(seq: int, ts: int | None = None, pt: int = 0, ssrc: int = 1234, payload: bytes = b"\xff" * 160):

@@ -12,6 +12,7 @@ from aiortc import RTCRtpSender
 from aiortc.rtp import RtcpPacket, RtcpSrPacket, RtpPacket, is_rtcp
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from media_support import wait_until
 
 from softphone.errors import AiortcCompatibilityError
 from softphone.media import lean_sender
@@ -29,17 +30,6 @@ from softphone.media.lean_sender import (
 def _loopback_only():
     with loopback_host_candidates():
         yield
-
-
-async def wait_until(predicate, timeout: float = 5.0, what: str = "condition") -> None:
-    async def poll():
-        while not predicate():
-            await asyncio.sleep(0.02)
-
-    try:
-        await asyncio.wait_for(poll(), timeout)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 def dominant_frequency(pcm: np.ndarray, rate: int) -> float:
