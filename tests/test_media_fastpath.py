@@ -20,6 +20,7 @@ from softphone.media.fastpath import (
     fast_receive_of,
     install_fast_receive,
     install_fast_send,
+    send_rtp_now,
 )
 from softphone.media.lean import PreEncodedAudioTrack, Tone, loopback_host_candidates, open_loopback_call
 
@@ -79,6 +80,9 @@ class FakeSrtp:
     def unprotect(self, data: bytes) -> bytes:
         return data
 
+    def protect(self, data: bytes) -> bytes:
+        return b"srtp:" + data
+
     def unprotect_rtcp(self, data: bytes) -> bytes:
         return data
 
@@ -87,6 +91,7 @@ class FakeConnection:
     def __init__(self) -> None:
         self._queue: asyncio.Queue = asyncio.Queue()
         self._nominated: dict = {}
+        self._protocols: list = []
 
     def data_received(self, data: bytes, component: int) -> None:  # replaced by the hook
         self._queue.put_nowait((data, component))
@@ -108,9 +113,13 @@ class FakeDtls:
     def __init__(self, gate: asyncio.Event | None = None) -> None:
         self.transport = FakeIce()
         self._rx_srtp = FakeSrtp()
+        self._tx_srtp = FakeSrtp()
         self._state = DtlsState.CONNECTED
         self._RTCDtlsTransport__rx_bytes = 0
         self._RTCDtlsTransport__rx_packets = 0
+        self._RTCDtlsTransport__tx_bytes = 0
+        self._RTCDtlsTransport__tx_packets = 0
+        self.stock_send_rtp: list[bytes] = []
         self.rtp: list[bytes] = []
         self.rtcp: list[bytes] = []
         self.gate = gate
@@ -122,6 +131,9 @@ class FakeDtls:
 
     async def _handle_rtcp_data(self, data: bytes) -> None:
         self.rtcp.append(data)
+
+    async def _send_rtp(self, data: bytes) -> None:
+        self.stock_send_rtp.append(data)
 
 
 def rtp(n: int) -> bytes:
@@ -261,6 +273,103 @@ async def test_fast_send_keeps_a_protocols_own_send_data():
     assert protocol.transport.sent == [(b"wrapped:x", ("127.0.0.1", 40000))]
 
 
+async def test_send_rtp_now_protects_and_sends_without_a_coroutine():
+    dtls = FakeDtls()
+    install_fast_send(dtls)  # type: ignore[arg-type]
+    protocol = aioice.ice.StunProtocol(None)  # type: ignore[arg-type]
+    protocol.transport = FakeDatagramTransport()
+    nominate(dtls, protocol)
+    send_rtp_now(dtls, rtp(1))  # type: ignore[arg-type]
+    # On the socket before any await, with the transport's counters kept.
+    assert protocol.transport.sent == [(b"srtp:" + rtp(1), ("127.0.0.1", 40000))]
+    assert dtls._RTCDtlsTransport__tx_packets == 1
+    assert dtls._RTCDtlsTransport__tx_bytes == len(b"srtp:" + rtp(1))
+    assert dtls.stock_send_rtp == [] and not fastpath._pending_sends
+    dtls._state = DtlsState.CLOSED
+    with pytest.raises(ConnectionError):
+        send_rtp_now(dtls, rtp(2))  # type: ignore[arg-type]
+    assert len(protocol.transport.sent) == 1
+
+
+async def test_send_rtp_now_awaits_a_protocols_own_send_data_in_a_task():
+    gate = asyncio.Event()
+
+    class Relay(aioice.ice.StunProtocol):  # a TURN relay really suspends sometimes
+        async def send_data(self, data: bytes, addr: tuple[str, int]) -> None:
+            await gate.wait()
+            self.transport.sendto(b"relayed:" + data, addr)
+
+    dtls = FakeDtls()
+    install_fast_send(dtls)  # type: ignore[arg-type]
+    protocol = Relay(None)  # type: ignore[arg-type]
+    protocol.transport = FakeDatagramTransport()
+    nominate(dtls, protocol)
+    send_rtp_now(dtls, rtp(1))  # type: ignore[arg-type]
+    assert protocol.transport.sent == [] and len(fastpath._pending_sends) == 1
+    gate.set()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert protocol.transport.sent == [(b"relayed:srtp:" + rtp(1), ("127.0.0.1", 40000))]
+    assert not fastpath._pending_sends
+
+
+async def test_send_rtp_now_without_the_fast_send_uses_aiortcs_send_rtp():
+    dtls = FakeDtls()
+    send_rtp_now(dtls, rtp(1))  # type: ignore[arg-type]
+    assert dtls.stock_send_rtp == [rtp(1)]
+
+
+def stun_protocol(connection) -> aioice.ice.StunProtocol:
+    protocol = aioice.ice.StunProtocol(connection)
+    protocol.local_candidate = aioice.Candidate(foundation="1", component=1, transport="udp", priority=1,
+                                                host="127.0.0.1", port=40001, type="host")
+    return protocol
+
+
+async def test_media_datagrams_skip_the_stun_parse_and_stun_still_gets_it(monkeypatch):
+    dtls = FakeDtls()
+    conn = dtls.transport._connection
+    protocol = stun_protocol(conn)
+    conn._protocols.append(protocol)
+    fast = install_fast_receive(dtls)  # type: ignore[arg-type]
+    parsed: list[bytes] = []
+    stock_parse = aioice.stun.parse_message
+
+    def counting_parse(data: bytes, *args, **kwargs):
+        parsed.append(data)
+        return stock_parse(data, *args, **kwargs)
+
+    monkeypatch.setattr(aioice.stun, "parse_message", counting_parse)
+    protocol.datagram_received(rtp(1), ("127.0.0.1", 5000))
+    protocol.datagram_received(rtcp(), ("127.0.0.1", 5000))
+    assert parsed == [] and dtls.rtp == [rtp(1)] and dtls.rtcp == [rtcp()]
+    assert fast.direct == 2
+    # A STUN binding request still goes to aioice's parser and on to the connection.
+    requests: list = []
+    conn.request_received = lambda message, addr, proto, raw=None: requests.append(message)
+    request = aioice.stun.Message(message_method=aioice.stun.Method.BINDING,
+                                  message_class=aioice.stun.Class.REQUEST)
+    protocol.datagram_received(bytes(request), ("127.0.0.1", 5000))
+    assert len(parsed) == 1 and len(requests) == 1
+    # Anything else that is not STUN (a DTLS record) reaches the connection as before.
+    protocol.datagram_received(bytes([22, 254, 253]) + bytes(10), ("127.0.0.1", 5000))
+    protocol.datagram_received(b"", ("127.0.0.1", 5000))
+    assert [conn._queue.get_nowait()[0] for _ in range(2)] == [bytes([22, 254, 253]) + bytes(10), b""]
+
+
+async def test_a_protocol_with_its_own_datagram_handler_is_left_alone():
+    class Own(aioice.ice.StunProtocol):
+        def datagram_received(self, data, addr):
+            self.seen = data
+
+    dtls = FakeDtls()
+    conn = dtls.transport._connection
+    own = Own(conn)
+    conn._protocols.append(own)
+    install_fast_receive(dtls)  # type: ignore[arg-type]
+    assert "datagram_received" not in own.__dict__
+
+
 # --- a real call --------------------------------------------------------------------------
 
 
@@ -275,6 +384,8 @@ async def test_loopback_call_uses_the_fast_path_and_keeps_rtp_and_rtcp():
             assert fast is not None
             assert fast.direct > 10
             assert getattr(leg.receiver.transport.transport._send, "_softphone_fast", False)
+            protocols = leg.receiver.transport.transport._connection._protocols
+            assert protocols and all("datagram_received" in p.__dict__ for p in protocols)
             report = leg.report()
             assert report.received > 10 and report.lost == 0
         # RTCP sender/receiver reports are sent every ~1 s and arrive over the fast path too.

@@ -587,9 +587,13 @@ class CountingRtpReceiver(RTCRtpReceiver):
         self._RTCRtpReceiver__rtcp_task = asyncio.ensure_future(self._run_rtcp())
         self._RTCRtpReceiver__started = True
 
-    async def _handle_rtp_packet(self, packet, arrival_time_ms: int) -> None:
+    def _count_rtp(self, packet) -> bool:
+        """Account for one packet; True when it goes on to aiortc's decoding path.
+
+        Synchronous so that the fast receive path can count without a coroutine.
+        """
         if not self._enabled:
-            return
+            return False
         codec = self._RTCRtpReceiver__codecs.get(packet.payload_type)
         counter = self._counter(packet.ssrc, codec)
         if codec is None:
@@ -597,14 +601,18 @@ class CountingRtpReceiver(RTCRtpReceiver):
             self.unknown_payload_type += 1
             counter.unexpected_payload_type += 1
             counter.add(packet)
-            return
+            return False
         if self._lean_decode:
-            await super()._handle_rtp_packet(packet, arrival_time_ms)  # counts via the counter
-            return
+            return True  # aiortc's path counts it via the counter
         counter.add(packet)
         if counter.packets_received % ACTIVE_SSRC_EVERY == 1:
             # getSynchronizationSources() looks 10 s back: once a second is plenty.
             self._RTCRtpReceiver__active_ssrc[packet.ssrc] = aiortc_clock.current_datetime()
+        return False
+
+    async def _handle_rtp_packet(self, packet, arrival_time_ms: int) -> None:
+        if self._count_rtp(packet):
+            await super()._handle_rtp_packet(packet, arrival_time_ms)
 
     async def stop(self) -> None:
         await super().stop()
