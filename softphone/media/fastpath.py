@@ -168,7 +168,19 @@ class LightRtpPacket:
 _RTP_FIXED = struct.Struct("!BBHII")
 
 
-def _handle_rtp_light(dtls: RTCDtlsTransport, data: bytes, arrival_time_ms: int) -> Coroutine | None:
+_counting_receiver_type: type | None = None
+
+
+def _load_counting_receiver_type() -> type:
+    """``lean.CountingRtpReceiver``, imported once (lean imports this module: no top-level import)."""
+    global _counting_receiver_type
+    from softphone.media.lean import CountingRtpReceiver
+
+    _counting_receiver_type = CountingRtpReceiver
+    return CountingRtpReceiver
+
+
+def _handle_rtp_light(dtls: RTCDtlsTransport, data: bytes, arrival_time_ms: int | None = None) -> Coroutine | None:
     """``RTCDtlsTransport._handle_rtp_data`` for packets routed to a counting-only receiver.
 
     aiortc parses every header extension into an ``RtpPacket`` (about 5% of a core at
@@ -176,15 +188,14 @@ def _handle_rtp_light(dtls: RTCDtlsTransport, data: bytes, arrival_time_ms: int)
     that does not decode reads only the fixed header and the payload length.  Anything
     else (decoding receivers, the RFC 4733 hook, malformed packets) gets aiortc's parse.
     """
-    from softphone.media.lean import CountingRtpReceiver
-
+    counting_type = _counting_receiver_type or _load_counting_receiver_type()
     size = len(data)
     router = getattr(dtls, "_rtp_router", None)  # absent: aiortc changed, take its own path
     if size >= 12 and router is not None:
         b0, b1, seq, ts, ssrc = _RTP_FIXED.unpack_from(data)
         packet = LightRtpPacket(b1 & 0x7F, b1 >> 7, seq, ts, ssrc, b"")
         receiver = router.route_rtp(packet) if b0 >> 6 == 2 else None
-        if (type(receiver) is CountingRtpReceiver and not receiver._lean_decode
+        if (type(receiver) is counting_type and not receiver._lean_decode
                 and "_handle_rtp_packet" not in receiver.__dict__):
             start = 12 + 4 * (b0 & 0x0F)
             if b0 & 0x10 and start + 4 <= size:
@@ -194,6 +205,8 @@ def _handle_rtp_light(dtls: RTCDtlsTransport, data: bytes, arrival_time_ms: int)
                 packet.payload = data[start:end]
                 receiver._count_rtp(packet)  # never decodes here: no coroutine needed
                 return None
+    if arrival_time_ms is None:  # the counting path keeps its own arrival clock
+        arrival_time_ms = aiortc_clock.current_ms()
     return dtls._handle_rtp_data(data, arrival_time_ms=arrival_time_ms)
 
 
@@ -234,14 +247,13 @@ class FastReceive:
         dtls = self.dtls
         dtls._RTCDtlsTransport__rx_bytes += len(data)
         dtls._RTCDtlsTransport__rx_packets += 1
-        arrival_time_ms = aiortc_clock.current_ms()
         try:
             if is_rtcp(data):
                 return dtls._handle_rtcp_data(dtls._rx_srtp.unprotect_rtcp(data))
             plain = dtls._rx_srtp.unprotect(data)
             if self.light_parse:
-                return _handle_rtp_light(dtls, plain, arrival_time_ms)
-            return dtls._handle_rtp_data(plain, arrival_time_ms=arrival_time_ms)
+                return _handle_rtp_light(dtls, plain)
+            return dtls._handle_rtp_data(plain, arrival_time_ms=aiortc_clock.current_ms())
         except pylibsrtp.Error as exc:
             log.debug("x SRTP unprotect failed: %s", exc)
             return None
