@@ -356,3 +356,84 @@ async def test_lean_call_counts_full_payloads_with_the_light_parse():
         assert counter.payload_bytes == 160 * counter.packets_received
     finally:
         await call.close()
+
+
+# --- spreading streams over the frame ------------------------------------------------------
+
+
+class _Loop:
+    """Just what LeanSendDriver asks of a loop when nothing fires."""
+
+    def __init__(self) -> None:
+        self.timers: list[float] = []
+
+    def call_at(self, when, callback, *args):
+        self.timers.append(when)
+
+
+def test_start_phase_picks_the_least_busy_slot_of_the_next_frame():
+    driver = lean_sender.LeanSendDriver(_Loop())  # type: ignore[arg-type]
+    per_frame = 10
+    busy = {k: 3 for k in range(100, 110)}
+    busy[104] = 1
+    busy[107] = 1
+    for key, count in busy.items():
+        driver._slots[key] = [object()] * count  # type: ignore[list-item]
+    now = 99.5 * driver.SLOT
+    start = driver.start_phase(now)
+    # The earliest of the two least busy phases, in the middle of its slot.
+    assert start == pytest.approx(103.5 * driver.SLOT)
+    assert now < start <= now + driver.FRAME
+    assert round(start / driver.SLOT + 0.5) % per_frame == 104 % per_frame
+    # The rest of a slot being fired counts too: those senders stay in its phase.
+    driver._firing = (104, [object()] * 5)  # type: ignore[assignment]
+    driver._firing_done = 1
+    assert round(driver.start_phase(now) / driver.SLOT + 0.5) == 107
+
+
+async def test_calls_set_up_together_are_spread_over_the_frame():
+    tone = Tone(440, 1.0)
+    calls = await asyncio.gather(*(open_loopback_call("PCMU", PreEncodedAudioTrack(tone), PreEncodedAudioTrack(tone))
+                                   for _ in range(10)))
+    try:
+        senders = [leg.transceiver.sender for call in calls for leg in (call.caller, call.callee)]
+        await wait_until(lambda: all(lean_sender_of(s) is not None and lean_sender_of(s).packets > 2 for s in senders),
+                         what="every lean sender to send")
+        phases: dict[int, int] = {}
+        for sender in senders:
+            key, _ = lean_sender_of(sender).slot
+            phases[key % 10] = phases.get(key % 10, 0) + 1
+        # 20 streams that started together: 2 per 2 ms slot, not 20 in one.
+        assert max(phases.values()) <= 3, phases
+        for call in calls:
+            report = call.caller.report()
+            assert report.received > 0 and report.lost == 0
+    finally:
+        await asyncio.gather(*(call.close() for call in calls))
+
+
+async def test_align_start_moves_the_clock_only_before_the_first_packet():
+    track = PreEncodedAudioTrack(Tone(440, 0.2), codec="PCMU")
+    assert track.align_start(1.0) is False  # not prepared: no clock yet
+    await track.prepare()
+    at = asyncio.get_running_loop().time() + 0.013
+    assert track.align_start(at) is True
+    assert track.due == at
+    track.take(at)
+    assert track.align_start(at + 1) is False  # playing: moving it would be a jump
+    assert track.due == pytest.approx(at + 0.02)
+
+
+async def test_spreading_can_be_switched_off(monkeypatch):
+    monkeypatch.setattr(lean_sender.LeanSendDriver, "spread", False)
+    call, _, sender = await lean_call()
+    try:
+        assert lean_sender_of(sender)._phased is False
+    finally:
+        await call.close()
+    monkeypatch.setattr(lean_sender.LeanSendDriver, "spread", True)
+    call, _, sender = await lean_call()
+    try:
+        assert lean_sender_of(sender)._phased is True
+    finally:
+        await call.close()

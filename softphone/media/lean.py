@@ -446,6 +446,17 @@ class PreEncodedAudioTrack(MediaStreamTrack):
                 self.state = PlaybackState.PLAYING
         return self._audio
 
+    def align_start(self, at: float) -> bool:
+        """Start the playback clock at loop time ``at`` instead, if no packet was taken yet.
+
+        The lean sender uses it to spread calls over the 20 ms frame (see
+        :meth:`~softphone.media.lean_sender.LeanSendDriver.start_phase`).
+        """
+        if self._audio is None or self._index or self.packets_sent:
+            return False
+        self._start = at
+        return True
+
     @property
     def due(self) -> float:
         """Loop time at which the next packet is due (valid once prepared)."""
