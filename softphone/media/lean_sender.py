@@ -253,8 +253,12 @@ class LeanSendDriver:
 
     SLOT = 0.002
     FRAME = 0.02
-    #: Start new streams in the least busy slot (False: at once, for A/B runs).
+    #: Start new streams in a slot of the driver's choosing (False: at once, for A/B runs).
     spread = True
+    #: Streams per slot before new ones open another slot.  Sharing a slot saves
+    #: wake-ups (each costs about as much as a few packets on a VM); past this many,
+    #: a slot's burst of sends and receives starts to show as event-loop lag.
+    BATCH = 16
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -263,14 +267,17 @@ class LeanSendDriver:
         self._firing_done = 0
 
     def start_phase(self, now: float) -> float:
-        """When a new stream should send its first packet: the least busy slot of the next frame.
+        """When a new stream should send its first packet: a slot of the next frame.
 
         Tracks prepared together (calls set up in a batch, every track waiting on
         the same encoding) would otherwise share one 2 ms slot for the whole call:
         at 150 peer connections up to 95 of them did, a burst of sends and receives
-        every 20 ms that showed as event-loop lag.  Streams already running keep
-        their phase; the first packet waits at most one frame.  The time returned is
-        the middle of the slot, so rounding cannot push it into the next one.
+        every 20 ms that showed as event-loop lag.  A new stream joins the busiest
+        slot with fewer than :attr:`BATCH` streams, else the least busy one, so a few
+        calls share one wake-up and many are spread evenly.  Streams already
+        running keep their phase; the first packet waits at most one frame.  The
+        time returned is the middle of the slot, so rounding cannot push it into
+        the next one.
         """
         per_frame = round(self.FRAME / self.SLOT)
         load = [0] * per_frame
@@ -280,7 +287,12 @@ class LeanSendDriver:
             key, senders = self._firing
             load[key % per_frame] += len(senders) - self._firing_done
         first = math.ceil(now / self.SLOT)
-        best = min(range(per_frame), key=lambda i: (load[(first + i) % per_frame], i))
+        phases = [(first + i) % per_frame for i in range(per_frame)]
+        filling = [i for i, p in enumerate(phases) if 0 < load[p] < self.BATCH]
+        if filling:  # join the busiest slot that still has room: fewer wake-ups
+            best = max(filling, key=lambda i: (load[phases[i]], -i))
+        else:
+            best = min(range(per_frame), key=lambda i: (load[phases[i]], i))
         return (first + best) * self.SLOT - self.SLOT / 2
 
     @staticmethod
