@@ -413,3 +413,84 @@ async def test_loopback_call_without_the_fast_path_still_works():
         assert call.caller.report().received > 5
     finally:
         await call.close()
+
+
+# --- TURN channel send without a task per packet -------------------------------------------
+
+
+class FakeTurnInner:
+    """What turn_send_now reads of aioice's TURN client protocol."""
+
+    def __init__(self) -> None:
+        self.peer_to_channel: dict = {}
+        self.peer_connect_waiters: dict = {}
+        self.channel_refresh_at: dict = {}
+        self.sent: list[bytes] = []
+        self.transport = type("T", (), {"is_closing": lambda self: False})()
+
+    def _send(self, data: bytes) -> None:
+        self.sent.append(data)
+
+
+def test_turn_send_now_sends_on_a_bound_channel_and_leaves_the_rest_to_aioice():
+    import time
+
+    from aioice.turn import TurnTransport
+
+    inner = FakeTurnInner()
+    transport = TurnTransport(inner)  # type: ignore[arg-type]
+    peer = ("127.0.0.1", 50000)
+    assert fastpath.turn_send_now(transport, b"rtp", peer) is False  # no channel yet: aioice binds
+    inner.peer_to_channel[peer] = 0x4001
+    inner.channel_refresh_at[0x4001] = time.time() + 60
+    assert fastpath.turn_send_now(transport, b"rtp", peer) is True
+    assert inner.sent == [bytes([0x40, 0x01, 0x00, 0x03]) + b"rtp"]  # RFC 8656 ChannelData
+    inner.channel_refresh_at[0x4001] = time.time() - 1  # due for refresh: aioice refreshes
+    assert fastpath.turn_send_now(transport, b"rtp", peer) is False
+    inner.channel_refresh_at[0x4001] = time.time() + 60
+    inner.peer_connect_waiters[peer] = []  # a (re)bind in progress: wait behind it in aioice
+    assert fastpath.turn_send_now(transport, b"rtp", peer) is False
+    del inner.peer_connect_waiters[peer]
+    transport._TurnTransport__close_task = object()  # closing: aioice drops it
+    assert fastpath.turn_send_now(transport, b"rtp", peer) is False
+    assert len(inner.sent) == 1
+
+
+# --- RFC 4733 hooked receivers -------------------------------------------------------------
+
+
+def test_audio_passes_a_dtmf_hook_on_the_light_path_and_events_go_to_the_hook():
+    from types import SimpleNamespace
+
+    from aiortc import RTCRtpReceiver
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+    from aiortc.rtp import RtpPacket
+
+    from softphone.media.dtmf import DtmfReceiver
+    from softphone.media.lean import install_counting_receiver
+
+    receiver = install_counting_receiver(RTCRtpReceiver("audio", SimpleNamespace(state="new")))
+    receiver._RTCRtpReceiver__codecs[0] = RTCRtpCodecParameters(
+        mimeType="audio/PCMU", clockRate=8000, channels=1, payloadType=0)
+    router = SimpleNamespace(route_rtp=lambda packet: receiver, register_receiver=lambda *a, **k: None)
+    receiver._RTCRtpReceiver__transport = SimpleNamespace(_rtp_router=router)
+    hook = DtmfReceiver(receiver, lambda event: None)
+    hook.configure({101: 8000})
+    full_parse: list[bytes] = []
+
+    async def handle_rtp_data(data, arrival_time_ms):
+        full_parse.append(data)
+
+    dtls = SimpleNamespace(_rtp_router=router, _handle_rtp_data=handle_rtp_data)
+
+    def packet(pt: int, seq: int) -> bytes:
+        p = RtpPacket(payload_type=pt, sequence_number=seq, timestamp=seq * 160, ssrc=9)
+        p.payload = bytes(4) if pt == 101 else b"\xff" * 160
+        return p.serialize()
+
+    assert fastpath._handle_rtp_light(dtls, packet(0, 1)) is None  # audio: counted right here
+    assert full_parse == [] and receiver.counters[9].packets_received == 1
+    coro = fastpath._handle_rtp_light(dtls, packet(101, 2))  # an event: the hook's full path
+    with pytest.raises(StopIteration):
+        coro.send(None)
+    assert full_parse == [packet(101, 2)]

@@ -6,7 +6,7 @@ import asyncio
 import socket
 
 import pytest
-from media_support import SineTrack, ToneMeter, negotiate, relay_config, wait_connected
+from media_support import SineTrack, ToneMeter, negotiate, relay_config, wait_connected, wait_until
 
 from softphone.errors import IceError, IceGatheringError
 from softphone.media.config import IceConfig, MediaConfig
@@ -149,3 +149,64 @@ async def test_turn_credential_never_reaches_the_logs(coturn, caplog):
     text = caplog.text + "".join(str(r.args) for r in caplog.records) + offer + answer
     assert coturn.password not in text
     assert coturn.password not in repr(config) and coturn.password not in config.ice.describe()
+
+
+@pytest.mark.parametrize("codec", ["PCMU", "opus"])
+async def test_lean_path_through_the_relay(coturn, codec, monkeypatch):
+    """What a load test runs: pre-encoded tracks, the lean sender and the fast receive path, via TURN."""
+    from aioice.turn import TurnTransport
+
+    from softphone.media.fastpath import fast_receive_of
+    from softphone.media.lean import PreEncodedAudioTrack, Tone
+    from softphone.media.lean_sender import lean_sender_of
+
+    stock_sends = [0]
+    stock_sendto = TurnTransport.sendto
+
+    def counting_sendto(self, data, addr):
+        stock_sends[0] += 1
+        stock_sendto(self, data, addr)
+
+    monkeypatch.setattr(TurnTransport, "sendto", counting_sendto)
+    config = relay_config(coturn, codecs=(codec,))
+    meter = ToneMeter()
+    # a: counting only (the load-test receiver); b: decodes what a sends, to check the tone.
+    a = WebRtcDescriptionHandler(config, source=PreEncodedAudioTrack(Tone(700, 1.0)))
+    b = WebRtcDescriptionHandler(config, source=PreEncodedAudioTrack(Tone(1200, 1.0)), sinks=[meter])
+    try:
+        await negotiate(a, b)
+        await wait_connected(a, b)
+        await meter.wait_frames(50)
+        sends_before, packets_before = stock_sends[0], lean_sender_of(a.sender).packets
+        await asyncio.sleep(0.5)
+        assert abs(meter.dominant_frequency() - 700) / 700 < 0.02
+        # Media goes out on the bound TURN channel directly, not through a task per packet:
+        # aioice's own sendto is left with the odd STUN consent check or RTCP.
+        sent = lean_sender_of(a.sender).packets - packets_before
+        assert sent > 15 and stock_sends[0] - sends_before < sent / 3
+        for handler in (a, b):
+            pair = selected_candidate_pair(handler.pc)
+            assert pair is not None and pair.local_type == "relay" and pair.remote_type == "relay"
+            lean = lean_sender_of(handler.sender)
+            assert lean is not None and lean.packets > 25  # the shared send driver, not aiortc's loop
+            fast = fast_receive_of(handler.receiver.transport)
+            assert fast is not None and fast.direct > 25  # SRTP handled in the datagram callback
+            quality = await handler.stats()
+            assert quality.packets_received > 25 and quality.packets_lost == 0
+            assert quality.packets_sent >= lean.packets - 1
+        # RFC 4733 on the same path: the tap on a's sender, the hook on b's receiver.
+        from softphone.media.dtmf import RtpSenderTap
+
+        assert type(a.sender.transport) is RtpSenderTap
+        digits = []
+        b.on("dtmf", lambda event: digits.append(event.digit))
+        assert await asyncio.wait_for(a.send_dtmf("7#", 80, 60), 10) is True
+        await wait_until(lambda: digits == ["7", "#"], what="both digits at b")
+        # The counting side's receiver saw every packet b sent, in order.
+        report = a.receiver.report()
+        assert report.received > 25 and report.lost == 0 and report.out_of_order == 0
+        quality = await b.stats()
+        assert quality.packets_lost == 0  # audio held back for the digits did not read as loss
+    finally:
+        await a.close()
+        await b.close()

@@ -263,6 +263,13 @@ class DtmfReceiver:
             raise AiortcCompatibilityError("RTCDtlsTransport has no _rtp_router to route telephone-event")
         router.register_receiver(receiver, ssrcs=[], payload_types=list(self._payload_types))
 
+    def passes_through(self, payload_type: int) -> bool:
+        """True when a packet of this type goes on to the receiver untouched (audio).
+
+        Lets the media fast path count audio without this hook's coroutine.
+        """
+        return payload_type not in self._payload_types
+
     async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
         rate = self._payload_types.get(packet.payload_type)
         receiver = self._receiver
@@ -383,6 +390,15 @@ class RtpSenderTap:
         # Not a coroutine: returning the transport's own awaitable saves a frame per packet.
         if 192 <= data[1] <= 208:  # RTCP (aiortc.rtp.is_rtcp)
             return self._transport._send_rtp(data)
+        data = self.take_audio(data)
+        return _DONE if data is None else self._transport._send_rtp(data)
+
+    def take_audio(self, data: bytes) -> bytes | None:
+        """Account for one outgoing audio packet: the bytes to send (sequence shifted), or None.
+
+        The synchronous half of :meth:`_send_rtp`, for senders that hand the result
+        to the transport themselves (the lean RTP sender).
+        """
         if not self._audio_seen:
             self._audio_seen = True
             self.first_audio.set()
@@ -391,7 +407,7 @@ class RtpSenderTap:
         if self.suppress_audio:
             self.audio_suppressed += 1
             self._offset -= 1
-            return _DONE
+            return None
         self._last_audio = data
         self._last_audio_time = self._loop.time()
         self.audio_packets += 1
@@ -402,7 +418,7 @@ class RtpSenderTap:
             self._last_seq = seq
         else:
             self._last_seq = (data[2] << 8) | data[3]
-        return self._transport._send_rtp(data)
+        return data
 
     @property
     def audio_seen(self) -> bool:

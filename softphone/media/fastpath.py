@@ -37,6 +37,7 @@ import aioice
 import aioice.ice
 import aiortc
 import pylibsrtp
+from aioice.turn import TurnTransport
 from aiortc import RTCPeerConnection
 from aiortc import clock as aiortc_clock
 from aiortc.rtcdtlstransport import RTCDtlsTransport
@@ -171,6 +172,15 @@ _RTP_FIXED = struct.Struct("!BBHII")
 _counting_receiver_type: type | None = None
 
 
+def _passes_hook(receiver: Any, packet: LightRtpPacket) -> bool:
+    """No packet hook on ``receiver``, or one (RFC 4733's) that passes this packet on untouched."""
+    hook = receiver.__dict__.get("_handle_rtp_packet")
+    if hook is None:
+        return True
+    passes = getattr(getattr(hook, "__self__", None), "passes_through", None)
+    return passes is not None and passes(packet.payload_type)
+
+
 def _load_counting_receiver_type() -> type:
     """``lean.CountingRtpReceiver``, imported once (lean imports this module: no top-level import)."""
     global _counting_receiver_type
@@ -195,8 +205,7 @@ def _handle_rtp_light(dtls: RTCDtlsTransport, data: bytes, arrival_time_ms: int 
         b0, b1, seq, ts, ssrc = _RTP_FIXED.unpack_from(data)
         packet = LightRtpPacket(b1 & 0x7F, b1 >> 7, seq, ts, ssrc, b"")
         receiver = router.route_rtp(packet) if b0 >> 6 == 2 else None
-        if (type(receiver) is counting_type and not receiver._lean_decode
-                and "_handle_rtp_packet" not in receiver.__dict__):
+        if type(receiver) is counting_type and not receiver._lean_decode and _passes_hook(receiver, packet):
             start = 12 + 4 * (b0 & 0x0F)
             if b0 & 0x10 and start + 4 <= size:
                 start += 4 + 4 * ((data[start + 2] << 8) | data[start + 3])
@@ -321,7 +330,10 @@ def install_fast_send(dtls: RTCDtlsTransport) -> None:
         protocol = pair.protocol
         if type(protocol).send_data is stock_send_data:
             candidate = pair.remote_candidate
-            protocol.transport.sendto(data, (candidate._network_host, candidate.port))
+            addr = (candidate._network_host, candidate.port)
+            transport = protocol.transport
+            if type(transport) is not TurnTransport or not turn_send_now(transport, data, addr):
+                transport.sendto(data, addr)
             return None
         return protocol.send_data(data, pair.remote_addr)
 
@@ -333,6 +345,31 @@ def install_fast_send(dtls: RTCDtlsTransport) -> None:
     send._softphone_fast = True  # type: ignore[attr-defined]
     send.now = send_now  # type: ignore[attr-defined]
     ice._send = send
+
+
+def turn_send_now(transport: TurnTransport, data: bytes, addr: tuple[str, int]) -> bool:
+    """Send ``data`` to ``addr`` on its bound TURN channel right now; False to leave it to aioice.
+
+    aioice's ``TurnTransport.sendto`` creates a task per datagram to run
+    ``send_data``, which for a bound, fresh channel only prepends the 4-byte
+    ChannelData header (RFC 8656 section 12.4) and sends.  That case is done here;
+    a channel still to bind or to refresh, a closing transport or an aioice
+    without these attributes takes aioice's own path.
+    """
+    inner = getattr(transport, "_TurnTransport__inner_protocol", None)
+    channels = getattr(inner, "peer_to_channel", None)
+    if channels is None or getattr(transport, "_TurnTransport__close_task", True) is not None:
+        return False
+    channel = channels.get(addr)
+    if channel is None or addr in inner.peer_connect_waiters or inner.transport.is_closing():
+        return False
+    if time.time() > inner.channel_refresh_at.get(channel, 0.0):
+        return False
+    inner._send(_CHANNEL_HEADER.pack(channel, len(data)) + data)
+    return True
+
+
+_CHANNEL_HEADER = struct.Struct("!HH")
 
 
 def send_rtp_now(dtls: RTCDtlsTransport, data: bytes) -> None:

@@ -54,6 +54,7 @@ from aiortc.utils import random32
 
 from softphone.errors import AiortcCompatibilityError
 from softphone.log import get_logger
+from softphone.media.dtmf import RtpSenderTap
 from softphone.media.fastpath import NTP_UNIX_OFFSET, send_rtp_now, step_awaitable
 
 log = get_logger(__name__)
@@ -227,9 +228,14 @@ class LeanRtpSender:
         data = self.build(payload, timestamp, ntp)
         sender = self.sender
         transport = sender.transport
-        if type(transport) is RTCDtlsTransport:
+        if type(transport) is RtpSenderTap:  # RFC 4733 negotiated: the tap shifts sequence numbers
+            data = transport.take_audio(data)  # None: held back while a digit plays
+            transport = transport.wrapped
+        if data is None:
+            pass  # counted below all the same, as aiortc's sender counts what the tap swallows
+        elif type(transport) is RTCDtlsTransport:
             send_rtp_now(transport, data)
-        else:  # the RFC 4733 tap, or something else standing in for the transport
+        else:  # something else standing in for the transport
             step_awaitable(transport._send_rtp(data))
         sender._RTCRtpSender__ntp_timestamp = ntp
         sender._RTCRtpSender__rtp_timestamp = timestamp
