@@ -410,6 +410,15 @@ def meets_target(r: Result) -> bool:
     return 2 * r.connected >= 150 and r.loss_percent < 0.5 and r.lag_p99_ms < 20 and r.delivered_percent > 99.0
 
 
+def miss_reason(r: Result) -> str | None:
+    """Why a run probably missed: the loop ran out of CPU, or the host took the CPU away."""
+    if r.cores_used >= 0.95:
+        return f"saturated: {r.cores_used:.2f} cores"
+    if r.steal_percent is not None and r.steal_percent >= 1.0:
+        return f"hypervisor steal {r.steal_percent:.1f}%"
+    return None
+
+
 def target_verdicts(results: list[Result]) -> dict[str, str]:
     """One line per lean N of 150+ peer connections: met or not, in how many runs, and why not."""
     verdicts = {}
@@ -417,10 +426,9 @@ def target_verdicts(results: list[Result]) -> dict[str, str]:
         runs = [r for r in results if r.mode == "lean" and r.calls == n]
         met = [meets_target(r) for r in runs]
         verdict = ("met" if all(met) else "NOT met") if len(runs) == 1 else f"met in {sum(met)} of {len(runs)} runs"
-        missed = [r for r, ok in zip(runs, met, strict=True) if not ok]
-        stolen = [r.steal_percent for r in missed if r.steal_percent is not None and r.steal_percent >= 1.0]
-        if stolen:
-            verdict += f" (hypervisor steal {', '.join(f'{x:.1f}%' for x in stolen)} in the runs that missed)"
+        reasons = [miss_reason(r) for r, ok in zip(runs, met, strict=True) if not ok]
+        if any(reasons):
+            verdict += f" ({'; '.join(x or 'no steal, not saturated' for x in reasons)})"
         if len(runs) > 1:
             verdict += f"; lag p99 ms: {', '.join(f'{r.lag_p99_ms:.1f}' for r in runs)}"
         verdicts[f"lean x{n} ({2 * n} pcs): {TARGET}"] = verdict

@@ -48,7 +48,7 @@ def bench():
 
 def result(bench, **kw):
     base = dict(mode="lean", calls=75, codec="PCMU", seconds=10, connected=75, loss_percent=0.0,
-                lag_p99_ms=8.0, delivered_percent=100.0, steal_percent=0.2)
+                lag_p99_ms=8.0, delivered_percent=100.0, steal_percent=0.2, cores_used=0.75)
     base.update(kw)
     return bench.Result(**base)
 
@@ -57,9 +57,12 @@ def test_verdicts_say_how_many_runs_met_the_target_and_what_stole_the_rest(bench
     key = f"lean x75 (150 pcs): {bench.TARGET}"
     assert bench.target_verdicts([result(bench)]) == {key: "met"}
     assert bench.target_verdicts([result(bench, lag_p99_ms=25.0)]) == {key: "NOT met"}
-    runs = [result(bench), result(bench, lag_p99_ms=31.0, steal_percent=6.5), result(bench, loss_percent=0.7)]
+    runs = [result(bench), result(bench, lag_p99_ms=31.0, steal_percent=6.5, cores_used=0.8),
+            result(bench, loss_percent=0.7, cores_used=0.99)]
     assert bench.target_verdicts(runs) == {
-        key: "met in 1 of 3 runs (hypervisor steal 6.5% in the runs that missed); lag p99 ms: 8.0, 31.0, 8.0"}
+        key: "met in 1 of 3 runs (hypervisor steal 6.5%; saturated: 0.99 cores); lag p99 ms: 8.0, 31.0, 8.0"}
+    assert bench.target_verdicts([result(bench, lag_p99_ms=25.0), result(bench, lag_p99_ms=26.0, steal_percent=3.0)]) == {
+        key: "met in 0 of 2 runs (no steal, not saturated; hypervisor steal 3.0%); lag p99 ms: 25.0, 26.0"}
     # Fewer than 150 peer connections up is never a pass, and small N get no verdict at all.
     assert bench.target_verdicts([result(bench, connected=74)]) == {key: "NOT met"}
     assert bench.target_verdicts([result(bench, calls=8, connected=8)]) == {}
