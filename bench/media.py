@@ -10,8 +10,13 @@ host candidates, audio flowing both ways.
   through ``encoder.pack``) and :class:`~softphone.media.lean.CountingRtpReceiver`
   (no decoding, RTCP kept).
 
+* turn (``--turn-n``): what an agent runs, lean, through a TURN server, relay
+  only: two of the softphone's own ``WebRtcDescriptionHandler`` per call (RFC 4733
+  negotiated, so the DTMF tap and hook are in the path), a private coturn unless
+  ``--turn-url``; the coturn's own CPU is reported too.
+
 Scenarios run one after another: stock at ``--stock-n`` calls, lean at the same
-N (same-load ratio), then lean at ``--n``.  For each: CPU seconds per
+N (same-load ratio), then lean at ``--n``, then turn at ``--turn-n``.  For each: CPU seconds per
 call-second and per peer-connection-second (``getrusage``, all threads), resident
 memory per call, packets received/expected in the measuring window, event-loop
 lag percentiles (a sampler task), hypervisor steal and the load average, since
@@ -19,12 +24,14 @@ the machine may be shared.  Prints a table and writes ``bench/out/media-<time>.j
 No asserts: this measures.
 
     python bench/media.py --stock-n 8 --n 75,150 --seconds 10 --codec PCMU
+    python bench/media.py --stock-n 0 --n 0 --turn-n 40,75
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import fractions
 import gc
 import json
@@ -191,9 +198,103 @@ class Result:
     lag_p99_ms: float = 0.0
     lag_max_ms: float = 0.0
     steal_percent: float | None = None
+    turn_cores: float | None = None  # the private coturn's CPU per wall second (turn mode)
     loadavg_before: list[float] = field(default_factory=list)
     loadavg_after: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+
+
+# --- through a TURN server, as agents run -----------------------------------------------
+
+
+class HandlerLeg:
+    """One side of a TURN call: the softphone's own description handler, as an agent uses it."""
+
+    def __init__(self, handler) -> None:
+        self.handler = handler
+
+    def report(self):
+        return self.handler.receiver.report()
+
+
+class TurnCall:
+    """Two :class:`WebRtcDescriptionHandler` peers, relay only, with RFC 4733 negotiated as agents do."""
+
+    def __init__(self, a, b) -> None:
+        self.caller, self.callee = HandlerLeg(a), HandlerLeg(b)
+
+    @classmethod
+    async def open(cls, config, tone: Tone) -> TurnCall:
+        from softphone.media.handler import WebRtcDescriptionHandler
+
+        a = WebRtcDescriptionHandler(config, source=PreEncodedAudioTrack(tone), decode=False)
+        b = WebRtcDescriptionHandler(config, source=PreEncodedAudioTrack(tone), decode=False)
+        try:
+            await b.set_description(await a.get_description())
+            await a.set_description(await b.get_description())
+            deadline = time.monotonic() + 15
+            while not all(h.pc.connectionState == "connected" for h in (a, b)):
+                if time.monotonic() > deadline or "failed" in (a.pc.connectionState, b.pc.connectionState):
+                    raise RuntimeError(f"TURN call not connected: {a.pc.connectionState}/{b.pc.connectionState}")
+                await asyncio.sleep(0.05)
+        except BaseException:
+            await asyncio.gather(a.close(), b.close(), return_exceptions=True)
+            raise
+        return cls(a, b)
+
+    async def close(self) -> None:
+        await asyncio.gather(self.caller.handler.close(), self.callee.handler.close())
+
+
+class TurnServer:
+    """The TURN server of the turn scenarios: a private coturn (tests/peers launcher) or a given one."""
+
+    def __init__(self, args: argparse.Namespace, codec: str) -> None:
+        self.args = args
+        self.codec = codec
+        self.coturn = None
+        self._workdir = None
+
+    def __enter__(self) -> TurnServer:
+        if not self.args.turn_url:
+            import tempfile
+
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+            from peers.coturn import Coturn
+
+            self._workdir = tempfile.TemporaryDirectory(prefix="bench-coturn-")
+            self.coturn = Coturn(Path(self._workdir.name))
+            self.coturn.start()
+            print(f"private coturn on {self.coturn.url} (pid {self.coturn.pid})")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.coturn is not None:
+            self.coturn.stop()
+        if self._workdir is not None:
+            self._workdir.cleanup()
+
+    def config(self):
+        from softphone.log import Secret
+        from softphone.media.config import IceConfig, MediaConfig
+
+        if self.coturn is not None:
+            url, user, password = self.coturn.url, self.coturn.username, self.coturn.password
+        else:
+            url, user, password = self.args.turn_url, self.args.turn_user, self.args.turn_password
+        ice = IceConfig(turn_urls=(url,), username=user, credential=Secret(password or ""), relay_only=True,
+                        gathering_timeout=10.0)
+        return MediaConfig(ice=ice, codecs=(self.codec,))
+
+    def cpu_seconds(self) -> float | None:
+        """The private coturn's CPU time so far (``/proc``), None for a server elsewhere."""
+        if self.coturn is None or self.coturn.pid is None:
+            return None
+        try:
+            fields = Path(f"/proc/{self.coturn.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return None
 
 
 async def stock_counts(call: LoopbackCall) -> tuple[int, int]:
@@ -213,13 +314,14 @@ def lean_counts(call: LoopbackCall) -> tuple[int, int]:
 
 
 async def run_scenario(mode: str, n: int, codec: str, seconds: float, warmup: float,
-                       setup_batch: int) -> Result:
+                       setup_batch: int, turn: TurnServer | None = None) -> Result:
     result = Result(mode=mode, calls=n, codec=codec, seconds=seconds)
     gc.collect()
     result.loadavg_before = list(os.getloadavg())
     result.rss_before_mib = rss_bytes() / 2**20
     rss_before = rss_bytes()
     pcm = tone_pcm()
+    turn_config = turn.config() if turn is not None else None
     calls: list[LoopbackCall] = []
     consumers: list[asyncio.Task] = []
     decoded = [0]
@@ -229,6 +331,8 @@ async def run_scenario(mode: str, n: int, codec: str, seconds: float, warmup: fl
             call = await open_loopback_call(codec, ToneFrameTrack(pcm), ToneFrameTrack(pcm), counting=False)
             for leg in (call.caller, call.callee):
                 consumers.append(asyncio.ensure_future(consume(leg.receiver.track, decoded)))
+        elif mode == "turn":
+            call = await TurnCall.open(turn_config, Tone(440, 2.0))
         else:
             tone = Tone(440, 2.0)
             call = await open_loopback_call(codec, PreEncodedAudioTrack(tone), PreEncodedAudioTrack(tone))
@@ -264,6 +368,7 @@ async def run_scenario(mode: str, n: int, codec: str, seconds: float, warmup: fl
     dec0 = decoded[0]
     cpu0 = cpu_seconds()
     steal0 = steal_seconds()
+    turn0 = turn.cpu_seconds() if turn is not None else None
     t_start = time.perf_counter()
     sampler.start()
     await asyncio.sleep(seconds)
@@ -271,6 +376,7 @@ async def run_scenario(mode: str, n: int, codec: str, seconds: float, warmup: fl
     elapsed = time.perf_counter() - t_start
     cpu1 = cpu_seconds()
     steal1 = steal_seconds()
+    turn1 = turn.cpu_seconds() if turn is not None else None
     rec1, exp1 = await snapshot()
     rss_during = rss_bytes()
 
@@ -297,6 +403,8 @@ async def run_scenario(mode: str, n: int, codec: str, seconds: float, warmup: fl
     result.lag_p50_ms = sampler.percentile(50) * 1000
     result.lag_p99_ms = sampler.percentile(99) * 1000
     result.lag_max_ms = max(sampler.samples, default=0.0) * 1000
+    if turn0 is not None and turn1 is not None:
+        result.turn_cores = (turn1 - turn0) / elapsed
     if steal0 is not None and steal1 is not None:
         result.steal_percent = 100.0 * (steal1 - steal0) / (elapsed * (os.cpu_count() or 1))
     result.loadavg_after = list(os.getloadavg())
@@ -321,7 +429,7 @@ COLUMNS = [
     ("expected", "packets_expected", "{}"), ("loss %", "loss_percent", "{:.3f}"),
     ("delivered %", "delivered_percent", "{:.1f}"), ("CPU µs/pkt", "cpu_us_per_packet", "{:.0f}"),
     ("lag p50 ms", "lag_p50_ms", "{:.1f}"), ("lag p99 ms", "lag_p99_ms", "{:.1f}"),
-    ("steal %", "steal_percent", "{:.1f}"), ("load", None, "{}"),
+    ("steal %", "steal_percent", "{:.1f}"), ("coturn cores", "turn_cores", "{:.2f}"), ("load", None, "{}"),
 ]
 
 
@@ -446,6 +554,9 @@ async def main(args: argparse.Namespace) -> None:
     for n in args.n:
         if n > 0 and ("lean", n) not in scenarios:
             scenarios.extend([("lean", n)] * args.repeat)
+    for n in args.turn_n:
+        if n > 0:
+            scenarios.extend([("turn", n)] * args.repeat)
     meta = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpus": os.cpu_count(), "python": platform.python_version(),
         "aiortc": aiortc.__version__, "codec": args.codec, "seconds": args.seconds, "uvloop": args.uvloop,
@@ -454,10 +565,13 @@ async def main(args: argparse.Namespace) -> None:
         "loadavg": list(os.getloadavg()), "scenarios": scenarios,
     }
     results: list[Result] = []
-    with loopback_host_candidates():
+    with contextlib.ExitStack() as stack:
+        turn = stack.enter_context(TurnServer(args, args.codec)) if any(m == "turn" for m, _ in scenarios) else None
+        stack.enter_context(loopback_host_candidates())
         for mode, n in scenarios:
             print(f"{mode} × {n} calls ({2 * n} peer connections), {args.codec}, {args.seconds:g} s ...")
-            results.append(await run_scenario(mode, n, args.codec, args.seconds, args.warmup, args.setup_batch))
+            results.append(await run_scenario(mode, n, args.codec, args.seconds, args.warmup, args.setup_batch,
+                                              turn if mode == "turn" else None))
     ratios: dict = {"encoded cache bytes": shared_cache().memory_bytes}
     stock = next((r for r in results if r.mode == "stock"), None)
     same = next((r for r in results if r.mode == "lean" and stock and r.calls == stock.calls), None)
@@ -486,6 +600,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=2.0, help="seconds after setup before measuring")
     p.add_argument("--codec", default="PCMU", help="PCMU, PCMA, G722 or opus")
     p.add_argument("--setup-batch", type=int, default=10, help="calls set up concurrently")
+    p.add_argument("--turn-n", type=lambda v: [int(x) for x in v.split(",") if x.strip()], default=[],
+                   help="lean calls through a TURN server, relay only, with the agent's own description handler "
+                        "(RFC 4733 negotiated), comma-separated; a private coturn is started unless --turn-url")
+    p.add_argument("--turn-url", help="use this TURN server (turn:host:port) instead of a private coturn")
+    p.add_argument("--turn-user", default="", help="TURN username for --turn-url")
+    p.add_argument("--turn-password", default=os.environ.get("SOFTPHONE_TURN_PASSWORD", ""),
+                   help="TURN password for --turn-url (or $SOFTPHONE_TURN_PASSWORD, kept out of ps)")
     p.add_argument("--out", type=Path, default=OUT_DIR, help="where the JSON and HTML reports go (default bench/out)")
     p.add_argument("--repeat", type=int, default=1,
                    help="run each --n scenario this many times (fresh calls each time) and say in how many the target held")

@@ -41,6 +41,21 @@ def test_a_tiny_run_writes_every_scenario_with_counts(tmp_path):
     assert (tmp_path / report.name.replace(".json", ".html")).read_text().startswith("<!doctype html>")
 
 
+@pytest.mark.peer
+def test_a_tiny_turn_run_goes_through_a_private_coturn(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--stock-n", "0", "--n", "0", "--turn-n", "2", "--seconds", "1",
+         "--warmup", "0.5", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "private coturn on turn:127.0.0.1:" in proc.stdout
+    (report,) = tmp_path.glob("media-*.json")
+    (r,) = json.loads(report.read_text())["results"]
+    assert (r["mode"], r["connected"]) == ("turn", 2) and not r["errors"]
+    assert r["packets_received"] > 0 and r["loss_percent"] == 0
+    assert r["turn_cores"] is not None and r["turn_cores"] >= 0
+
+
 @pytest.fixture
 def bench():
     return load_bench()
