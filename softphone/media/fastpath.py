@@ -11,8 +11,12 @@ the end-of-connection sentinel, packets while earlier ones are still queued) sti
 goes through the queue, so ordering and closing behave as before.  A packet
 handler that really suspends (a TURN channel bind on an RTCP reply, say) is
 finished in a task, and packets arriving meanwhile wait in order behind it.
-:func:`install_fast_send` likewise collapses aioice's three-coroutine send chain
-into one ``transport.sendto`` on the nominated pair.
+Media datagrams also skip aioice's attempt to parse them as STUN (an exception
+per packet).  :func:`install_fast_send` likewise collapses aioice's
+three-coroutine send chain into one ``transport.sendto`` on the nominated pair,
+and on a bound TURN channel into the ChannelData write aioice would do from a
+task per packet; :func:`send_rtp_now` protects and sends an RTP packet that way
+without a coroutine at all.
 
 aiortc's ``clock`` builds a timezone-aware ``datetime`` for every RTP packet sent
 (twice) and received; :func:`install_fast_clock` swaps ``current_ms`` and

@@ -14,10 +14,12 @@ packet synchronously:
   the header extensions aiortc negotiates for audio (mid and abs-send-time; the
   template comes from aiortc's own ``HeaderExtensionsMap``, so the bytes are what
   ``RtpPacket.serialize`` produces, marker set on every packet as aiortc does);
-* the packet goes to ``sender.transport._send_rtp`` (the DTLS transport, or the
-  RFC 4733 tap of :mod:`softphone.media.dtmf`, which shifts sequence numbers and
-  holds audio back while a digit plays), stepped by hand: with the fast send path
-  installed it completes without suspending, otherwise the rest runs in a task;
+* the packet passes the RFC 4733 tap of :mod:`softphone.media.dtmf` when DTMF was
+  negotiated (it shifts sequence numbers and holds audio back while a digit
+  plays), then :func:`~softphone.media.fastpath.send_rtp_now` protects it and hands
+  it to the nominated socket or TURN channel without a coroutine; without the
+  fast send path, the transport's ``_send_rtp`` is stepped by hand and any rest
+  runs in a task;
 * the sender's RTCP counters (packets, octets, last RTP/NTP timestamps) are kept
   as aiortc keeps them, so sender reports, RTT and ``getStats()`` are unchanged;
 * a new stream starts in the least busy slot of the next 20 ms
