@@ -555,3 +555,30 @@ async def test_call_through_kamailio_with_webrtc_media(coturn, kamailio):
     finally:
         await asyncio.wait_for(a.stop(), 10)
         await asyncio.wait_for(b.stop(), 10)
+
+
+async def test_factory_for_load_plays_a_file_encoded_once_and_counts_without_decoding(coturn, tmp_path):
+    """The README's load recipe: PreEncodedAudioTrack(path) as the source, decode=False."""
+    from softphone.media.lean import PreEncodedAudioTrack
+    from softphone.media.lean_sender import lean_sender_of
+    from softphone.media.sources import generate_tone_file
+
+    prompt = generate_tone_file(tmp_path / "prompt.wav", 800.0, duration=1.0, rate=8000)
+    factory = WebRtcDescriptionHandlerFactory(relay_config(coturn, codecs=("PCMU",)),
+                                              source_factory=lambda session: PreEncodedAudioTrack(prompt),
+                                              decode=False)
+    decoding = WebRtcDescriptionHandlerFactory(factory.config, source_factory=factory.source_factory, decode=True)
+    a, b = factory(), decoding()
+    try:
+        await negotiate(a, b)
+        await wait_connected(a, b)
+        await asyncio.sleep(0.6)
+        for handler in (a, b):
+            assert lean_sender_of(handler.sender).packets > 15
+            report = handler.receiver.report()
+            assert report.received > 15 and report.lost == 0
+        assert a.receiver._RTCRtpReceiver__decoder_thread is None  # counts, decodes nothing
+        assert b.receiver._RTCRtpReceiver__decoder_thread is not None
+    finally:
+        await a.close()
+        await b.close()
