@@ -58,6 +58,7 @@ from softphone.media.lean import (
 )
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
+TESTS_DIR = Path(__file__).resolve().parents[1] / "tests"
 
 
 # --- the stock path's pieces ----------------------------------------------------------
@@ -225,18 +226,15 @@ class TurnCall:
 
     @classmethod
     async def open(cls, config, tone: Tone) -> TurnCall:
+        from media_support import negotiate, wait_connected  # tests/, on the path with the coturn launcher
+
         from softphone.media.handler import WebRtcDescriptionHandler
 
         a = WebRtcDescriptionHandler(config, source=PreEncodedAudioTrack(tone), decode=False)
         b = WebRtcDescriptionHandler(config, source=PreEncodedAudioTrack(tone), decode=False)
         try:
-            await b.set_description(await a.get_description())
-            await a.set_description(await b.get_description())
-            deadline = time.monotonic() + 15
-            while not all(h.pc.connectionState == "connected" for h in (a, b)):
-                if time.monotonic() > deadline or "failed" in (a.pc.connectionState, b.pc.connectionState):
-                    raise RuntimeError(f"TURN call not connected: {a.pc.connectionState}/{b.pc.connectionState}")
-                await asyncio.sleep(0.05)
+            await negotiate(a, b)
+            await wait_connected(a, b, timeout=15.0)
         except BaseException:
             await asyncio.gather(a.close(), b.close(), return_exceptions=True)
             raise
@@ -256,10 +254,10 @@ class TurnServer:
         self._workdir = None
 
     def __enter__(self) -> TurnServer:
+        sys.path.insert(0, str(TESTS_DIR))  # the coturn launcher and the offer/answer helpers
         if not self.args.turn_url:
             import tempfile
 
-            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
             from peers.coturn import Coturn
 
             self._workdir = tempfile.TemporaryDirectory(prefix="bench-coturn-")

@@ -22,9 +22,9 @@ packet synchronously:
   runs in a task;
 * the sender's RTCP counters (packets, octets, last RTP/NTP timestamps) are kept
   as aiortc keeps them, so sender reports, RTT and ``getStats()`` are unchanged;
-* a new stream starts in the least busy slot of the next 20 ms
-  (:meth:`LeanSendDriver.start_phase`), so calls set up together do not all send,
-  and all receive, in the same 2 ms every frame.
+* a new stream starts in a slot of the next 20 ms with room, else the least busy
+  one (:meth:`LeanSendDriver.start_phase`), so calls set up together do not all
+  send, and all receive, in the same 2 ms every frame.
 
 Unlike stock aiortc it sends nothing while the transceiver's negotiated direction
 excludes sending (hold to inactive) or the sender is disabled; the timestamps keep
@@ -194,7 +194,7 @@ class LeanRtpSender:
             self._phased = True
             start = driver.start_phase(now)
             if track.align_start(start) and start > now:
-                return start  # the first packet goes out in the least busy slot
+                return start  # the first packet goes out in the chosen slot
         try:
             payload, pts = track.take(now)
         except MediaStreamError as exc:
@@ -233,12 +233,11 @@ class LeanRtpSender:
         if type(transport) is RtpSenderTap:  # RFC 4733 negotiated: the tap shifts sequence numbers
             data = transport.take_audio(data)  # None: held back while a digit plays
             transport = transport.wrapped
-        if data is None:
-            pass  # counted below all the same, as aiortc's sender counts what the tap swallows
-        elif type(transport) is RTCDtlsTransport:
-            send_rtp_now(transport, data)
-        else:  # something else standing in for the transport
-            step_awaitable(transport._send_rtp(data))
+        if data is not None:  # held-back audio is still counted below, as aiortc's sender counts it
+            if type(transport) is RTCDtlsTransport:
+                send_rtp_now(transport, data)
+            else:  # something else standing in for the transport
+                step_awaitable(transport._send_rtp(data))
         sender._RTCRtpSender__ntp_timestamp = ntp
         sender._RTCRtpSender__rtp_timestamp = timestamp
         sender._RTCRtpSender__octet_count += len(payload)
