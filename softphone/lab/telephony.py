@@ -4,19 +4,26 @@ The platform calls the agent's extension on login, dials customers, holds,
 records and hangs up.  The REST layer (:mod:`softphone.lab.app`) talks only to
 the :class:`Telephony` protocol; :class:`InMemoryTelephony` is the default
 and only tracks state (no SIP, no media), so the REST API works on its own.
-A real implementation (registrar + dialer over SIP/WebSocket) plugs in
-later through ``start_lab(telephony=...)``.  Raising
+The real implementation (:mod:`softphone.lab.dialer`) dials phones found
+through a :class:`PhoneDirectory` (the lab's SIP edge) and reports what
+happens on its own (a customer hanging up, a call answered later) back to
+the REST layer through :class:`TelephonyEvents` (``attach``).  Raising
 :class:`softphone.errors.TelephonyError` turns into a 409 answer.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from softphone.errors import TelephonyError
 from softphone.log import get_logger
+
+if TYPE_CHECKING:
+    from softphone.sip.description_handler import SessionDescriptionHandlerFactory
+    from softphone.sip.inviter import Inviter
 
 log = get_logger(__name__)
 
@@ -61,6 +68,49 @@ class CallInfo:
     outbound_cli: str
     extension: str | None
     campaign_id: int | None
+    #: shotgun: the other numbers dialled at once (first answer wins, the others are cancelled)
+    alternatives: tuple[str, ...] = ()
+    #: "outbound" or "inbound" (a customer calling in, injected through the lab-only endpoint)
+    direction: str = "outbound"
+
+
+class PhoneDirectory(Protocol):
+    """Where the lab finds registered phones (the SIP edge implements it)."""
+
+    def is_registered(self, extension: str) -> bool: ...
+
+    def registered_extensions(self) -> list[str]: ...
+
+    def inviter(self, extension: str, handler_factory: SessionDescriptionHandlerFactory, *,
+                caller_id: str, display_name: str | None = None,
+                extra_headers: list[tuple[str, str]] | None = None) -> Inviter:
+        """An Inviter (softphone.sip.inviter) on the WebSocket where `extension` is registered,
+        targeting its registered Contact; From = sip:{caller_id}@{lab domain}.
+        Raises TelephonyError("extension 9001 is not registered") when there is no live binding."""
+
+    def on(self, event: str, callback: Callable[..., Any]) -> None:
+        """events: "registered"(extension: str), "unregistered"(extension: str, reason: str)
+        (reason e.g. "expires 0", "binding expired", "websocket closed", "provisioning expired").
+
+        An incoming INVITE from a phone (an agent dialling out through SIP): the edge emits
+        "invite"(extension: str, invitation: softphone.sip.invitation.Invitation) if a listener
+        exists, else answers 403 "calls from phones are not routed in the lab"."""
+
+
+class TelephonyEvents(Protocol):
+    """What the telephony reports on its own to the REST layer (``softphone.lab.app.Lab``).
+
+    Called from tasks of the telephony, never from inside a Telephony method the REST
+    layer is awaiting (the REST layer holds the agent's lock then).
+    """
+
+    async def call_state_changed(self, call_id: int, state: CallState, sip_code: int | None = None,
+                                 phone_number: str | None = None) -> None:
+        """A call moved without being asked: answered later (RINGING -> ANSWERED; ``phone_number``
+        names the shotgun winner), ended by the far end or the network (ENDED with its SIP code)."""
+
+    async def bridge_ended(self, user_id: int, reason: str) -> None:
+        """The agent's bridge call ended without a logout (the phone hung up or went away)."""
 
 
 @runtime_checkable
@@ -90,6 +140,12 @@ class Telephony(Protocol):
 
     async def connect(self, first: CallInfo, second: CallInfo) -> None:
         """Join two external parties and drop the agent."""
+
+    async def place_inbound(self, call: CallInfo) -> CallState:
+        """A customer calls the agent (``call.direction == "inbound"``); the state when this returns."""
+
+    def attach(self, sink: TelephonyEvents) -> None:
+        """Where to report what happens without being asked (see :class:`TelephonyEvents`)."""
 
     async def close(self) -> None: ...
 
@@ -137,6 +193,12 @@ class InMemoryTelephony:
     async def connect(self, first: CallInfo, second: CallInfo) -> None:
         self.calls[first.call_id] = CallState.CONNECTED
         self.calls[second.call_id] = CallState.CONNECTED
+
+    async def place_inbound(self, call: CallInfo) -> CallState:
+        return await self.place_call(call)
+
+    def attach(self, sink: TelephonyEvents) -> None:
+        """Nothing happens here without being asked: no events to report."""
 
     async def close(self) -> None:
         self.bridges.clear()
