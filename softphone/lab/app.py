@@ -247,6 +247,45 @@ class RedactedAccessLogger(web.AbstractAccessLogger):
 # --- helpers -----------------------------------------------------------------------
 
 
+#: deepest nesting a request body may have; the API's bodies need 2 levels
+MAX_BODY_DEPTH = 32
+_TOO_DEEP = f"request body nests deeper than {MAX_BODY_DEPTH} levels"
+
+
+class BodyTooDeep(ValueError):
+    """A request body nested deeper than :data:`MAX_BODY_DEPTH` (a 400, never a RecursionError)."""
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests deeper than ``limit`` lists/objects; iterative, so any depth is safe."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def parse_body(raw: bytes) -> Any:
+    """``raw`` parsed as JSON; :class:`BodyTooDeep` past :data:`MAX_BODY_DEPTH`, ValueError if not JSON.
+
+    The C decoder recurses per level: a few thousand brackets would raise RecursionError (a
+    500 with a traceback per request), and a few hundred would later break anything that
+    walks the value recursively (the error handler's :func:`strict_json`).
+    """
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        raise BodyTooDeep(_TOO_DEEP) from None
+    if _depth_exceeds(data, MAX_BODY_DEPTH):
+        raise BodyTooDeep(_TOO_DEEP)
+    return data
+
+
 async def json_body(request: web.Request, *, required: bool = True) -> dict[str, Any]:
     """The JSON object of the request (an empty body is ``{}`` when not required)."""
     raw = await request.read()
@@ -255,7 +294,9 @@ async def json_body(request: web.Request, *, required: bool = True) -> dict[str,
             raise _bad("request body must be a JSON object")
         return {}
     try:
-        data = json.loads(raw)
+        data = parse_body(raw)
+    except BodyTooDeep as exc:
+        raise _bad(str(exc)) from None
     except (ValueError, UnicodeDecodeError):
         raise _bad("request body is not valid JSON") from None
     if not isinstance(data, dict):
@@ -731,7 +772,9 @@ async def set_campaign_status(request: web.Request) -> web.Response:
 async def _lead_body(request: web.Request) -> Any:
     raw = await request.read()
     try:
-        return json.loads(raw) if raw.strip() else {}
+        return parse_body(raw) if raw.strip() else {}
+    except BodyTooDeep as exc:
+        raise LeadRequestError(str(exc)) from None
     except (ValueError, UnicodeDecodeError):
         return {}  # validated as "no fields": insert_leads must be a boolean value
 

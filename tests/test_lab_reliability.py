@@ -1,0 +1,84 @@
+"""The lab's REST API under hostile input: nested bodies and what a user token may do."""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+import pytest
+
+from softphone.lab.server import start_lab
+
+KEY = {"Authorization": "Key=lab-system-key"}
+
+
+@pytest.fixture
+async def lab():
+    async with await start_lab() as server:
+        yield server
+
+
+@pytest.fixture
+async def session(lab):
+    async with aiohttp.ClientSession(lab.url) as s:
+        yield s
+
+
+async def post(session, path, *, raw: bytes | None = None, body=None, headers=KEY) -> tuple[int, object]:
+    kwargs = ({"data": raw, "headers": {**headers, "Content-Type": "application/json"}} if raw is not None
+              else {"json": body, "headers": headers})
+    async with session.post(path, **kwargs) as resp:
+        assert resp.content_type == "application/json", await resp.text()
+        return resp.status, await resp.json()
+
+
+def assert_one_access_line(caplog) -> None:
+    """The request left one log line: the access line with its 400 (no traceback, no second line)."""
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("softphone")]
+    assert len(lines) == 1 and " 400 " in lines[0], lines
+    assert "Traceback" not in caplog.text
+
+
+def nested(depth: int) -> bytes:
+    return ("[" * depth + "]" * depth).encode()
+
+
+@pytest.mark.parametrize("depth", [40, 972, 973, 5000, 200_000])
+async def test_deeply_nested_omni_body_is_400_with_one_log_line(session, caplog, depth):
+    caplog.set_level(logging.DEBUG, logger="softphone")
+    caplog.clear()
+    status, data = await post(session, "/omni/user/authorize", raw=nested(depth))
+    assert status == 400
+    assert data["success"] is False
+    assert data["detail"] in ("request body must be a JSON object",
+                              "request body nests deeper than 32 levels")
+    assert_one_access_line(caplog)
+
+
+@pytest.mark.parametrize("depth", [100, 488, 973, 5000])
+async def test_deeply_nested_lead_ids_are_400_in_the_archive_shape(session, caplog, depth):
+    caplog.set_level(logging.DEBUG, logger="softphone")
+    caplog.clear()
+    inner = "[" * depth + "]" * depth
+    raw = ('{"insert_leads": true, "update_leads": true, "delete_leads": true, "lead_ids": '
+           + inner + "}").encode()
+    status, data = await post(session, "/vicidial/leads/archive", raw=raw)
+    assert status == 400
+    assert data == {"message": "request body nests deeper than 32 levels", "lead_errors": 0, "lead_ids": []}
+    assert_one_access_line(caplog)
+
+
+async def test_nested_object_bodies_are_400_too(session):
+    raw = ('{"a":' * 3000 + "1" + "}" * 3000).encode()
+    status, data = await post(session, "/omni/user/authorize", raw=raw)
+    assert (status, data) == (400, {"success": False, "detail": "request body nests deeper than 32 levels"})
+    status, data = await post(session, "/vicidial/leads/dearchive", raw=raw)
+    assert status == 400 and data["message"] == "request body nests deeper than 32 levels"
+
+
+async def test_shallow_nesting_still_gets_the_contracts_messages(session):
+    status, data = await post(session, "/vicidial/leads/archive",
+                              body={"insert_leads": True, "update_leads": True, "delete_leads": True,
+                                    "lead_ids": [[[1]]]})
+    assert (status, data) == (400, {"message": "lead_ids must only contain integer values", "lead_errors": 1,
+                                    "lead_ids": [[[1]]]})
