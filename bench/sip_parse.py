@@ -1,6 +1,6 @@
 """SIP parser benchmark: parse / serialise rates for a SIP.js-style INVITE with a Chromium offer.
 
-The message is what the Webphone sends (see ../shared/peers.md): SIP.js 0.15.11
+The message is what the Webphone sends (SIP.js 0.15.11 in Chromium): SIP.js 0.15.11
 headers and one BUNDLEd audio m-line with host UDP/TCP candidates.  Also times
 the digest ``Authorization`` computation for a REGISTER retry.  Rates use this
 process's CPU time, so other load on the machine distorts them less.  No asserts:

@@ -9,7 +9,7 @@ challenged. Passwords live in an htable filled at start-up from `users`
 address, declared as an alias with any port): a named domain would need DNS
 or /etc/hosts and brings nothing to a loopback test.
 
-WebSocket contacts follow /work/shared/peers.md: `fix_nated_register()` for
+WebSocket contacts follow Kamailio's NAT helpers: `fix_nated_register()` for
 REGISTER, `add_contact_alias()` on other requests and replies from WebSocket
 peers, `handle_ruri_alias()` for in-dialog requests routed to them. A call to
 an extension that is not registered gets 404.
