@@ -384,7 +384,7 @@ async def test_shotgun(api):
 
 
 async def test_notification_endpoint_validation(api):
-    await api.authorize()
+    await api.authorize("supervisor1", "supervisor1pass")  # platform-wide settings
     assert await api.req("POST", "/omni/notifications/endpoint", {"url": "ftp://x"}) == (
         400, error("url must be an http or https URL"))
     assert await api.req("POST", "/omni/notifications/endpoint", {"url": "http://127.0.0.1:9/hook"}) == (
@@ -394,7 +394,7 @@ async def test_notification_endpoint_validation(api):
 
 
 async def test_campaign_status_moves(api):
-    await api.authorize()
+    await api.authorize("supervisor1", "supervisor1pass")  # platform-wide settings
     assert await api.req("GET", "/omni/campaigns/2/status") == (
         200, {"campaign_id": 2, "status": 0, "status_name": "NotRunning"})
     moves = [(1, 409), (0, 409), (2, 200), (2, 409), (1, 200), (2, 409), (0, 200), (2, 200), (0, 200)]
@@ -460,6 +460,7 @@ async def test_api_flow_on_mariadb(mariadb_server):
             _status, data = await api.req("GET", "/omni/voice/1001/calls")
             assert data["calls"][0]["call_state"] == "hold"
             assert (await api.req("POST", "/omni/users/1001/logout"))[0] == 200
+            await api.authorize("supervisor1", "supervisor1pass")  # platform-wide settings
             assert (await api.req("POST", "/omni/campaigns/2/status", {"status": 2}))[0] == 200
             for hook in ("http://127.0.0.1:9/a", "http://127.0.0.1:9/b"):  # upsert, twice
                 assert (await api.req("POST", "/omni/notifications/endpoint", {"url": hook}))[0] == 200

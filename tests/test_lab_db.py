@@ -87,7 +87,8 @@ def test_seed_and_sample_leads_are_deterministic():
     seed = load_seed()
     assert seed.api_key == "lab-system-key"
     assert [(u["user_id"], u["user_name"]) for u in seed.users] == [(1001, "agent1"), (1002, "agent2"),
-                                                                   (1003, "agent3")]
+                                                                   (1003, "agent3"), (1000, "supervisor1")]
+    assert seed.supervisor_ids == {1000}
     assert [c["status"] for c in seed.campaigns] == [1, 0]
     assert [lead["lead_id"] for lead in seed.leads] == list(range(1, 51))
     assert {lead["list_id"] for lead in seed.leads} == {101}
@@ -95,7 +96,7 @@ def test_seed_and_sample_leads_are_deterministic():
     assert set(make_lead(17)) == set(VICIDIAL_COLUMNS)
     assert all(len(make_lead(i)["phone_number"]) <= 18 for i in range(1, 2000))
     assert "agent1pass" not in repr(seed) and "lab-system-key" not in repr(seed)
-    assert repr(seed) == "Seed('softphone/lab/seed.json', 1 customer(s), 3 user(s), 2 campaign(s), 50 lead(s))"
+    assert repr(seed) == "Seed('softphone/lab/seed.json', 1 customer(s), 4 user(s), 2 campaign(s), 50 lead(s))"
 
 
 def test_bad_seed_files_are_configuration_errors(tmp_path):

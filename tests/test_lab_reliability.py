@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 
 import aiohttp
@@ -82,3 +83,37 @@ async def test_shallow_nesting_still_gets_the_contracts_messages(session):
                                     "lead_ids": [[[1]]]})
     assert (status, data) == (400, {"message": "lead_ids must only contain integer values", "lead_errors": 1,
                                     "lead_ids": [[[1]]]})
+
+
+# --- what a user token may do (item: scoping) ---------------------------------------------
+
+
+async def token_of(session, user_name: str) -> dict[str, str]:
+    password = base64.b64encode(f"{user_name}pass".encode()).decode()
+    status, data = await post(session, "/omni/user/authorize", body={"user_name": user_name, "password": password})
+    assert status == 200, data
+    return {**KEY, "tokenKey": data["token_key"]}
+
+
+async def test_an_agent_token_cannot_change_campaigns_or_the_notification_url(lab, session):
+    agent = await token_of(session, "agent1")
+    assert await post(session, "/omni/campaigns/2/status", body={"status": 2}, headers=agent) == (
+        403, {"success": False, "detail": "user_id 1001 is not a supervisor: cannot change campaign status"})
+    assert await post(session, "/omni/notifications/endpoint", body={"url": "http://127.0.0.1:9/hook"},
+                      headers=agent) == (
+        403, {"success": False, "detail": "user_id 1001 is not a supervisor: cannot set the notification endpoint"})
+    assert (await lab.lab.store.campaign(2)).status == 0  # nothing changed
+    assert lab.lab.notifier.url is None
+    async with session.get("/omni/campaigns/2/status", headers=agent) as resp:  # reading stays open
+        assert resp.status == 200
+
+
+async def test_a_supervisor_token_may_change_them(lab, session):
+    supervisor = await token_of(session, "supervisor1")
+    assert await post(session, "/omni/campaigns/2/status", body={"status": 2}, headers=supervisor) == (
+        200, {"campaign_id": 2, "status": 2, "status_name": "Paused"})
+    assert (await post(session, "/omni/notifications/endpoint", body={"url": "http://127.0.0.1:9/hook"},
+                       headers=supervisor))[0] == 200
+    # a supervisor is still only itself on user paths
+    status, data = await post(session, "/omni/users/1001/logout", headers=supervisor)
+    assert (status, data["detail"]) == (403, "token does not belong to user_id 1001")

@@ -81,9 +81,19 @@ async def client():
         async with session.post("/omni/user/authorize", headers=KEY, json={
                 "user_name": "agent1", "password": base64.b64encode(b"agent1pass").decode()}) as resp:
             token = (await resp.json())["token_key"]
+        async with session.post("/omni/user/authorize", headers=KEY, json={
+                "user_name": "supervisor1", "password": base64.b64encode(b"supervisor1pass").decode()}) as resp:
+            session.supervisor_token = (await resp.json())["token_key"]
         session.headers.update({**KEY, "tokenKey": token})
         session.lab = lab
         yield session
+
+
+async def set_endpoint(session, url: str) -> None:
+    """Only a supervisor's token may set the notification endpoint."""
+    async with session.post("/omni/notifications/endpoint", json={"url": url},
+                            headers={"tokenKey": session.supervisor_token}) as resp:
+        assert resp.status == 200, await resp.text()
 
 
 async def post(session, path, body=None):
@@ -94,7 +104,7 @@ async def post(session, path, body=None):
 
 
 async def test_user_status_call_and_call_end(client, receiver):
-    await post(client, "/omni/notifications/endpoint", {"url": receiver.url})
+    await set_endpoint(client, receiver.url)
     await post(client, "/omni/users/1001/login", {"campaign_id": 1, "extension": "9001"})
     call = await post(client, "/omni/voice/1001/call", {"phone_number": "0821234567", "outbound_cli": "27110001111",
                                                       "unique_id": "ref-77", "lead_id": 12})
@@ -130,7 +140,7 @@ async def test_user_status_call_and_call_end(client, receiver):
 
 
 async def test_slow_receiver_never_blocks_the_api(client, receiver):
-    await post(client, "/omni/notifications/endpoint", {"url": receiver.url})
+    await set_endpoint(client, receiver.url)
     receiver.gate.clear()  # the receiver holds every answer until the test says so
     # if login waited for its webhook, this would hang until wait_for gives up
     await asyncio.wait_for(post(client, "/omni/users/1001/login", {"campaign_id": 1, "extension": "9001"}), 10)
@@ -144,13 +154,13 @@ async def test_unreachable_or_failing_receiver_is_best_effort(client, receiver):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead_port = s.getsockname()[1]
-    await post(client, "/omni/notifications/endpoint", {"url": f"http://127.0.0.1:{dead_port}/hook"})
+    await set_endpoint(client, f"http://127.0.0.1:{dead_port}/hook")
     await post(client, "/omni/users/1001/login", {"campaign_id": 1, "extension": "9001"})
     notifier = client.lab.lab.notifier
     await notifier.drain()
     assert (notifier.sent, notifier.failed) == (0, 1)
     receiver.status = 500
-    await post(client, "/omni/notifications/endpoint", {"url": receiver.url})
+    await set_endpoint(client, receiver.url)
     await post(client, "/omni/users/1001/logout")
     await notifier.drain()
     assert (notifier.sent, notifier.failed) == (0, 2)

@@ -81,6 +81,12 @@ def agent(lab, **kw) -> PlatformClient:
     return PlatformClient(lab.url, KEY, username="agent1", password="agent1pass", **kw)
 
 
+def supervisor(lab, **kw) -> PlatformClient:
+    """The seed's supervisor: only its token may change campaign statuses and the notification URL."""
+    kw.setdefault("backoff", 0.01)
+    return PlatformClient(lab.url, KEY, username="supervisor1", password="supervisor1pass", **kw)
+
+
 async def count(lab, sql: str, params=()) -> int:
     async def q(tx):
         return (await tx.fetchone(sql, params))[0]
@@ -132,7 +138,7 @@ async def test_full_agent_session_through_every_voice_endpoint(lab):
 
 
 async def test_campaign_status_moves_and_409(lab):
-    async with agent(lab) as c:
+    async with supervisor(lab) as c:
         assert (await c.campaign_status(1)).state is CampaignState.RUNNING
         two = await c.campaign_status(2)
         assert two.state is CampaignState.NOT_RUNNING and two.status_name
@@ -163,8 +169,9 @@ async def test_notification_endpoint_receives_webhooks(lab):
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
     try:
+        async with supervisor(lab) as s:
+            assert (await s.set_notification_endpoint(f"http://127.0.0.1:{port}/hook")).success
         async with agent(lab) as c:
-            assert (await c.set_notification_endpoint(f"http://127.0.0.1:{port}/hook")).success
             await c.login(1, "9001")
             await asyncio.wait_for(got.wait(), 10)
             await c.logout()

@@ -23,7 +23,9 @@ async def test_lab_webhooks_for_a_whole_call():
     try:
         async with NotificationReceiver() as rx, \
                 PlatformClient(lab.url, "lab-system-key", username="agent1", password="agent1pass") as c:
-            await c.set_notification_endpoint(rx.url)
+            async with PlatformClient(lab.url, "lab-system-key", username="supervisor1",
+                                      password="supervisor1pass") as supervisor:
+                await supervisor.set_notification_endpoint(rx.url)
             await c.login(1, "9001")
             status = (await rx.wait_for(NotificationType.USER_STATUS)).typed()
             assert isinstance(status, UserStatus)

@@ -10,6 +10,11 @@ project's defaults where it does not (see ``openapi.yaml``, served at
 * every ``/omni`` call but authorize needs ``tokenKey``: 401
   ``{"success": false, "detail": "invalid or expired token"}``; a token
   used on another user's path: 403;
+* what a token may do (the lab's rules, as the platform scopes users): an
+  agent's token acts on its own user's paths and reads campaign statuses;
+  changing a campaign's status or the notification endpoint (settings of the
+  whole platform) needs a supervisor's token (``"role": "supervisor"`` in the
+  seed): 403 otherwise;
 * ``/omni`` errors: status + ``{"success": false, "detail": str}``: 400 (the
   detail names the field), 404 unknown user/call/campaign/lead, 409 wrong
   state, 500 (no traceback ever leaves the server);
@@ -121,6 +126,8 @@ class Lab:
     paths: PlatformPaths = field(default_factory=lambda: DEFAULT_PATHS)
     notifier: Notifier = field(default_factory=Notifier)
     archive_fault_hook: Callable[[str], Any] | None = None
+    #: users whose token may change campaign statuses and the notification endpoint
+    supervisor_ids: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         self.store = LabStore(self.db)
@@ -721,6 +728,7 @@ async def active_calls(request: web.Request) -> web.Response:
 
 async def set_notification_endpoint(request: web.Request) -> web.Response:
     lab: Lab = request.app[LAB_KEY]
+    require_supervisor(request, "set the notification endpoint")
     body = await json_body(request)
     url = _str_field(body, "url", re.compile(r"^https?://[^\s/?#]+[^\s]*$"), "an http or https URL",
                      max_len=1000)
@@ -728,6 +736,15 @@ async def set_notification_endpoint(request: web.Request) -> web.Response:
     lab.notifier.url = url
     log.info("notification endpoint set to %s", url.split("?", 1)[0])
     return ok("notification endpoint set")
+
+
+def require_supervisor(request: web.Request, action: str) -> None:
+    """403 unless the request's token is a supervisor's (platform-wide settings are not an agent's)."""
+    lab: Lab = request.app[LAB_KEY]
+    user_id = request.get(TOKEN_USER)
+    if user_id not in lab.supervisor_ids:
+        log.info("user_id %s refused: %s needs a supervisor", user_id, action)
+        raise LabApiError(403, f"user_id {user_id} is not a supervisor: cannot {action}")
 
 
 async def _campaign_from_path(request: web.Request) -> Any:
@@ -750,6 +767,7 @@ async def campaign_status(request: web.Request) -> web.Response:
 
 async def set_campaign_status(request: web.Request) -> web.Response:
     lab: Lab = request.app[LAB_KEY]
+    require_supervisor(request, "change campaign status")
     campaign = await _campaign_from_path(request)
     body = await json_body(request)
     value = body.get("status")

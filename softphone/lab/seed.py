@@ -95,6 +95,11 @@ INSERT_LEAD_SQL = (f"INSERT INTO vicidial_list ({lead_column_list()}) "
                    f"VALUES ({', '.join('?' * len(LEAD_COLUMN_NAMES))})")
 
 
+SUPERVISOR = "supervisor"
+#: a user's role; an agent's token acts on its own user only
+ROLES = ("agent", SUPERVISOR)
+
+
 @dataclass
 class Seed:
     """The contents of a seed file, validated."""
@@ -108,6 +113,11 @@ class Seed:
 
     def user(self, user_id: int) -> dict[str, Any] | None:
         return next((u for u in self.users if u["user_id"] == user_id), None)
+
+    @property
+    def supervisor_ids(self) -> frozenset[int]:
+        """Users whose token may act beyond their own paths (campaign status, notification URL)."""
+        return frozenset(u["user_id"] for u in self.users if u.get("role") == SUPERVISOR)
 
     def __repr__(self) -> str:  # never the api key or passwords
         return (f"Seed({self.path!r}, {len(self.customers)} customer(s), {len(self.users)} user(s), "
@@ -154,6 +164,8 @@ def load_seed(path: str | Path | None = None) -> Seed:
         _need(u, "customer_id", int, w)
         if "extension" in u:
             _need(u, "extension", str, w)
+        if "role" in u and _need(u, "role", str, w) not in ROLES:
+            raise ConfigurationError(f"seed {w}.role: must be one of {', '.join(ROLES)}")
     for n, c in enumerate(campaigns):
         w = f"{where} campaigns[{n}]"
         _need(c, "campaign_id", int, w)

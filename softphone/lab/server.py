@@ -109,6 +109,8 @@ async def start_lab(
         options: dict[str, Any] = {}
         if clock is not None:
             options["clock"] = clock
+        if "supervisor_ids" not in lab_options:
+            options["supervisor_ids"] = seed_obj.supervisor_ids
         lab = Lab(db=db, api_key=key, telephony=telephony or InMemoryTelephony(), office_hours=hours,
                   token_ttl=token_ttl, paths=paths, **options, **lab_options)
         lab.notifier.timeout = notification_timeout
