@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import logging
+import socket
 
 import aiohttp
 import pytest
 
 from softphone.lab.server import start_lab
+from softphone.lab.webhooks import USER_STATUS, Notifier, url_for_log
 
 KEY = {"Authorization": "Key=lab-system-key"}
 
@@ -117,3 +119,30 @@ async def test_a_supervisor_token_may_change_them(lab, session):
     # a supervisor is still only itself on user paths
     status, data = await post(session, "/omni/users/1001/logout", headers=supervisor)
     assert (status, data["detail"]) == (403, "token does not belong to user_id 1001")
+
+
+# --- webhook URLs in the log -------------------------------------------------------------------
+
+
+async def test_webhook_failure_log_never_shows_the_query_or_credentials(caplog):
+    caplog.set_level(logging.DEBUG, logger="softphone")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    notifier = Notifier(timeout=2)
+    notifier.url = f"http://hookuser:HOOKPASS@127.0.0.1:{dead_port}/hook?t=SECRET#frag"
+    try:
+        notifier.notify(USER_STATUS, {"user_id": 1})
+        await notifier.drain()
+    finally:
+        await notifier.close()
+    assert notifier.failed == 1
+    assert f"127.0.0.1:{dead_port}/hook" in caplog.text  # still says where it went
+    for secret in ("SECRET", "HOOKPASS", "hookuser", "frag"):
+        assert secret not in caplog.text
+
+
+def test_url_for_log():
+    assert url_for_log("https://u:p@example.test:8443/a/b?t=1#x") == "https://example.test:8443/a/b"
+    assert url_for_log("http://127.0.0.1:9/hook") == "http://127.0.0.1:9/hook"
+    assert url_for_log("not a url?secret=1") == "not a url"

@@ -59,7 +59,7 @@ from softphone.lab.store import (
     User,
 )
 from softphone.lab.telephony import CallInfo, CallState, InMemoryTelephony, Telephony
-from softphone.lab.webhooks import CALL, CALL_END, USER_STATUS, Notifier
+from softphone.lab.webhooks import CALL, CALL_END, USER_STATUS, Notifier, url_for_log
 from softphone.log import Secret, get_logger
 from softphone.platform.paths import DEFAULT_PATHS, PlatformPaths
 
@@ -734,7 +734,7 @@ async def set_notification_endpoint(request: web.Request) -> web.Response:
                      max_len=1000)
     await lab.store.set_setting(NOTIFICATION_SETTING, url)
     lab.notifier.url = url
-    log.info("notification endpoint set to %s", url.split("?", 1)[0])
+    log.info("notification endpoint set to %s", url_for_log(url))
     return ok("notification endpoint set")
 
 

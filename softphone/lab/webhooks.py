@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
@@ -20,6 +21,21 @@ log = get_logger(__name__)
 USER_STATUS = "user_status"
 CALL = "call"
 CALL_END = "call_end"
+
+
+def url_for_log(url: str) -> str:
+    """``url`` without user info, query and fragment: where tokens of a webhook URL usually sit."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{host}:{parts.port}" if parts.port is not None else host
+    except ValueError:  # a port that is not a number: keep only what precedes any query
+        return url.split("?", 1)[0].split("#", 1)[0]
+    if not parts.scheme:
+        return url.split("?", 1)[0].split("#", 1)[0]
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 class Notifier:
@@ -50,15 +66,15 @@ class Notifier:
                 await resp.read()
                 if resp.status >= 300:
                     self.failed += 1
-                    log.warning("notification %s to %s: HTTP %d", body["type"], url, resp.status)
+                    log.warning("notification %s to %s: HTTP %d", body["type"], url_for_log(url), resp.status)
                     return
             self.sent += 1
-            log.debug("notification %s delivered to %s", body["type"], url)
+            log.debug("notification %s delivered to %s", body["type"], url_for_log(url))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self.failed += 1
-            log.warning("notification %s to %s failed: %s", body["type"], url, exc.__class__.__name__)
+            log.warning("notification %s to %s failed: %s", body["type"], url_for_log(url), exc.__class__.__name__)
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Wait (bounded) for notifications in flight."""
