@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import ssl
 
@@ -336,3 +337,18 @@ def test_backoff_delay_is_always_within_bounds():
         assert later >= delay - 1e-9  # never shorter than the previous one for the same draw
 
     check()
+
+
+async def test_oversized_frame_is_logged_with_its_real_cause(server, caplog):
+    """A frame past aiohttp's limit closes with 1009: the log says so, not "WebSocket error: None"."""
+    t = fast(server.url, reconnect=Reconnect(enabled=False))
+    reasons: list[str] = []
+    t.on("disconnected", reasons.append)
+    await t.connect()
+    with contextlib.suppress(ConnectionError):  # the client may drop the connection mid-frame
+        await server.sockets[0].send_str("x" * (4 * 1024 * 1024 + 1))
+    await until(lambda: reasons)
+    assert "None" not in reasons[0]
+    assert "1009" in reasons[0] and "exceeds limit" in reasons[0], reasons[0]
+    assert reasons[0] in caplog.text
+    await t.close()

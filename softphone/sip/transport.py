@@ -218,6 +218,17 @@ class WebSocketTransportOptions:
     connect_timeout: float = 10.0
 
 
+def _error_cause(ws: aiohttp.ClientWebSocketResponse, msg: aiohttp.WSMessage) -> str:
+    """What an ERROR message means: aiohttp puts the cause (a too-big frame: close code 1009
+    and the size) in the message, and ``ws.exception()`` is often None."""
+    cause = msg.data if isinstance(msg.data, BaseException) else ws.exception()
+    if cause is None:
+        return f"close code {ws.close_code}" if ws.close_code is not None else "unknown cause"
+    code = getattr(cause, "code", None)
+    text = str(cause) or cause.__class__.__name__
+    return f"{text} (close code {int(code)})" if isinstance(code, int) else text
+
+
 class WebSocketTransport(Transport):
     """aiohttp WebSocket client carrying SIP (RFC 7118)."""
 
@@ -327,7 +338,7 @@ class WebSocketTransport(Transport):
                     if self._pong is not None:
                         self._pong.set()
                 elif msg.type == aiohttp.WSMsgType.ERROR:
-                    reason = f"WebSocket error: {ws.exception()}"
+                    reason = f"WebSocket error: {_error_cause(ws, msg)}"
                     break
             if ws.close_code is not None and reason == "connection closed by server":
                 reason = f"connection closed by server (code {ws.close_code})"
