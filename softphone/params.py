@@ -340,8 +340,24 @@ def _check(spec: ParamSpec, value: str, now: datetime) -> tuple[Any, str | None]
     raise AssertionError(spec.kind)  # pragma: no cover
 
 
+#: values echoed in full: what dates, numbers, ports and flags are made of, never a key or password
+_HARMLESS_RE = re.compile(r"^[0-9 :+\-.TZtz/]{0,32}$")
+_HARMLESS_WORDS = frozenset({"true", "false", "yes", "no", "on", "off"})
+
+
+def describe_value(value: str) -> str:
+    """``got '...'`` for a value that cannot be a secret, else only its length.
+
+    A value in the wrong field (the auth key pasted as ``server=``) must not be
+    echoed on stderr: only date/number-shaped values and flag words are shown.
+    """
+    if _HARMLESS_RE.match(value) or value.strip().lower() in _HARMLESS_WORDS:
+        return f"got {value!r}"
+    return f"got {len(value)} characters, not shown"
+
+
 def _display(spec: ParamSpec, value: str) -> str:
-    return "" if spec.secret else f" (got {value!r})"
+    return "" if spec.secret else f" ({describe_value(value)})"
 
 
 def load_params(
@@ -395,13 +411,16 @@ def load_params(
     for name in SECRET_OVERRIDES & overrides.keys():
         Secret(overrides[name])
     if "sip_ws_url" in overrides and not overrides["sip_ws_url"].startswith(("ws://", "wss://")):
-        errors.append(FieldError("sip_ws_url", "must start with ws:// or wss://"))
+        errors.append(FieldError("sip_ws_url", f"must start with ws:// or wss:// "
+                                               f"({describe_value(overrides['sip_ws_url'])})"))
     if "api_url" in overrides and not overrides["api_url"].startswith(("http://", "https://")):
-        errors.append(FieldError("api_url", "must start with http:// or https://"))
+        errors.append(FieldError("api_url", f"must start with http:// or https:// "
+                                            f"({describe_value(overrides['api_url'])})"))
     if "turn_urls" in overrides:
-        for u in overrides["turn_urls"].split(","):
+        for n, u in enumerate(overrides["turn_urls"].split(","), 1):
             if u.strip() and not u.strip().startswith(("turn:", "turns:", "stun:")):
-                errors.append(FieldError("turn_urls", f"{u.strip()!r} must start with turn:, turns: or stun:"))
+                errors.append(FieldError("turn_urls", f"URL {n} must start with turn:, turns: or stun: "
+                                                      f"({describe_value(u.strip())})"))
 
     if errors:
         raise ParameterError(errors)

@@ -214,3 +214,22 @@ def test_roundtrip_encode_parse(auth_key, server, turn_port, customer_id, user_i
     )
     url = "https://h.example/TForge-OmniSense-Webphone.html?" + original.to_query()
     assert load_params(url, environ={}) == original
+
+
+@pytest.mark.parametrize("field", ["server", "user_id", "customer_id", "turn_port", "debug_console",
+                                   "expire_date", "sip_ws_url", "api_url", "turn_urls"])
+def test_a_secret_in_the_wrong_field_is_not_echoed(field):
+    """The auth key pasted as ``server=`` (or any other field) must not reach stderr in full."""
+    key = "Zq9sysKEY/verysecret+01="  # base64-like: not a valid host, port, date or URL
+    with pytest.raises(ParameterError) as info:
+        load_params(q(**{field: key}), environ={})
+    text = str(info.value)
+    assert field in text  # the field and the reason are still named
+    assert key not in text and key[:5] not in text
+    assert f"{len(key)} characters" in text  # and what was wrong with it, in shape
+
+
+def test_values_that_cannot_be_secrets_are_still_echoed():
+    errs = errors_of(q(expire_date="2099-13-01 10:00:00", turn_port="70000", debug_html="1"))
+    assert "'2099-13-01 10:00:00'" in errs["expire_date"]
+    assert "'70000'" in errs["turn_port"] and "'1'" in errs["debug_html"]
