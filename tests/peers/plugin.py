@@ -119,7 +119,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that uses a real peer `peer`, so `-m "not peer"` runs only the fast rest."""
+    """Mark every test that uses a real peer `peer`, so `-m "not peer"` runs only the fast rest,
+    and every test that uses Chromium `browser` (`-m "not browser"` leaves them out)."""
     for item in items:
-        if set(getattr(item, "fixturenames", ())) & {*PEER_FIXTURES, "chromium"}:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & {*PEER_FIXTURES, "chromium"}:
             item.add_marker(pytest.mark.peer)
+        if "chromium" in fixtures:
+            item.add_marker(pytest.mark.browser)
