@@ -49,13 +49,13 @@ class AnswerBot:
         path = self.record_dir / f"call-{self.calls}.wav"
         self.recordings.append(path)
         detector = DtmfDetector()
-        detector.on("digit", lambda d: self._digit(session, d.digit, "inband"))
+        detector.on("dtmf", lambda ev: self._digit(session, ev.digit, ev.via))
         return [Recorder(path), detector]
 
     def _on_invite(self, invitation) -> None:
-        invitation.on("dtmf", lambda digit, duration, via: self._digit(invitation, digit, via))
+        invitation.on("dtmf", lambda ev: self._digit(invitation, ev.digit, ev.via))
         invitation.on("established", lambda: invitation.handler.on(
-            "dtmf", lambda event: self._digit(invitation, event.digit, "rtp")))
+            "dtmf", lambda event: self._digit(invitation, event.digit, event.via)))
         invitation.on("terminated", lambda reason, status: self.finished.put_nowait(invitation))
 
     def _digit(self, session, digit: str, via: str) -> None:

@@ -16,6 +16,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -197,7 +198,10 @@ class HtmlLogHandler(logging.Handler):
         "<style>body{font:13px monospace;margin:1em}table{border-collapse:collapse}"
         "td{padding:1px 6px;vertical-align:top;white-space:pre-wrap}"
         "tr.DEBUG{color:#666}tr.WARNING{background:#fff4cc}tr.ERROR,tr.CRITICAL{background:#fdd}"
-        "</style></head><body><h1>softphone debug log</h1>"
+        "#state{position:sticky;top:0;background:#eef;border:1px solid #99c;padding:4px 8px;margin:0 0 1em}"
+        "</style><script>function st(o){var e=document.getElementById('state');"
+        "if(e){e.textContent='session: '+JSON.stringify(o);}}</script>"
+        "</head><body><h1>softphone debug log</h1><pre id='state'>session: (no state yet)</pre>"
         "<table><tr><th>time</th><th>level</th><th>logger</th><th>message</th></tr>\n"
     )
 
@@ -225,6 +229,16 @@ class HtmlLogHandler(logging.Handler):
                 self._file.flush()
         except Exception:  # pragma: no cover - logging must never raise
             self.handleError(record)
+
+    def write_state(self, state: Mapping[str, Any]) -> None:
+        """Show the session's live state in the page's header box (latest wins as the page loads)."""
+        import json
+
+        text = redact(json.dumps(state, default=str, sort_keys=True)).replace("</", "<\\/")
+        with self.lock:
+            if not self._file.closed:
+                self._file.write(f"<script>st({text})</script>\n")
+                self._file.flush()
 
     def close(self) -> None:
         with self.lock:
@@ -283,6 +297,13 @@ def setup_logging(
     if not any(isinstance(f, RedactingFilter) for f in root.filters):
         root.addFilter(RedactingFilter())
     return installed
+
+
+def publish_state(state: Mapping[str, Any]) -> None:
+    """Hand a session's live state (no secrets; redacted anyway) to the HTML debug pages."""
+    for handler in logging.getLogger("softphone").handlers:
+        if isinstance(handler, HtmlLogHandler):
+            handler.write_state(state)
 
 
 def get_logger(name: str) -> logging.Logger:

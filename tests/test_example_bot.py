@@ -56,7 +56,7 @@ async def test_answer_bot_plays_records_and_hangs_up_on_hash(kamailio, coturn, t
             await asyncio.wait_for(call.wait_terminated(10), 11)
         finally:
             await asyncio.wait_for(caller.stop(), 10)
-    assert ("5", "rtp") in bot.digits and ("#", "info") in bot.digits
+    assert ("5", "rfc4733") in bot.digits and ("#", "info") in bot.digits
     assert bot.recordings == [tmp_path / "call-1.wav"]
     analysis = analyze_recording(bot.recordings[0])
     assert analysis.seconds > 0.5

@@ -95,7 +95,7 @@ def test_decoder_reports_each_event_once_with_its_duration():
     got = []
     for ts, payload in _digit_packets(5, 1000, 800, 160) + _digit_packets(11, 3000, 1600, 160):
         got += decoder.feed(ts, payload, 8000)
-    assert got == [DtmfEvent("5", 100), DtmfEvent("#", 200)]
+    assert got == [DtmfEvent("5", 100, "rfc4733"), DtmfEvent("#", 200, "rfc4733")]
 
 
 def test_decoder_ignores_late_packets_of_finished_events():
@@ -105,7 +105,7 @@ def test_decoder_ignores_late_packets_of_finished_events():
     for ts, payload in packets:
         got += decoder.feed(ts, payload, 48000)
     got += decoder.feed(*packets[1], 48000)  # a reordered packet arriving after the end
-    assert got == [DtmfEvent("1", 100)]
+    assert got == [DtmfEvent("1", 100, "rfc4733")]
 
 
 def test_decoder_ends_an_event_whose_end_packets_were_lost_when_the_next_starts():
@@ -115,20 +115,20 @@ def test_decoder_ends_an_event_whose_end_packets_were_lost_when_the_next_starts(
     got = []
     for ts, payload in first + second:
         got += decoder.feed(ts, payload, 8000)
-    assert got == [DtmfEvent("2", 100), DtmfEvent("3", 100)]
+    assert got == [DtmfEvent("2", 100, "rfc4733"), DtmfEvent("3", 100, "rfc4733")]
 
 
 def test_flush_reports_an_event_that_stopped_without_end():
     decoder = TelephoneEventDecoder()
     for ts, payload in _digit_packets(9, 100, 480, 160, ends=0):
         assert decoder.feed(ts, payload, 8000) == []
-    assert decoder.flush() == [DtmfEvent("9", 60)]
+    assert decoder.flush() == [DtmfEvent("9", 60, "rfc4733")]
     assert decoder.flush() == []
 
 
 def test_only_an_end_packet_is_enough():
     decoder = TelephoneEventDecoder()
-    assert decoder.feed(42, TelephoneEvent(10, True, 10, 1600).pack(), 8000) == [DtmfEvent("*", 200)]
+    assert decoder.feed(42, TelephoneEvent(10, True, 10, 1600).pack(), 8000) == [DtmfEvent("*", 200, "rfc4733")]
 
 
 def test_same_digit_twice_is_two_events():
@@ -136,7 +136,7 @@ def test_same_digit_twice_is_two_events():
     got = []
     for ts, payload in _digit_packets(7, 0, 800, 160) + _digit_packets(7, 1360, 800, 160):
         got += decoder.feed(ts, payload, 8000)
-    assert got == [DtmfEvent("7", 100), DtmfEvent("7", 100)]
+    assert got == [DtmfEvent("7", 100, "rfc4733"), DtmfEvent("7", 100, "rfc4733")]
 
 
 def test_long_event_continues_across_segments():
@@ -149,7 +149,7 @@ def test_long_event_continues_across_segments():
     second = (ts + 0xFFFF) & 0xFFFFFFFF
     got += decoder.feed(second, TelephoneEvent(4, False, 10, 8000).pack(), 8000)
     got += decoder.feed(second, TelephoneEvent(4, True, 10, 80000 - 0xFFFF).pack(), 8000)
-    assert got == [DtmfEvent("4", 10000)]
+    assert got == [DtmfEvent("4", 10000, "rfc4733")]
 
 
 # --- sender packet layout (real RTCRtpSender, recording transport) ------------------------------
@@ -228,12 +228,12 @@ async def test_digits_before_any_audio_are_counted_by_the_receiver():
     for seq, (ts, payload) in enumerate(_digit_packets(8, 5000, 800, 160)):
         packet = RtpPacket(payload_type=101, sequence_number=seq, timestamp=ts, ssrc=42, payload=payload)
         await receiver._handle_rtp_packet(packet, arrival_time_ms=0)
-    assert got == [DtmfEvent("8", 100)]
+    assert got == [DtmfEvent("8", 100, "rfc4733")]
     stream = receiver._RTCRtpReceiver__remote_streams[42]
     assert stream.packets_received == 8 and stream.packets_lost == 0
     other = RtpPacket(payload_type=0, sequence_number=8, timestamp=5800, ssrc=42, payload=b"\xff" * 160)
     await receiver._handle_rtp_packet(other, arrival_time_ms=0)  # not DTMF: aiortc's own path (PT unknown)
-    assert got == [DtmfEvent("8", 100)]
+    assert got == [DtmfEvent("8", 100, "rfc4733")]
     dtmf.close()
     assert "_handle_rtp_packet" not in receiver.__dict__
 
@@ -250,7 +250,7 @@ async def test_long_digit_is_split_into_segments():
     got = []
     for p in packets:
         got += decoder.feed(p.timestamp, p.payload, 48000)
-    assert got == [DtmfEvent("0", 1500)]
+    assert got == [DtmfEvent("0", 1500, "rfc4733")]
 
 
 async def test_tap_renumbers_audio_and_events_into_one_sequence():
@@ -311,7 +311,7 @@ async def test_digits_round_trip_both_ways(coturn, codec, rate, pt):
         await _wait_digits(got["b"], 5)
         await _wait_digits(got["a"], 2)
         assert [(e.digit, e.duration_ms, e.via) for e in got["b"]] == [
-            (d, 100, "rtp") for d in "123#*"
+            (d, 100, "rfc4733") for d in "123#*"
         ]
         assert [(e.digit, e.duration_ms) for e in got["a"]] == [("9", 250), ("D", 250)]
         # events share the audio sequence space: they must not show up as loss

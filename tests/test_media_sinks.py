@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from softphone.errors import AudioFileError, ConfigurationError, MediaError
+from softphone.events import DtmfEvent
 from softphone.media import tones
 from softphone.media.recorder import CallRecorder, Recorder
 from softphone.media.sinks import (
@@ -275,6 +276,8 @@ async def test_dtmf_detector_on_a_track_with_noise(rate):
     detector = DtmfDetector()
     starts = []
     detector.on("digit_start", lambda d, t: starts.append(d))
+    unified = []  # the same DtmfEvent shape as digits from SIP INFO and RFC 4733
+    detector.on("dtmf", unified.append)
     rng = np.random.default_rng(rate)
 
     class Noisy:
@@ -291,6 +294,8 @@ async def test_dtmf_detector_on_a_track_with_noise(rate):
     await detector.wait_closed(timeout=5)
     assert "".join(starts) == tones.DTMF_DIGITS
     assert all(e.duration == pytest.approx(0.1, abs=0.015) for e in detector.events)
+    assert "".join(e.digit for e in unified) == tones.DTMF_DIGITS
+    assert all(isinstance(e, DtmfEvent) and e.via == "inband" and abs(e.duration_ms - 100) <= 15 for e in unified)
 
 
 def test_dtmf_detector_survives_a_rate_change():

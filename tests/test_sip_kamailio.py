@@ -148,7 +148,7 @@ async def test_info_dtmf_delivered(kamailio):
         callee = await asyncio.wait_for(incoming, BOUND)
         await callee.wait_established(BOUND)
         digits: list[tuple] = []
-        callee.on("dtmf", lambda *args: digits.append(args))
+        callee.on("dtmf", lambda ev: digits.append((ev.digit, ev.duration_ms, ev.via)))
         assert await asyncio.wait_for(inviter.send_dtmf("19#", duration_ms=40, gap_ms=10), BOUND) == "info"
         await until(lambda: len(digits) == 3)
         assert digits == [("1", 40, "info"), ("9", 40, "info"), ("#", 40, "info")]
@@ -350,7 +350,7 @@ async def test_sipjs_webphone_in_chromium_calls_us_through_kamailio(kamailio, ch
         assert invitation.request.headers.get("User-Agent") == "SIP.js/0.15.11"
         assert "UDP/TLS/RTP/SAVPF" in invitation.request.body  # a real Chromium offer
         digits: list[tuple] = []
-        invitation.on("dtmf", lambda *args: digits.append(args))
+        invitation.on("dtmf", lambda ev: digits.append((ev.digit, ev.duration_ms, ev.via)))
         await page.next_event("accepted")
         await invitation.wait_established(BOUND)
         await asyncio.wait_for(invitation.wait_terminated(30.0), 30.0)

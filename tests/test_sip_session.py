@@ -245,7 +245,7 @@ async def test_info_dtmf_both_bodies_and_both_ways(pair):
     callee = await incoming
     await callee.wait_established(BOUND)
     got = []
-    callee.on("dtmf", lambda *args: got.append(args))
+    callee.on("dtmf", lambda ev: got.append((ev.digit, ev.duration_ms, ev.via)))
     assert await asyncio.wait_for(inviter.send_dtmf("5#", duration_ms=10, gap_ms=5), BOUND) == "info"
     assert await asyncio.wait_for(
         inviter.send_dtmf("A", duration_ms=10, method="info", info_content_type=DTMF_PLAIN), BOUND) == "info"
@@ -258,7 +258,7 @@ async def test_info_dtmf_both_bodies_and_both_ways(pair):
     assert infos[0].content_type == DTMF_RELAY and infos[0].body == "Signal=5\r\nDuration=10"
     assert infos[2].content_type == DTMF_PLAIN and infos[2].body == "A"
     back = []
-    inviter.on("dtmf", lambda *args: back.append(args))
+    inviter.on("dtmf", lambda ev: back.append((ev.digit, ev.duration_ms, ev.via)))
     await asyncio.wait_for(callee.send_dtmf("7", duration_ms=20), BOUND)
     for _ in range(50):
         if back:
@@ -651,7 +651,7 @@ async def test_many_concurrent_calls_do_not_interfere():
     try:
         got = {ua.aor: [] for ua in callees}
         for ua in callees:
-            ua.on("invite", lambda inv, _ua=ua: inv.on("dtmf", lambda d, *_: got[_ua.aor].append(d)))
+            ua.on("invite", lambda inv, _ua=ua: inv.on("dtmf", lambda ev, _ua=_ua: got[_ua.aor].append(ev.digit)))
         calls = await asyncio.wait_for(
             asyncio.gather(*(a.call(f"3{i:03d}") for i, a in enumerate(callers))), BOUND)
         assert len({c.call_id for c in calls}) == 10
@@ -760,7 +760,7 @@ async def test_answers_a_sipjs_shaped_call():
         webphone.send_text(ack)
         dtmf = []
         session = next(iter(ua.sessions))
-        session.on("dtmf", lambda *args: dtmf.append(args))
+        session.on("dtmf", lambda ev: dtmf.append((ev.digit, ev.duration_ms, ev.via)))
         await session.wait_established(BOUND)
         body = "Signal=4\r\nDuration=100\r\n"
         info = (f"INFO {ok.contact[0].uri} SIP/2.0\r\n"

@@ -37,6 +37,7 @@ from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.rtp import RtpPacket
 
 from softphone.errors import AiortcCompatibilityError, MediaError
+from softphone.events import DtmfEvent  # the one digit shape (via="rfc4733" here)
 from softphone.log import get_logger
 
 log = get_logger(__name__)
@@ -125,15 +126,6 @@ class TelephoneEvent:
         return cls(event=event, end=bool(flags & 0x80), volume=flags & 0x3F, duration=duration)
 
 
-@dataclass(frozen=True)
-class DtmfEvent:
-    """A received (or sent) digit."""
-
-    digit: str
-    duration_ms: int
-    via: str = "rtp"
-
-
 # --- receiving ------------------------------------------------------------------------
 
 
@@ -173,7 +165,7 @@ class TelephoneEventDecoder:
         digit = DIGITS.get(self._event)
         if digit is None:
             return None
-        return DtmfEvent(digit=digit, duration_ms=round(total * 1000 / self._clock_rate))
+        return DtmfEvent(digit=digit, duration_ms=round(total * 1000 / self._clock_rate), via="rfc4733")
 
     def feed(self, timestamp: int, payload: bytes, clock_rate: int) -> list[DtmfEvent]:
         """Digits that ended with this packet (usually none or one)."""
@@ -502,7 +494,7 @@ class DtmfSender:
                     continue
                 await self._send_digit(EVENT_CODES[tone], duration_ms)
                 if on_sent is not None:
-                    on_sent(DtmfEvent(tone, duration_ms))
+                    on_sent(DtmfEvent(tone, duration_ms, "rfc4733"))
                 if i < len(tones) - 1:
                     await self._sleep(gap_ms / 1000)
 

@@ -7,7 +7,7 @@ gathering, explicit hold directions) and reports what happens as pyee events:
 
 * ``track`` (remote audio ``MediaStreamTrack``) when the far end's audio arrives;
 * ``ice_state`` / ``connection_state`` (aiortc's state strings) on every change;
-* ``dtmf`` (:class:`~softphone.media.dtmf.DtmfEvent`: digit, duration_ms, via="rtp").
+* ``dtmf`` (:class:`softphone.events.DtmfEvent`: digit, duration_ms, via="rfc4733").
 
 Seams for the other media modules: ``source`` (any audio ``MediaStreamTrack``),
 ``sinks`` (objects with ``async start(track)`` / ``async stop()``), ``decode``
@@ -29,10 +29,11 @@ from aiortc.rtcrtpsender import RTCRtpSender
 from pyee.asyncio import AsyncIOEventEmitter
 
 from softphone.errors import DescriptionError, MediaError
+from softphone.events import DtmfEvent
 from softphone.log import get_logger
 from softphone.media import sdp as sdpmod
 from softphone.media.config import MediaConfig
-from softphone.media.dtmf import DtmfEvent, DtmfReceiver, DtmfSender, validate_tones
+from softphone.media.dtmf import DtmfReceiver, DtmfSender, validate_tones
 from softphone.media.fastpath import enable_fastpath
 from softphone.media.lean import PreEncodedAudioTrack, install_counting_receiver
 from softphone.media.peer import (

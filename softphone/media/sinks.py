@@ -29,6 +29,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from pyee.asyncio import AsyncIOEventEmitter
 
 from softphone.errors import ConfigurationError, MediaError
+from softphone.events import DtmfEvent
 from softphone.log import get_logger
 from softphone.media import tones
 
@@ -582,9 +583,11 @@ class ToneDetector(AudioSink):
 class DtmfDetector(AudioSink):
     """In-band DTMF detection (Goertzel, twist/energy checks, debounce) on a track.
 
-    Emits ``digit_start`` (digit, seconds) when a key goes down and ``digit``
-    (:class:`tones.DtmfDigit` with its duration) when it is released.  Works
-    at any rate >= 8 kHz; thresholds are :class:`tones.DtmfThresholds`.
+    Emits ``digit_start`` (digit, seconds) when a key goes down and ``dtmf``
+    (:class:`softphone.events.DtmfEvent`, via="inband", the same shape as
+    digits from SIP INFO and RFC 4733) when it is released; ``events`` keeps
+    each :class:`tones.DtmfDigit` (start and duration in seconds of audio) for
+    analysis.  Works at any rate >= 8 kHz; thresholds are :class:`tones.DtmfThresholds`.
     """
 
     def __init__(self, thresholds: tones.DtmfThresholds | None = None, min_on: int = 2, min_off: int = 2,
@@ -620,7 +623,7 @@ class DtmfDetector(AudioSink):
             d = tones.DtmfDigit(d.digit, d.start + self._offset, d.duration)
             self.events.append(d)
             log.info("DTMF digit %s (%.0f ms)", d.digit, d.duration * 1000)
-            self.emit("digit", d)
+            self.emit("dtmf", DtmfEvent(d.digit, round(d.duration * 1000), "inband"))
         for want, fut in list(self._waiters):
             if len(self.events) >= want and not fut.done():
                 fut.set_result(self.digits)

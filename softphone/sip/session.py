@@ -7,8 +7,8 @@ the one place that moves between :class:`SessionState` values.  Media is the
 description handler's business; the session only carries bodies.
 
 Events: ``progress`` (response), ``accepted`` (response or None),
-``established``, ``terminated`` (reason, status), ``dtmf`` (digit,
-duration_ms, via), ``hold``/``unhold`` (far end), ``reinvite`` (request),
+``established``, ``terminated`` (reason, status), ``dtmf``
+(:class:`softphone.events.DtmfEvent`, via="info"), ``hold``/``unhold`` (far end), ``reinvite`` (request),
 ``info`` (request), ``state`` (SessionState).
 """
 
@@ -23,6 +23,7 @@ from typing import Any
 from pyee.asyncio import AsyncIOEventEmitter
 
 from softphone.errors import SessionError, SipError
+from softphone.events import DtmfEvent
 from softphone.log import get_logger
 from softphone.sip.core import Uas2xxRetransmitter, UserAgentCore
 from softphone.sip.description_handler import (
@@ -382,7 +383,7 @@ class Session(AsyncIOEventEmitter):
                 self.core.reply(transaction, 400, "Bad Request", headers=[("Warning", f'399 - "{exc}"')])
                 return
             self.core.reply(transaction, 200, "OK")
-            self.emit("dtmf", digit, duration if duration is not None else 100, "info")
+            self.emit("dtmf", DtmfEvent(digit, duration if duration is not None else 100, "info"))
             return
         self.core.reply(transaction, 200, "OK")
         self.emit("info", request)

@@ -78,6 +78,23 @@ class UserAgentConfig:
         if self.register_expires < 0:
             raise ConfigurationError(f"register_expires must be >= 0, got {self.register_expires}")
 
+    @classmethod
+    def from_params(cls, params: Any, extension: str, **overrides: Any) -> UserAgentConfig:
+        """The Webphone's SIP settings for ``extension``: the launch parameters' WebSocket URL,
+        AOR ``sip:{extension}@{sip_domain}``, digest user = extension, password = ``password``.
+
+        ``params`` is a :class:`softphone.params.LaunchParams`; ``overrides`` set any other
+        field (``ca_file``, ``insecure``, ``description_handler_factory``, ...).
+        """
+        extension = str(extension).strip()
+        if not extension:
+            raise ConfigurationError("extension: empty; nothing to register")
+        derived = params.derived
+        values: dict[str, Any] = dict(ws_url=derived.sip_ws_url, aor=f"sip:{extension}@{derived.sip_domain}",
+                                      password=params.password, auth_username=extension)
+        values.update(overrides)
+        return cls(**values)
+
     def __repr__(self) -> str:
         return (f"UserAgentConfig(ws_url={self.ws_url!r}, aor={self.aor!r}, "
                 f"auth_username={self.auth_username!r}, password={'***' if self.password else None})")
