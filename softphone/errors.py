@@ -131,6 +131,9 @@ class PlatformError(SoftphoneError):
         prefix = f"HTTP {status}: " if status is not None else ""
         super().__init__(prefix + message)
         self.message = message
+        #: True when the request may have reached the server (lost after sending, no answer in
+        #: time): its outcome is unknown, not failed
+        self.maybe_processed = False
 
 
 class PlatformAuthError(PlatformError):

@@ -19,6 +19,7 @@ from softphone.cli import main
 from softphone.errors import (
     OfficeHoursError,
     PlatformAuthError,
+    PlatformConnectionError,
     PlatformServerError,
     PlatformValidationError,
 )
@@ -35,13 +36,25 @@ from softphone.platform.models import ArchiveResult
 
 
 class FakeArchiveClient:
-    """Records batches; ``failures`` maps a call number (1-based) to the exception to raise."""
+    """Records batches; ``failures`` maps a call number (1-based) to the exception to raise.
 
-    def __init__(self, failures: dict[int, Exception] | None = None):
+    A request with every step off is the job's check of the target table (recorded in
+    ``probes``, not ``calls``): ids in ``in_target`` are there, any other id is not.
+    """
+
+    def __init__(self, failures: dict[int, Exception] | None = None, in_target: set[int] = frozenset()):
         self.failures = failures or {}
+        self.in_target = set(in_target)
         self.calls: list[tuple[str, list[int], dict]] = []
+        self.probes: list[tuple[str, list[int]]] = []
 
     async def _do(self, op: str, ids, flags) -> ArchiveResult:
+        if not any(flags.values()):
+            self.probes.append((op, list(ids)))
+            absent = [i for i in ids if i not in self.in_target]
+            if absent:
+                raise PlatformValidationError("lead_ids does not exist", 400, ids=absent)
+            return ArchiveResult(len(ids), 0, 0, 0, "lead_ids batch was successfully processed")
         self.calls.append((op, list(ids), flags))
         exc = self.failures.get(len(self.calls))
         if exc is not None:
@@ -473,3 +486,45 @@ def test_cli_tls_verified_by_default_ca_file_and_insecure(tmp_path):
         loop.call_soon_threadsafe(stop.set)
         thread.join(30)
     assert received == [[1, 2], [3]]
+
+
+def lost_after_send() -> PlatformConnectionError:
+    exc = PlatformConnectionError("lead_archive: connection failed: Server disconnected")
+    exc.maybe_processed = True
+    return exc
+
+
+async def test_connection_lost_after_sending_is_unconfirmed_not_failed():
+    client = FakeArchiveClient({2: lost_after_send()})
+    report = await ArchiveJob(client, Operation.ARCHIVE, range(1, 1200)).run()
+    assert [b.status for b in report.batches] == [BatchStatus.OK, BatchStatus.UNCONFIRMED, BatchStatus.SKIPPED]
+    assert "outcome unknown" in report.batches[1].message and report.state is JobState.STOPPED
+    assert report.remaining_ids() == list(range(501, 1200))  # still to rerun: nothing is counted done
+    # a refused connection (nothing sent) is a plain failure
+    refused = PlatformConnectionError("cannot connect")
+    report = await ArchiveJob(FakeArchiveClient({1: refused}), Operation.ARCHIVE, [1, 2]).run()
+    assert report.batches[0].status is BatchStatus.FAILED
+
+
+async def test_rerun_counts_ids_done_only_when_the_target_table_holds_them():
+    # 501..700 were archived and deleted by the lost batch; 999 is in neither table
+    gone = list(range(501, 701))
+    client = FakeArchiveClient({1: PlatformValidationError("lead_ids does not exist", 400, ids=[*gone, 999])},
+                               in_target=set(gone))
+    report = await ArchiveJob(client, Operation.ARCHIVE, [*list(range(501, 801)), 999]).run()
+    batch = report.batches[0]
+    assert client.probes == [("dearchive", [*gone, 999])]  # asked the archive, changing nothing
+    assert batch.status is BatchStatus.FAILED and batch.offending_ids == [999]
+    assert batch.done_ids == gone and report.remaining_ids() == [*list(range(701, 801)), 999]
+    # without the stray id the rerun finishes: the rest is sent, the done ids are reported
+    client = FakeArchiveClient({1: PlatformValidationError("lead_ids does not exist", 400, ids=gone)},
+                               in_target=set(gone))
+    report = await ArchiveJob(client, Operation.ARCHIVE, range(501, 801)).run()
+    assert report.ok and report.batches[0].done_ids == gone and report.totals["already_done"] == 200
+    assert client.calls[1][1] == list(range(701, 801)) and report.remaining_ids() == []
+    # a whole batch already done: nothing to send again
+    client = FakeArchiveClient({1: PlatformValidationError("lead_ids does not exist", 400, ids=[1, 2])},
+                               in_target={1, 2})
+    report = await ArchiveJob(client, Operation.DEARCHIVE, [1, 2]).run()
+    assert report.ok and "already dearchived" in report.batches[0].message and len(client.calls) == 1
+    assert client.probes == [("archive", [1, 2])]

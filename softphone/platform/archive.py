@@ -14,6 +14,20 @@ Archive is refused during office hours (403): the job then stops, or with
 server accepts it or ``max_wait`` seconds of waiting (in total, over the whole
 job) have passed.  A stop request (Ctrl-C) ends
 the job after the batch in flight.
+
+Nothing is lost, and a rerun finishes:
+
+* a batch whose request may have reached the server before the connection
+  was lost (or that got no answer in time) is UNCONFIRMED, not FAILED: the
+  server may have committed it.  Its ids go to ``remaining_ids`` all the same;
+* the rerun of such ids meets ``lead_ids does not exist`` for those an earlier
+  run archived and deleted.  The job then asks the server whether the target
+  table holds them, with a request that changes nothing (dearchive, or for a
+  dearchive job archive, with every step off: it only validates that the ids
+  exist there).  Ids the target table holds are done (``done_ids``); the
+  batch is re-sent without them.  An id is never counted done on any other
+  evidence; ids in neither table fail the batch (or, with ``skip_missing``,
+  are listed as missing).
 """
 
 from __future__ import annotations
@@ -126,13 +140,15 @@ class BatchOutcome:
     offending_ids: list[Any] = field(default_factory=list)
     office_hours_waits: int = 0
     missing_ids: list[int] = field(default_factory=list)  # dropped with skip_missing
+    #: ids an earlier run already processed: gone from the source, confirmed in the target table
+    done_ids: list[int] = field(default_factory=list)
 
     @property
     def sendable(self) -> list[int]:
-        """The ids still to send: all of them minus those the server said do not exist."""
-        if not self.missing_ids:
+        """The ids still to send: all of them minus those missing or confirmed already done."""
+        if not self.missing_ids and not self.done_ids:
             return self.ids
-        gone = set(self.missing_ids)
+        gone = set(self.missing_ids) | set(self.done_ids)
         return [i for i in self.ids if i not in gone]
 
     def as_dict(self) -> dict[str, Any]:
@@ -156,6 +172,8 @@ class BatchOutcome:
             out["office_hours_waits"] = self.office_hours_waits
         if self.missing_ids:
             out["missing_ids"] = self.missing_ids
+        if self.done_ids:
+            out["already_done_ids"] = self.done_ids
         return out
 
 
@@ -175,6 +193,7 @@ class ArchiveReport:
         totals = {k: sum(getattr(b.result, k) for b in self.batches if b.result) for k in COUNT_KEYS}
         totals["ids"] = sum(len(b.ids) for b in self.batches)
         totals["missing"] = sum(len(b.missing_ids) for b in self.batches)
+        totals["already_done"] = sum(len(b.done_ids) for b in self.batches)
         for status in BatchStatus:
             totals[f"batches_{status.value.replace('-', '_')}"] = sum(
                 1 for b in self.batches if b.status is status)
@@ -350,17 +369,24 @@ class ArchiveJob:
                 self.waited += self._clock() - started
                 continue
             except PlatformValidationError as exc:
-                if self._drop_missing(batch, exc):
+                resend, offending = await self._set_aside_missing(batch, exc)
+                if resend:
                     if not batch.sendable:
                         batch.status, batch.http_status = BatchStatus.OK, exc.status
-                        batch.message = "every id is missing from the source table: nothing to do"
+                        batch.message = self._nothing_left_message(batch)
                         return ""
                     continue
                 batch.status, batch.http_status, batch.message = BatchStatus.FAILED, exc.status, exc.message
-                batch.offending_ids = list(exc.ids)
+                batch.offending_ids = list(exc.ids) if offending is None else offending
                 return ""
             except _FATAL as exc:
-                batch.status, batch.http_status, batch.message = BatchStatus.FAILED, exc.status, exc.message
+                batch.http_status, batch.message = exc.status, exc.message
+                if exc.maybe_processed:
+                    batch.status = BatchStatus.UNCONFIRMED
+                    batch.message = (f"outcome unknown ({exc.message}): the server may have processed it; "
+                                     "rerunning these ids is safe")
+                else:
+                    batch.status = BatchStatus.FAILED
                 return f"{type(exc).__name__}: {exc.message}"
             except PlatformError as exc:
                 batch.status, batch.http_status, batch.message = BatchStatus.FAILED, exc.status, exc.message
@@ -371,17 +397,69 @@ class ArchiveJob:
                 BatchStatus.OK, result, result.message, 200)
             return ""
 
-    def _drop_missing(self, batch: BatchOutcome, exc: PlatformValidationError) -> bool:
-        """With skip_missing, set aside the ids the server says do not exist; True to re-send."""
-        if not self.skip_missing or not exc.message.endswith(MISSING_MESSAGE):
-            return False
+    async def _set_aside_missing(self, batch: BatchOutcome,
+                                 exc: PlatformValidationError) -> tuple[bool, list[Any] | None]:
+        """On ``lead_ids does not exist``: (re-send?, the ids truly missing, for the failure).
+
+        Ids the target table holds were processed by an earlier run (the expected
+        outcome of a rerun): they are done.  The others are in neither table: with
+        ``skip_missing`` they are set aside, else the batch fails naming them.
+        """
+        if not exc.message.endswith(MISSING_MESSAGE):
+            return False, None
         pending = set(batch.sendable)
-        gone = [i for i in exc.ids if isinstance(i, int) and not isinstance(i, bool) and i in pending]
-        if not gone:
-            return False  # nothing we can drop: re-sending would loop
-        log.info("batch %d: %d id(s) do not exist, re-sending without them", batch.index, len(gone))
-        batch.missing_ids.extend(gone)
-        return True
+        named = [i for i in exc.ids if isinstance(i, int) and not isinstance(i, bool) and i in pending]
+        if not named:
+            return False, None  # nothing we can set aside: re-sending would loop
+        done = await self._confirmed_in_target(named)
+        if done:
+            log.info("batch %d: %d id(s) already %sd (confirmed in the target table)", batch.index,
+                     len(done), self.operation.value)
+            batch.done_ids.extend(done)
+        confirmed = set(done)
+        rest = [i for i in named if i not in confirmed]
+        if rest and not self.skip_missing:
+            return False, rest
+        if rest:
+            log.info("batch %d: %d id(s) do not exist, re-sending without them", batch.index, len(rest))
+            batch.missing_ids.extend(rest)
+        return True, None
+
+    async def _confirmed_in_target(self, ids: list[int]) -> list[int]:
+        """Those of ``ids`` the target table holds, asked with a request that changes nothing.
+
+        Archive's target is the archive: dearchive with insert and delete off only
+        checks that the ids exist there (and lists those that do not).  A dearchive
+        job asks archive with every step off.  Any other answer confirms nothing.
+        """
+        assert self.client is not None
+        try:
+            if self.operation is Operation.ARCHIVE:
+                result = await self.client.dearchive_leads(ids, insert_leads=False, delete_leads=False)
+            else:
+                result = await self.client.archive_leads(ids, insert_leads=False, update_leads=False,
+                                                         delete_leads=False)
+        except PlatformValidationError as exc:
+            if not exc.message.endswith(MISSING_MESSAGE):
+                return []
+            absent = {i for i in exc.ids if isinstance(i, int) and not isinstance(i, bool)}
+            if not absent & set(ids):
+                return []  # an answer about other ids confirms nothing
+            return [i for i in ids if i not in absent]
+        except PlatformError as exc:
+            log.info("cannot check which ids are already %sd: %s", self.operation.value, exc.message)
+            return []
+        if result.select_count != len(ids) or result.insert_count or result.delete_count:
+            return []
+        return list(ids)
+
+    def _nothing_left_message(self, batch: BatchOutcome) -> str:
+        if not batch.missing_ids:
+            return f"every id was already {self.operation.value}d (confirmed in the target table): nothing to do"
+        if not batch.done_ids:
+            return "every id is missing from the source table: nothing to do"
+        return (f"{len(batch.done_ids)} id(s) already {self.operation.value}d, {len(batch.missing_ids)} "
+                "missing: nothing to do")
 
     async def _wait(self, seconds: float) -> None:
         """Sleep, but wake early on a stop request."""

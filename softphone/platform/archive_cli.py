@@ -87,10 +87,12 @@ def _batch_line(b: BatchOutcome, total: int) -> str:
         extra = f" after {r.attempts} attempts" if r.attempts > 1 else ""
         if b.missing_ids:
             extra += f" ({len(b.missing_ids)} missing id(s) left out)"
+        if b.done_ids:
+            extra += f" ({len(b.done_ids)} id(s) already done by an earlier run)"
         return (f"{head}: ok select={r.select_count} insert={r.insert_count} update={r.update_count} "
                 f"delete={r.delete_count}{extra}")
     if b.status is BatchStatus.OK:
-        return f"{head}: ok, {b.message} ({len(b.missing_ids)} missing id(s))"
+        return f"{head}: ok, {b.message}"
     if b.status is BatchStatus.DRY_RUN:
         return f"{head}: dry run, not sent"
     status = f"HTTP {b.http_status}: " if b.http_status else ""
@@ -106,6 +108,7 @@ def _totals_line(report: ArchiveReport) -> str:
     t = report.totals
     unconfirmed = f" unconfirmed={t['batches_unconfirmed']}" if t["batches_unconfirmed"] else ""
     unconfirmed += f" missing={t['missing']}" if t["missing"] else ""
+    unconfirmed += f" already_done={t['already_done']}" if t["already_done"] else ""
     return (f"total: {t['ids']} ids in {len(report.batches)} batches: ok={t['batches_ok']} "
             f"failed={t['batches_failed']} skipped={t['batches_skipped']}{unconfirmed}; select={t['select_count']} "
             f"insert={t['insert_count']} update={t['update_count']} delete={t['delete_count']}")
@@ -117,7 +120,7 @@ def run_command(operation: Operation, *, source: str | None, ids: tuple[str, ...
                 insecure: bool, paths_file: str | None, report: str | None, dry_run: bool,
                 wait_outside_office_hours: bool, poll_interval: float, max_wait: float | None,
                 batch_size: int, timeout: float, retries: int, debug: bool = False,
-                skip_missing: bool = False, remaining: str | None = None) -> None:
+                skip_missing: bool = False, remaining: str | None = None, allow_http: bool = False) -> None:
     """Body shared by both commands (click has parsed and typed the options)."""
     if debug:
         from softphone.log import setup_logging
@@ -190,9 +193,9 @@ def run_command(operation: Operation, *, source: str | None, ids: tuple[str, ...
     try:
         paths = PlatformPaths.load(paths_file)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # --insecure is announced by the client's log warning
+            warnings.simplefilter("ignore")  # --insecure / plain http are announced by the client's log warning
             client = PlatformClient(base, Secret(auth_key), ca_file=ca_file, insecure=insecure,
-                                    timeout=timeout, retries=retries, paths=paths)
+                                    timeout=timeout, retries=retries, paths=paths, allow_http=allow_http)
     except ConfigurationError as exc:
         click.echo(f"softphone: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)
@@ -207,6 +210,10 @@ def run_command(operation: Operation, *, source: str | None, ids: tuple[str, ...
         hint = f"written to {remaining} (pass it back with --ids-file)" if remaining else \
             "rerun with --remaining FILE to save them"
         click.echo(f"softphone: {len(left)} lead id(s) not confirmed processed; {hint}", err=True)
+        unknown = [b for b in final.batches if b.status is BatchStatus.UNCONFIRMED]
+        if unknown:
+            click.echo(f"softphone: {len(unknown)} batch(es) unconfirmed: the server may have processed them; "
+                       "a rerun recognises ids already done", err=True)
     if final.state is JobState.INTERRUPTED:
         click.echo(f"softphone: interrupted: {final.stop_reason}", err=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -298,6 +305,8 @@ def common_options(func: Any) -> Any:
         click.option("--ca-file", type=click.Path(exists=True, dir_okay=False),
                      help="CA bundle to verify the server's TLS certificate"),
         click.option("--insecure", is_flag=True, help="do NOT verify TLS certificates (like curl -k)"),
+        click.option("--allow-http", is_flag=True,
+                     help="accept a plain http:// URL to another host (the system key travels in clear text)"),
         click.option("--paths-file", envvar="SOFTPHONE_PATHS_FILE", type=click.Path(exists=True, dir_okay=False),
                      help="JSON/TOML file overriding REST paths [env SOFTPHONE_PATHS_FILE]"),
         click.option("--report", type=click.Path(dir_okay=False, writable=True),

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import enum
+import ipaddress
 import os
 import ssl as ssl_module
 import time
@@ -94,6 +95,30 @@ def _check_base_url(base_url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_clear_text(base_url: str, allow_http: bool) -> None:
+    """Warn when ``base_url`` sends the system key unencrypted to another machine.
+
+    Plain HTTP is fine on loopback (the lab); anywhere else the key and tokens
+    can be read on the wire, so it must be a visible choice (``allow_http``).
+    """
+    parts = urlsplit(base_url)
+    if parts.scheme != "http" or allow_http or _is_loopback(parts.hostname or ""):
+        return
+    msg = (f"base_url {base_url} is plain HTTP to a non-loopback host: the system key and tokens "
+           "travel in clear text; use https:// (allow_http=True / --allow-http accepts the risk)")
+    warnings.warn(msg, stacklevel=3)
+    log.warning(msg)
+
+
 def make_ssl(ca_file: str | os.PathLike[str] | None, insecure: bool) -> ssl_module.SSLContext | bool:
     """The ``ssl`` argument for aiohttp: verify (default), a CA bundle, or explicitly nothing."""
     if insecure and ca_file:
@@ -141,6 +166,7 @@ class PlatformClient:
         backoff: float = 0.25,
         paths: PlatformPaths | None = None,
         clock: Callable[[], datetime] = utc_now,
+        allow_http: bool = False,
     ):
         self.base_url = _check_base_url(base_url)
         if not auth_key:
@@ -159,6 +185,7 @@ class PlatformClient:
         self.backoff = backoff
         self.paths = paths if paths is not None else PlatformPaths.load()
         self._ssl = make_ssl(ca_file, insecure)
+        warn_clear_text(self.base_url, allow_http)  # once the configuration is known to be valid
         self._tokens = TokenCache(self._authorize_request, clock=clock)
         self._session: aiohttp.ClientSession | None = None
         self.state = ClientState.NEW
@@ -248,13 +275,16 @@ class PlatformClient:
     async def _send_with_retries(self, endpoint: Endpoint, path: str, body: Any, token: Token | None,
                                  safe: bool) -> tuple[Any, int]:
         attempt = 0
+        maybe_sent = False  # an attempt may have reached the server: a later failure is not a "no"
         while True:
             attempt += 1
             try:
                 return await self._send(endpoint, path, body, token), attempt
             except _Retryable as exc:
+                maybe_sent = maybe_sent or not exc.before_send
                 may_retry = exc.before_send or safe
                 if not may_retry or attempt > self.retries:
+                    exc.error.maybe_processed = maybe_sent
                     raise exc.error from None
                 delay = self.backoff * (2 ** (attempt - 1))
                 log.info("%s; retry %d/%d in %.2fs", exc.error.message, attempt, self.retries, delay)
