@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import hmac
 import json
 import math
@@ -133,6 +134,48 @@ class Lab:
         self.store = LabStore(self.db)
         self.archive = LeadArchive(self.db, fault_hook=self._fault)
         self._user_locks: dict[int, asyncio.Lock] = {}
+        attach = getattr(self.telephony, "attach", None)
+        if attach is not None:
+            attach(self)  # the telephony reports far-end hang-ups and late answers (TelephonyEvents)
+
+    # --- TelephonyEvents: what the phone system reports on its own ------------------------
+
+    async def call_state_changed(self, call_id: int, state: CallState, sip_code: int | None = None,
+                                 phone_number: str | None = None) -> None:
+        """A call answered later (ring time ends now) or ended by the far end (CDR with ``sip_code``)."""
+        found = await self.store.call(call_id)
+        if found is None:
+            return
+        async with self.user_lock(found.user_id):
+            current = await self.store.call(call_id)
+            user = await self.store.user(found.user_id)
+            if current is None or user is None or not current.call_state.can_move_to(state):
+                return  # already ended (hung up through the API) or a move the table does not allow
+            if state is CallState.ENDED:
+                await _end_call(self, current, user, sip_code=sip_code or 200)
+                log.info("call %d ended by the phone system (SIP %s)", call_id, sip_code)
+                return
+            values: dict[str, Any] = {"call_state": state}
+            if state is CallState.ANSWERED and current.answer_time is None:
+                values["answer_time"] = self.clock()
+            if phone_number:
+                values["phone_number"] = phone_number
+            await self.store.update_call(call_id, **values)
+        log.info("call %d %s%s", call_id, state.value, f" by {phone_number}" if phone_number else "")
+
+    async def bridge_ended(self, user_id: int, reason: str) -> None:
+        """The agent's phone left the bridge call: its calls end and the agent is logged out."""
+        async with self.user_lock(user_id):
+            user = await self.store.user(user_id)
+            if user is None or user.status is not AgentStatus.LOGGED_IN:
+                return
+            for live in await self.store.live_calls(user_id):
+                await _end_call(self, live, user)
+            campaign_id = user.campaign_id
+            await self.store.set_agent_state(user_id, AgentStatus.LOGGED_OUT, None, None)
+        log.info("user_id %d logged out: bridge call ended (%s)", user_id, reason)
+        self.notifier.notify(USER_STATUS, {"user_id": user_id, "campaign_id": campaign_id, "status_id": 0,
+                                           "status": "Logged Out", "break_name": None})
 
     async def _fault(self, step: str) -> Any:
         # read at call time, so tests can set the hook on a running lab
@@ -465,14 +508,19 @@ async def login(request: web.Request) -> web.Response:
     return ok(f"user_id {user.user_id} logged in to campaign_id {campaign_id}")
 
 
-async def _end_call(lab: Lab, call: CallRecord, user: User, *, call_type: str | None = None) -> CallRecord:
-    """Hang the call up in the telephony, record the end and send the CDR."""
-    sip_code = 200
-    if call.call_state.live:
+async def _end_call(lab: Lab, call: CallRecord, user: User, *, call_type: str | None = None,
+                    sip_code: int | None = None) -> CallRecord:
+    """Hang the call up in the telephony, record the end and send the CDR.
+
+    ``sip_code`` given: the phone system ended it already (far-end hang-up, busy...).
+    """
+    if sip_code is None and call.call_state.live:
+        sip_code = 200
         try:
             sip_code = await lab.telephony.hangup(call_info(call, user))
         except TelephonyError as exc:
             log.info("telephony hangup of call %d: %s", call.call_id, exc)
+    sip_code = 200 if sip_code is None else sip_code
     now = lab.clock()
     hold_ms = call.hold_ms + (int((now - call.hold_since) * 1000) if call.hold_since else 0)
     values: dict[str, Any] = {"call_state": CallState.ENDED, "end_time": now, "hold_ms": hold_ms,
@@ -530,7 +578,8 @@ async def logout(request: web.Request) -> web.Response:
 
 
 async def _place(lab: Lab, user: User, phone_number: str, outbound_cli: str, unique_id: str,
-                 lead_id: int | None, call_type: str) -> CallRecord:
+                 lead_id: int | None, call_type: str, alternatives: tuple[str, ...] = (),
+                 direction: str = "outbound") -> CallRecord:
     list_id: int | None = None
     if lead_id is not None:
         list_id = await lab.store.lead_list_id(lead_id)
@@ -545,9 +594,13 @@ async def _place(lab: Lab, user: User, phone_number: str, outbound_cli: str, uni
         call = await lab.store.create_call(
             user_id=user.user_id, campaign_id=user.campaign_id, phone_number=phone_number,
             caller_id=outbound_cli, reference_id=unique_id, lead_id=lead_id, list_id=list_id,
-            direction="outbound", call_type=call_type, call_state=CallState.DIALING, start_time=lab.clock())
+            direction=direction, call_type=call_type, call_state=CallState.DIALING, start_time=lab.clock())
+        info = dataclasses.replace(call_info(call, user), alternatives=alternatives, direction=direction)
         try:
-            state = await lab.telephony.place_call(call_info(call, user))
+            if direction == "inbound":
+                state = await lab.telephony.place_inbound(info)
+            else:
+                state = await lab.telephony.place_call(info)
         except TelephonyError as exc:
             await lab.store.update_call(call.call_id, call_state=CallState.ENDED, end_time=lab.clock(),
                                         sip_code=480)
@@ -558,7 +611,8 @@ async def _place(lab: Lab, user: User, phone_number: str, outbound_cli: str, uni
         await lab.store.update_call(call.call_id, **values)
         placed = await lab.store.call(call.call_id)
         assert placed is not None
-    lab.notifier.notify(CALL, {"call_id": placed.call_id, "phone_number": placed.phone_number,
+    dnis = {"DNIS": placed.caller_id} if placed.direction == "inbound" else {}
+    lab.notifier.notify(CALL, {"call_id": placed.call_id, "phone_number": placed.phone_number, **dnis,
                                "reference_id": placed.reference_id, "call_direction": placed.direction,
                                "user_id": placed.user_id, "campaign_id": placed.campaign_id,
                                "list_id": placed.list_id, "call_type": placed.call_type})
@@ -596,8 +650,8 @@ async def shotgun(request: web.Request) -> web.Response:
     cli = _str_field(body, "outbound_cli", _CLI_RE, "a caller id of 1 to 20 digits (optional +)")
     unique_id = _str_field(body, "unique_id")
     lead_id = _int_field(body, "lead_id", required=False)
-    # the lab's winner is the first number; the others are "dropped" at once
-    placed = await _place(lab, user, numbers[0], cli, unique_id, lead_id, "shotgun")
+    # every number is dialled; the first to answer wins (the record then names it), the others are cancelled
+    placed = await _place(lab, user, numbers[0], cli, unique_id, lead_id, "shotgun", tuple(numbers[1:]))
     return web.json_response(call_json(placed))
 
 
@@ -850,4 +904,41 @@ def build_app(lab: Lab) -> web.Application:
         app.router.add_route(endpoint.method, endpoint.template, HANDLERS[name], name=name)
     app.router.add_get("/openapi.yaml", openapi_yaml, name="openapi_yaml")
     app.router.add_get("/openapi.json", openapi_json, name="openapi_json")
+    app.router.add_post("/lab/inbound", lab_inbound, name="lab_inbound")
+    app.router.add_get("/recordings/{name}", recording_file, name="recording_file")
     return app
+
+
+# --- lab-only ---------------------------------------------------------------------------------
+
+
+async def lab_inbound(request: web.Request) -> web.Response:
+    """``POST /lab/inbound {"user_id", "phone_number", "dnis"?, "unique_id"?}`` (system key):
+    a customer calls in and is bridged to the logged-in agent (call_direction "inbound")."""
+    lab: Lab = request.app[LAB_KEY]
+    if not lab.key_ok(request):
+        return _omni_error(401, "invalid system key")
+    body = await json_body(request)
+    user_id = _int_field(body, "user_id")
+    phone = _str_field(body, "phone_number", _PHONE_RE, "a phone number of 3 to 18 digits (optional +)")
+    dnis = _str_field(body, "dnis", _CLI_RE, "a number of 1 to 20 digits (optional +)") \
+        if body.get("dnis") is not None else "0800000000"
+    unique_id = _str_field(body, "unique_id") if body.get("unique_id") is not None else f"inbound-{phone}"
+    user = await lab.store.user(user_id or 0)
+    if user is None:
+        raise LabApiError(404, f"unknown user_id {user_id}")
+    placed = await _place(lab, user, phone, dnis, unique_id, None, "inbound", direction="inbound")
+    return web.json_response({**call_json(placed), "call_direction": "inbound", "DNIS": placed.caller_id})
+
+
+async def recording_file(request: web.Request) -> web.StreamResponse:
+    """A recording the telephony wrote (``recording_url`` of the CDR)."""
+    lab: Lab = request.app[LAB_KEY]
+    folder = getattr(lab.telephony, "recordings_dir", None)
+    name = request.match_info["name"]
+    if folder is None or not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", name) or name.startswith("."):
+        raise web.HTTPNotFound()
+    path = folder / name
+    if not path.is_file():
+        raise web.HTTPNotFound()
+    return web.FileResponse(path)
