@@ -45,6 +45,10 @@ from softphone.sip.transport import (
 log = get_logger(__name__)
 
 
+#: calls an agent (a Webphone) takes at once; more INVITEs are answered 486 Busy Here
+AGENT_MAX_CALLS = 1
+
+
 @dataclass
 class UserAgentConfig:
     """Everything one SIP user agent needs; only ``ws_url`` and ``aor`` are required."""
@@ -67,6 +71,10 @@ class UserAgentConfig:
     answer_policy: AnswerPolicy = field(default_factory=AnswerPolicy)
     user_agent: str = f"softphone/{__version__}"
     connect_timeout: float = 10.0
+    max_calls: int | None = None
+    """Calls at once (incoming and outgoing); a new INVITE beyond it gets 486 Busy Here before
+    any media is set up.  None: no limit (a trunk, a test hub); an agent has
+    :data:`AGENT_MAX_CALLS`, as a phone."""
 
     def __post_init__(self) -> None:
         if self.password is not None and not isinstance(self.password, Secret):
@@ -77,6 +85,8 @@ class UserAgentConfig:
             raise ConfigurationError(f"aor must look like sip:EXTENSION@DOMAIN, got {self.aor!r}")
         if self.register_expires < 0:
             raise ConfigurationError(f"register_expires must be >= 0, got {self.register_expires}")
+        if self.max_calls is not None and self.max_calls < 1:
+            raise ConfigurationError(f"max_calls must be >= 1 (or None for no limit), got {self.max_calls}")
 
     @classmethod
     def from_params(cls, params: Any, extension: str, **overrides: Any) -> UserAgentConfig:
@@ -92,6 +102,7 @@ class UserAgentConfig:
         derived = params.derived
         values: dict[str, Any] = dict(ws_url=derived.sip_ws_url, aor=f"sip:{extension}@{derived.sip_domain}",
                                       password=params.password, auth_username=extension)
+        values["max_calls"] = AGENT_MAX_CALLS  # an agent is a phone: one call at a time
         values.update(overrides)
         return cls(**values)
 
@@ -124,6 +135,8 @@ class UserAgent(AsyncIOEventEmitter):
         ), transport, delegate=self)
         self.registerer = Registerer(self.core, RegistererOptions(expires=config.register_expires))
         self.sessions: set[Session] = set()
+        #: INVITEs answered 486 because ``config.max_calls`` calls were up
+        self.busy_rejected = 0
         self._tasks: set[asyncio.Task] = set()
         self._wire_events()
 
@@ -291,6 +304,13 @@ class UserAgent(AsyncIOEventEmitter):
             return
         if not request.contact:
             self.core.reply(transaction, 400, "Bad Request (missing Contact)")
+            return
+        limit = self.config.max_calls
+        if limit is not None and len(self.sessions) >= limit:
+            # before the Invitation exists: no description handler, so no media, for a flood
+            self.busy_rejected += 1
+            self.core.reply(transaction, 486, "Busy Here")
+            log.debug("INVITE %s: 486, already %d call(s) of max %d", request.call_id, len(self.sessions), limit)
             return
         invitation = Invitation(self.core, request, transaction, self.config.description_handler_factory)
         self._track(invitation)
