@@ -92,6 +92,8 @@ class Agent(Phone):
             raise ConfigurationError(f"params: expected LaunchParams (softphone.load_params), got {params!r}")
         if campaign_id is not None and (not isinstance(campaign_id, int) or campaign_id < 0):
             raise ConfigurationError(f"campaign_id: must be a non-negative integer, got {campaign_id!r}")
+        if ca_file is None:
+            ca_file = getattr(params.derived, "ca_file", None)
         if media is None:
             media = MediaConfig(ice=IceConfig.from_params(params, relay_only=relay_only, tls_ca_file=ca_file,
                                                           tls_insecure=insecure))

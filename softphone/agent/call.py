@@ -33,7 +33,14 @@ from softphone.events import CallAnswered, CallEnded, DtmfEvent, ErrorEvent, Hol
 from softphone.log import get_logger
 from softphone.media.recorder import Recorder
 from softphone.media.sinks import AudioSink, DtmfDetector, LevelMeter, SinkFanout, ToneDetector, ToneEvent
-from softphone.media.sources import AudioSource, FileSource, SilenceSource, SwitchableSource, ToneSource
+from softphone.media.sources import (
+    AudioSource,
+    DtmfToneSource,
+    FileSource,
+    SilenceSource,
+    SwitchableSource,
+    ToneSource,
+)
 from softphone.media.stats import CallQuality
 from softphone.sip.invitation import Invitation
 from softphone.sip.session import Session, SessionState
@@ -69,7 +76,8 @@ CALL_MOVES: dict[CallState, frozenset[CallState]] = {
 
 
 def make_source(what: AudioSource | str | os.PathLike | float | None) -> AudioSource | None:
-    """``"tone:440"``, ``"tone:350+440"``, ``"silence"``, a number (Hz), a file path or a source."""
+    """``"tone:440"``, ``"tone:350+440"``, ``"dtmf:123#"`` (in-band digits, then silence),
+    ``"silence"``, a number (Hz), a file path or a source."""
     if what is None or isinstance(what, AudioSource):
         return what
     if isinstance(what, int | float):
@@ -77,6 +85,11 @@ def make_source(what: AudioSource | str | os.PathLike | float | None) -> AudioSo
     text = os.fspath(what)
     if text == "silence":
         return SilenceSource()
+    if text.startswith("dtmf:"):
+        digits = text[5:].upper()
+        if not digits or any(d not in "0123456789*#ABCD" for d in digits):
+            raise ConfigurationError(f"play: {text!r}: dtmf: takes digits 0-9 * # A-D")
+        return DtmfToneSource(digits)
     if text.startswith("tone:"):
         try:
             freqs = [float(f) for f in text[5:].split("+") if f.strip()]
@@ -291,7 +304,7 @@ class Call(AsyncIOEventEmitter):
     # --- audio out -----------------------------------------------------------------------
 
     def play(self, what: AudioSource | str | os.PathLike | float | None) -> AudioSource | None:
-        """Send ``what`` from now on: a file, ``"tone:440"``, ``"tone:350+440"``, ``"silence"``,
+        """Send ``what`` from now on: a file, ``"tone:440"``, ``"tone:350+440"``, ``"dtmf:12#"``, ``"silence"``,
         a frequency in Hz or any :class:`AudioSource`; None for silence.  Returns the source
         (``await source.played()`` waits for a file's end); the call stays up after it."""
         source = make_source(what)

@@ -74,7 +74,7 @@ class Phone(AsyncIOEventEmitter):
         if play is not None and not isinstance(play, str | os.PathLike | int | float) and \
                 not hasattr(play, "recv"):
             raise ConfigurationError(f"play: expected a file, tone:HZ or a source, got {play!r}")
-        if isinstance(play, str | os.PathLike) and not os.fspath(play).startswith("tone:") and \
+        if isinstance(play, str | os.PathLike) and not os.fspath(play).startswith(("tone:", "dtmf:")) and \
                 os.fspath(play) != "silence" and not Path(play).is_file():
             raise ConfigurationError(f"play: {os.fspath(play)!r} is not a readable file")
         if record is not None and not Path(record).parent.is_dir():

@@ -93,15 +93,17 @@ class UserAgentConfig:
         """The Webphone's SIP settings for ``extension``: the launch parameters' WebSocket URL,
         AOR ``sip:{extension}@{sip_domain}``, digest user = extension, password = ``password``.
 
-        ``params`` is a :class:`softphone.params.LaunchParams`; ``overrides`` set any other
-        field (``ca_file``, ``insecure``, ``description_handler_factory``, ...).
+        ``params`` is a :class:`softphone.params.LaunchParams` (its ``ca_file`` override, when
+        given, is trusted for ``wss://``); ``overrides`` set any other field (``ca_file``,
+        ``insecure``, ``description_handler_factory``, ...).
         """
         extension = str(extension).strip()
         if not extension:
             raise ConfigurationError("extension: empty; nothing to register")
         derived = params.derived
         values: dict[str, Any] = dict(ws_url=derived.sip_ws_url, aor=f"sip:{extension}@{derived.sip_domain}",
-                                      password=params.password, auth_username=extension)
+                                      password=params.password, auth_username=extension,
+                                      ca_file=getattr(derived, "ca_file", None))
         values["max_calls"] = AGENT_MAX_CALLS  # an agent is a phone: one call at a time
         values.update(overrides)
         return cls(**values)
