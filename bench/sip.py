@@ -12,7 +12,13 @@ benchmark (``bench/sip_parse.py``) is present, it runs first.  Prints a
 table and writes the raw figures to ``bench/out/sip-<time>.json``.  No
 asserts: this measures.
 
+``--restart`` is another scenario: N user agents that register by themselves and
+reconnect with back-off (as agents run), Kamailio killed with SIGKILL and
+started again (registrations live in its memory), and the time until the
+last user agent is registered again, from the kill and from the restart.
+
     python bench/sip.py --n 200 --concurrency 50 --calls 50
+    python bench/sip.py --restart --n 200
 """
 
 from __future__ import annotations
@@ -251,6 +257,78 @@ async def run(args: argparse.Namespace) -> None:
     print(f"\nraw figures: {out}")
 
 
+async def run_restart(args: argparse.Namespace) -> None:
+    """N self-registering user agents; Kamailio SIGKILLed and restarted; time until all are back."""
+    extensions = [str(args.first_extension + i) for i in range(args.n)]
+    kam = start_kamailio({ext: f"pw-{ext}-bench" for ext in extensions}, args.kamailio_children)
+    agents = [UserAgent(UserAgentConfig(
+        ws_url=kam.ws_url, aor=f"sip:{ext}@{kam.domain}", password=kam.users[ext], timers=Timers(),
+        keep_alive=KeepAlive(KeepAliveMode.NONE), connect_timeout=30.0,
+        reconnect=Reconnect(min_delay=args.reconnect_min, max_delay=args.reconnect_max)))
+        for ext in extensions]
+    back_at: dict[int, float] = {}
+    lost_at: dict[int, float] = {}
+    deadline = 600.0
+    try:
+        gate = asyncio.Semaphore(args.concurrency)
+
+        async def start(ua: UserAgent) -> None:
+            async with gate:
+                await ua.start()
+
+        await asyncio.gather(*(start(ua) for ua in agents))
+
+        async def wait_for(predicate, what: str) -> bool:
+            end = time.perf_counter() + deadline
+            while not predicate():
+                if time.perf_counter() > end:
+                    print(f"gave up after {deadline:.0f}s waiting for {what}")
+                    return False
+                await asyncio.sleep(0.01)
+            return True
+
+        await wait_for(lambda: all(ua.registered for ua in agents), "the first registrations")
+        for i, ua in enumerate(agents):
+            ua.on("registered", lambda *_, _i=i: back_at.setdefault(_i, time.perf_counter()))
+            ua.on("disconnected", lambda *_, _i=i: lost_at.setdefault(_i, time.perf_counter()))
+        kam_pid = kam.pid
+        killed = time.perf_counter()
+        kam.kill()
+        await wait_for(lambda: len(lost_at) == len(agents), "every agent to notice the crash")
+        restart0 = time.perf_counter()
+        kam.start()
+        restarted = time.perf_counter()
+        all_back = await wait_for(lambda: all(ua.registered for ua in agents), "all agents registered again")
+        done = time.perf_counter()
+    finally:
+        await asyncio.gather(*(ua.stop() for ua in agents), return_exceptions=True)
+        kam.stop()
+    back = sorted(t - restarted for t in back_at.values())
+    print(f"SIP re-registration after a Kamailio crash: {args.n} user agents (reconnect back-off "
+          f"{args.reconnect_min:g}-{args.reconnect_max:g} s with jitter), SIGKILL of pid {kam_pid}, restart")
+    print(f"{'metric':<44}{'value':>12}")
+    rows = [
+        ("registered again / user agents", f"{sum(ua.registered for ua in agents) if not all_back else args.n}"
+                                           f"/{args.n}"),
+        ("kill -> every agent saw the loss (s)", f"{max(lost_at.values(), default=killed) - killed:.3f}"),
+        ("Kamailio start (s)", f"{restarted - restart0:.3f}"),
+        ("restart -> first agent back (s)", f"{back[0]:.3f}" if back else "n/a"),
+        ("restart -> median agent back (s)", f"{percentile(back, 0.5):.3f}" if back else "n/a"),
+        ("restart -> LAST agent back (s)", f"{done - restarted:.3f}" if all_back else "not all back"),
+        ("kill -> LAST agent back (s)", f"{done - killed:.3f}" if all_back else "not all back"),
+        ("load average (1 min)", f"{os.getloadavg()[0]:.2f}"),
+    ]
+    for name, value in rows:
+        print(f"{name:<44}{value:>12}")
+    out_dir = ROOT / "bench" / "out"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"sip-restart-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps({"n": args.n, "all_back": all_back, "back_after_restart_s": back,
+                               "kill_to_last_s": done - killed, "restart_to_last_s": done - restarted,
+                               "reconnect": [args.reconnect_min, args.reconnect_max]}, indent=1))
+    print(f"\nraw figures: {out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=100, help="user agents (1-500, default 100)")
@@ -263,11 +341,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calls", type=int, default=0,
                         help="after registering, this many agent pairs call each other and hang up")
     parser.add_argument("--skip-parse", action="store_true", help="do not run bench/sip_parse.py")
+    parser.add_argument("--restart", action="store_true",
+                        help="scenario: self-registering agents, Kamailio SIGKILLed and restarted, time until "
+                             "the last one is registered again")
+    parser.add_argument("--reconnect-min", type=float, default=0.5, help="--restart: first reconnect delay (s)")
+    parser.add_argument("--reconnect-max", type=float, default=30.0, help="--restart: longest reconnect delay (s)")
     args = parser.parse_args(argv)
     if not 1 <= args.n <= 500:
         parser.error("--n must be between 1 and 500")
     if args.concurrency < 1:
         parser.error("--concurrency must be >= 1")
+    if args.restart:
+        asyncio.run(run_restart(args))
+        return
     if not args.skip_parse:
         run_parse_benchmark()
     asyncio.run(run(args))

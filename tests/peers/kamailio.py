@@ -18,8 +18,11 @@ an extension that is not registered gets 404.
 from __future__ import annotations
 
 import base64
+import contextlib
+import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -336,3 +339,13 @@ class Kamailio:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def kill(self) -> None:
+        """A crash: SIGKILL to the whole process group (main process and workers), then reap.
+
+        Registrations live in Kamailio's memory: after :meth:`start` every phone must register again.
+        """
+        if self._process is not None and self._process.pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._process.pid, signal.SIGKILL)
+        self.stop()
