@@ -79,7 +79,7 @@ def make_agent(hub: LoopbackHub, ext: str, tone: float, listen: tuple[float, ...
                                               sinks_factory=sinks)
 
     def on_invite(invitation: Any) -> None:
-        invitation.on("dtmf", lambda digit, *_: agent.dtmf.append(digit))
+        invitation.on("dtmf", lambda event, *_: agent.dtmf.append(getattr(event, "digit", event)))
 
         def wire_handler(*_: Any) -> None:
             invitation.handler.on("dtmf", lambda event: agent.dtmf.append(event.digit))

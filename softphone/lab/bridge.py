@@ -272,7 +272,9 @@ class AgentBridge:
             return
         self._playing = want
         log.debug("bridge of extension %s now plays %s", self.extension, want)
-        if old is not None and old is not track and not isinstance(old, EchoSource):
+        if isinstance(old, PreEncodedAudioTrack) and old is not track:
+            # A PCM track is left alone: aiortc's encoder loop may be awaiting its next
+            # frame, and a track ending under it stops the sender for good.
             old.stop()
 
     async def send_dtmf(self, digits: str) -> bool:

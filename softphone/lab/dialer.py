@@ -299,7 +299,8 @@ class SipTelephony:
         customer = leg.customer
         voice = customer.behaviour.play if customer is not None else "silence"
         bridge.add_party(call.call_id, voice, customer.hear if customer is not None else None)
-        leg.session.on("dtmf", lambda digit, *_: self._spawn(self._relay_dtmf(bridge, call, digit)))
+        leg.session.on("dtmf", lambda event, *_: self._spawn(
+            self._relay_dtmf(bridge, call, getattr(event, "digit", event))))
 
     async def _relay_dtmf(self, bridge: AgentBridge, call: LabCall, digit: str) -> None:
         if call.call_id in bridge.voices and not await bridge.send_dtmf(digit):
@@ -311,8 +312,10 @@ class SipTelephony:
             bridge.remove_listener(("recording", call.call_id))
         self._close_recorder(call.call_id)
         partner = call.connected_to
-        if partner is not None and not partner.ending:
+        if partner is not None:
+            # connected customers: when one hangs up, the lab hangs the other up
             partner.ending = True
+            partner.connected_to = None
             if partner.winner is not None:
                 self._spawn(_quiet_hangup(partner.winner.session))
             self._forget(partner)
@@ -335,8 +338,7 @@ class SipTelephony:
         self._forget(lab_call)
         code = 200 if lab_call.winner is not None else 487
         for leg in lab_call.legs:
-            with contextlib.suppress(SipError):
-                await leg.session.hangup()
+            await _quiet_hangup(leg.session)
         for bridge in self.bridges.values():
             bridge.remove_party(call.call_id)
         for leg in lab_call.legs:
@@ -437,8 +439,7 @@ class SipTelephony:
         for call in list(self.calls.values()):
             call.ending = True
             for leg in call.legs:
-                with contextlib.suppress(SipError):
-                    await leg.session.hangup()
+                await _quiet_hangup(leg.session)
         self.calls.clear()
         for bridge in list(self.bridges.values()):
             await self._end_bridge(bridge)
@@ -452,8 +453,14 @@ class SipTelephony:
 
 
 async def _quiet_hangup(session: Any) -> None:
+    """End a trunk leg whatever its state and direction (BYE, CANCEL, or 480 to a ringing inbound call)."""
     with contextlib.suppress(SipError):
-        await session.hangup()
+        if session.state is SessionState.ESTABLISHED:
+            await session.bye()
+        elif hasattr(session, "cancel"):
+            await session.cancel()
+        elif session.state is SessionState.ESTABLISHING:
+            await session.reject(480, "Temporarily Unavailable")
 
 
 async def _patch(speaker: Customer, hearer: Customer) -> None:
