@@ -85,6 +85,7 @@ OVERRIDES: tuple[OverrideSpec, ...] = (
     OverrideSpec("turn_username", "TURN username [username]"),
     OverrideSpec("turn_password", "TURN credential [password]"),
     OverrideSpec("extension", "WebRTC extension to register, skipping provisioning [provisioned]"),
+    OverrideSpec("ca_file", "CA file trusted for wss:// and https:// (e.g. the lab's) [system CAs]"),
 )
 OVERRIDE_NAMES = frozenset(o.name for o in OVERRIDES)
 SECRET_OVERRIDES = frozenset({"turn_password"})
@@ -110,6 +111,7 @@ class Derived:
     turn_username: str
     turn_password: Secret
     extension: str | None
+    ca_file: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -120,6 +122,7 @@ class Derived:
             "turn_username": self.turn_username,
             "turn_password": str(self.turn_password),
             "extension": self.extension,
+            "ca_file": self.ca_file,
         }
 
 
@@ -164,6 +167,7 @@ class LaunchParams:
             turn_username=o.get("turn_username") or self.username,
             turn_password=Secret(o["turn_password"]) if o.get("turn_password") else self.password,
             extension=o.get("extension") or None,
+            ca_file=o.get("ca_file") or None,
         )
 
     def seconds_left(self, now: datetime | None = None) -> float:

@@ -85,7 +85,7 @@ def clock():
 
 @pytest.fixture
 async def lab(clock):
-    async with await start_lab(clock=clock, token_ttl=600) as server:
+    async with await start_lab(clock=clock, token_ttl=600, telephony=InMemoryTelephony()) as server:
         yield server
 
 
@@ -451,7 +451,7 @@ async def test_api_flow_on_mariadb(mariadb_server):
     """The same state machine on the real database (calls, tokens, campaigns in InnoDB)."""
     url = fresh_mysql_url(mariadb_server)
     try:
-        async with await start_lab(db_url=url) as server, aiohttp.ClientSession(server.url) as session:
+        async with await start_lab(db_url=url, telephony=InMemoryTelephony()) as server, aiohttp.ClientSession(server.url) as session:
             api = Api(session)
             await api.authorize()
             await api.login()
@@ -466,7 +466,7 @@ async def test_api_flow_on_mariadb(mariadb_server):
                 assert (await api.req("POST", "/omni/notifications/endpoint", {"url": hook}))[0] == 200
             assert await server.lab.store.setting("notification_url") == "http://127.0.0.1:9/b"
         # state survives a restart on the same database; seeding again changes nothing
-        async with await start_lab(db_url=url) as server, aiohttp.ClientSession(server.url) as session:
+        async with await start_lab(db_url=url, telephony=InMemoryTelephony()) as server, aiohttp.ClientSession(server.url) as session:
             api = Api(session)
             await api.authorize()
             assert await api.req("GET", "/omni/campaigns/2/status") == (
@@ -477,12 +477,12 @@ async def test_api_flow_on_mariadb(mariadb_server):
 
 async def test_restart_on_a_file_database_starts_with_nobody_logged_in(tmp_path):
     url = f"sqlite:///{tmp_path}/lab.db"
-    async with await start_lab(db_url=url) as server, aiohttp.ClientSession(server.url) as session:
+    async with await start_lab(db_url=url, telephony=InMemoryTelephony()) as server, aiohttp.ClientSession(server.url) as session:
         api = Api(session)
         await api.authorize()
         await api.login()
         await api.call()
-    async with await start_lab(db_url=url) as server, aiohttp.ClientSession(server.url) as session:
+    async with await start_lab(db_url=url, telephony=InMemoryTelephony()) as server, aiohttp.ClientSession(server.url) as session:
         api = Api(session)
         await api.authorize()
         assert await api.req("GET", "/omni/voice/1001/calls") == (200, {"calls": []})
@@ -494,7 +494,7 @@ async def test_restart_on_a_file_database_starts_with_nobody_logged_in(tmp_path)
 async def test_overridden_paths_keep_credentials_and_error_shapes():
     """A deployment's own paths (softphone.platform.paths overrides) are served the same way."""
     paths = DEFAULT_PATHS.override(call="/api/v2/voice/{user_id}/dial", lead_archive="/api/v2/leads/archive")
-    async with await start_lab(paths=paths) as server, aiohttp.ClientSession(server.url) as session:
+    async with await start_lab(paths=paths, telephony=InMemoryTelephony()) as server, aiohttp.ClientSession(server.url) as session:
         api = Api(session)
         await api.authorize()
         body = {"phone_number": "0821234567", "outbound_cli": "2711", "unique_id": "x"}
@@ -517,7 +517,7 @@ async def test_seed_may_preprovision_extensions(tmp_path):
             "users": [{**seed.users[0], "extension": "7001"}, seed.users[1]]}
     path = tmp_path / "seed.json"
     path.write_text(json.dumps(data))
-    async with await start_lab(seed=path) as server, aiohttp.ClientSession(server.url) as session:
+    async with await start_lab(seed=path, telephony=InMemoryTelephony()) as server, aiohttp.ClientSession(server.url) as session:
         api = Api(session)
         await api.authorize()
         status, data = await api.req("POST", "/omni/users/1001/webrtc",

@@ -19,6 +19,7 @@ from openapi_spec_validator import validate
 
 from softphone.lab.app import HANDLERS, openapi_text
 from softphone.lab.server import start_lab
+from softphone.lab.telephony import InMemoryTelephony
 from softphone.platform.paths import DEFAULT_PATHS
 
 CHECKS = "not_a_server_error,status_code_conformance,response_schema_conformance,content_type_conformance"
@@ -42,7 +43,7 @@ def test_document_covers_every_route_and_operation():
 
 @pytest.mark.slow
 async def test_schemathesis_finds_no_failures(tmp_path):
-    async with await start_lab() as lab:
+    async with await start_lab(telephony=InMemoryTelephony()) as lab:
         async with aiohttp.ClientSession(lab.url) as session:
             async with session.post("/omni/user/authorize", headers={"Authorization": "Key=lab-system-key"},
                                     json={"user_name": "agent1",

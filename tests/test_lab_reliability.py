@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from softphone.lab.server import start_lab
+from softphone.lab.telephony import InMemoryTelephony
 from softphone.lab.webhooks import USER_STATUS, Notifier, url_for_log
 
 KEY = {"Authorization": "Key=lab-system-key"}
@@ -17,7 +18,7 @@ KEY = {"Authorization": "Key=lab-system-key"}
 
 @pytest.fixture
 async def lab():
-    async with await start_lab() as server:
+    async with await start_lab(telephony=InMemoryTelephony()) as server:
         yield server
 
 

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from softphone.lab.app import openapi_text
 from softphone.lab.server import start_lab
+from softphone.lab.telephony import InMemoryTelephony
 
 KEY = {"Authorization": "Key=lab-system-key"}
 
@@ -77,7 +78,7 @@ async def receiver():
 
 @pytest.fixture
 async def client():
-    async with await start_lab(notification_timeout=2) as lab, aiohttp.ClientSession(lab.url) as session:
+    async with await start_lab(notification_timeout=2, telephony=InMemoryTelephony()) as lab, aiohttp.ClientSession(lab.url) as session:
         async with session.post("/omni/user/authorize", headers=KEY, json={
                 "user_name": "agent1", "password": base64.b64encode(b"agent1pass").decode()}) as resp:
             token = (await resp.json())["token_key"]

@@ -44,7 +44,7 @@ OPEN_ALL_DAY = "daily 00:00-24:00 UTC"
 
 @pytest.fixture
 async def lab():
-    server = await start_lab(db_url="sqlite:///:memory:")
+    server = await start_lab(db_url="sqlite:///:memory:", telephony=InMemoryTelephony())
     try:
         yield server
     finally:
@@ -69,7 +69,7 @@ def lab_db_url(request, tmp_path):
 @pytest.fixture
 async def archive_lab(lab_db_url):
     """A lab on each database backend, for the archive tests where the database matters."""
-    server = await start_lab(db_url=lab_db_url)
+    server = await start_lab(db_url=lab_db_url, telephony=InMemoryTelephony())
     try:
         yield server
     finally:
@@ -204,7 +204,7 @@ async def test_401_wrong_password(lab):
 async def test_expired_token_is_refreshed_once(lab):
     """The lab's clock jumps past the token's lifetime: the next call gets 401, re-authorizes, succeeds."""
     now = [dt.datetime.now(dt.timezone.utc).timestamp()]
-    server = await start_lab(db_url="sqlite:///:memory:", clock=lambda: now[0])
+    server = await start_lab(db_url="sqlite:///:memory:", clock=lambda: now[0], telephony=InMemoryTelephony())
     try:
         async with agent(server) as c:
             await c.campaign_status(1)
@@ -222,7 +222,7 @@ async def test_expired_token_is_refreshed_once(lab):
 
 async def test_concurrent_401s_cause_one_refresh():
     now = [dt.datetime.now(dt.timezone.utc).timestamp()]
-    server = await start_lab(db_url="sqlite:///:memory:", clock=lambda: now[0])
+    server = await start_lab(db_url="sqlite:///:memory:", clock=lambda: now[0], telephony=InMemoryTelephony())
     try:
         async with agent(server) as c:
             await c.campaign_status(1)
@@ -390,7 +390,7 @@ async def test_archive_400_through_the_typed_method(lab):
 
 
 async def test_403_office_hours_blocks_archive_not_dearchive():
-    server = await start_lab(db_url="sqlite:///:memory:", office_hours=OPEN_ALL_DAY)
+    server = await start_lab(db_url="sqlite:///:memory:", office_hours=OPEN_ALL_DAY, telephony=InMemoryTelephony())
     try:
         async with PlatformClient(server.url, KEY) as c:
             with pytest.raises(OfficeHoursError) as info:
@@ -424,7 +424,7 @@ async def test_paths_overridden_on_both_sides(lab):
     from softphone.platform.paths import DEFAULT_PATHS
 
     paths = DEFAULT_PATHS.override(lead_archive="/api/archive-leads", campaign_status="/api/c/{campaign_id}")
-    server = await start_lab(db_url="sqlite:///:memory:", paths=paths)
+    server = await start_lab(db_url="sqlite:///:memory:", paths=paths, telephony=InMemoryTelephony())
     try:
         async with agent(server, paths=paths) as c:
             assert (await c.archive_leads([1])).insert_count == 1

@@ -7,6 +7,7 @@ import pytest
 
 from softphone.errors import PlatformError, PlatformTimeoutError
 from softphone.lab.server import start_lab
+from softphone.lab.telephony import InMemoryTelephony
 from softphone.platform.client import PlatformClient
 from softphone.platform.notifications import (
     CallEnd,
@@ -19,7 +20,7 @@ from softphone.platform.notifications import (
 
 
 async def test_lab_webhooks_for_a_whole_call():
-    lab = await start_lab(db_url="sqlite:///:memory:")
+    lab = await start_lab(db_url="sqlite:///:memory:", telephony=InMemoryTelephony())
     try:
         async with NotificationReceiver() as rx, \
                 PlatformClient(lab.url, "lab-system-key", username="agent1", password="agent1pass") as c:
