@@ -395,6 +395,8 @@ class Phone(AsyncIOEventEmitter):
         self._block_task = None
         await self._shutdown(failed=False)
         self._after_block()
+        if swallow and self.failure is not None:
+            raise self.failure  # what ended the block (e.g. the bridge call could not be set up)
         return swallow
 
     def _after_block(self) -> None:
