@@ -214,7 +214,8 @@ class CustomerTable:
         if data.get("default") is not None:
             default = parse_behaviour(f"{source}: default", data["default"], folder=folder)
         numbers: dict[str, Behaviour] = {}
-        raw = data.get("numbers") or {}
+        raw = data.get("numbers")
+        raw = {} if raw is None else raw
         if not isinstance(raw, dict):
             raise ConfigurationError(f"{source}: numbers must be a mapping of number (or pattern) to behaviour")
         for key, entry in raw.items():
