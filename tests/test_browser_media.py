@@ -168,7 +168,6 @@ async def test_hold_and_unhold_from_browser(kamailio, chromium):
         held: list[str] = []
         invitation.on("hold", held.append)
         invitation.on("unhold", held.append)
-        sent_before = (await handler.stats()).packets_sent
 
         await page.evaluate("window.session.hold(), true")
         await page.next_event("reinviteAccepted")
@@ -180,7 +179,6 @@ async def test_hold_and_unhold_from_browser(kamailio, chromium):
         # The held side (us) sends nothing: our sender stops and the browser's counter stops growing.
         await wait_for(page.silent, "silence in the browser while we are held")
         stopped = await _sent_count_settles(handler)
-        assert stopped > sent_before
         browser_got = (await page.counters())["packetsReceived"]
         # Still the browser's microphone reaches us (RFC 3264 sendonly): its tone goes on.
         await media.hears(BROWSER_TONE)
@@ -213,3 +211,44 @@ async def _sent_count_settles(handler) -> int:
         return now if settled else None
 
     return await wait_for(probe, "our sender to stop while held", BOUND, 0.3)
+
+
+async def test_we_hold_and_unhold_the_browser_that_called_us(kamailio, chromium):
+    """Our re-offer to Chromium after answering its offer (hold, then unhold) is accepted.
+
+    aiortc re-offers its default RTP header extension IDs; Chromium refused
+    them with 500 until our re-offers kept the IDs of the session.
+    """
+    async with browser_calls_us(kamailio, chromium) as (page, media, invitation):
+        await check_tones_both_ways(page, media, invitation)
+        handler = webrtc_handler(invitation)
+        await asyncio.wait_for(invitation.hold(), BOUND)
+        assert audio_direction(handler.local_sdp) is Direction.SENDONLY
+        assert audio_direction(handler.remote_sdp) in (Direction.RECVONLY, Direction.INACTIVE)
+        await page.next_event("reinvite")
+        assert await page.evaluate("window.localDirection()") in ("recvonly", "inactive")
+        await page.hears(OUR_TONE)  # we still send while holding (SIP.js semantics)
+        sent = await _browser_sent_settles(page)
+        await asyncio.wait_for(invitation.unhold(), BOUND)
+        assert audio_direction(handler.remote_sdp) is Direction.SENDRECV
+        assert await page.evaluate("window.localDirection()") == "sendrecv"
+        await wait_for(lambda: _browser_sent_grew(page, sent), "the browser's RTP after unhold")
+        await media.hears(BROWSER_TONE)
+
+
+async def _browser_sent_grew(page: WebphonePage, before: int) -> bool:
+    return (await page.counters())["packetsSent"] > before
+
+
+async def _browser_sent_settles(page: WebphonePage) -> int:
+    """The browser's packets-sent count once two reads 0.3 s apart agree (it stopped sending)."""
+    previous = -1
+
+    async def probe() -> int | None:
+        nonlocal previous
+        now = (await page.counters())["packetsSent"]
+        settled = now == previous
+        previous = now
+        return now if settled else None
+
+    return await wait_for(probe, "the browser to stop sending while held", BOUND, 0.3)

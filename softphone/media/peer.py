@@ -27,7 +27,7 @@ from aiortc.rtcrtpsender import RTCRtpSender
 from softphone.errors import DescriptionError, IceGatheringError, MediaError
 from softphone.log import get_logger
 from softphone.media.config import MediaConfig
-from softphone.media.sdp import Direction, candidate_types
+from softphone.media.sdp import Direction, candidate_types, keep_extension_ids
 
 log = get_logger(__name__)
 
@@ -105,6 +105,9 @@ async def set_local_description(pc: RTCPeerConnection, description: RTCSessionDe
         )
     if not types:
         raise IceGatheringError("ICE gathering produced no candidates (no usable interface or TURN server)")
+    previous = pc.remoteDescription
+    if description.type == "offer" and previous is not None:  # a re-offer: keep the session's extension IDs
+        local = RTCSessionDescription(keep_extension_ids(local.sdp, previous.sdp), "offer")
     return local
 
 

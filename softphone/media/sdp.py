@@ -241,3 +241,35 @@ def candidate_types(text: str) -> list[str]:
             if "typ" in parts:
                 out.append(parts[parts.index("typ") + 1])
     return out
+
+
+_EXTMAP_RE = re.compile(r"^a=extmap:(\d+)((?:/\w+)?\s+)(\S+)(.*)$")
+
+
+def keep_extension_ids(offer: str, previous: str) -> str:
+    """Renumber a re-offer's ``a=extmap`` lines to the IDs ``previous`` negotiated.
+
+    RFC 8285 section 6: an extension keeps its ID for the whole session, and
+    Chromium rejects a re-offer that moves one ("RTP extension ID reassignment
+    not supported").  aiortc re-offers with its own default IDs, which differ
+    from the ones a browser's offer chose and we answered with.  Extensions
+    new to the session get IDs nothing else uses.
+    """
+    known: dict[str, int] = {}
+    for line in previous.replace("\r\n", "\n").split("\n"):
+        match = _EXTMAP_RE.match(line)
+        if match:
+            known.setdefault(match[3], int(match[1]))
+    lines = offer.replace("\r\n", "\n").split("\n")
+    used = set(known.values())
+    out = []
+    for line in lines:
+        match = _EXTMAP_RE.match(line)
+        if match:
+            uri = match[3]
+            if uri not in known:
+                known[uri] = next(i for i in range(1, 256) if i != 15 and i not in used)
+                used.add(known[uri])
+            line = f"a=extmap:{known[uri]}{match[2]}{uri}{match[4]}"
+        out.append(line)
+    return "\r\n".join(out)
