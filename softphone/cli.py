@@ -200,5 +200,23 @@ def lab_command(host: str, port: int, db_url: str, api_key: str | None, office_h
     click.echo("softphone lab: stopped")
 
 
+@main.command("demo")
+@click.option("--report", type=click.Path(dir_okay=False), default=None,
+              help="Also write an HTML report (steps and the level chart of both audio directions).")
+@click.option("--turn/--no-turn", default=None,
+              help="TURN through coturn, relay only [default: when turnserver is installed; else host candidates]")
+@click.option("--step-timeout", default=10.0, show_default=True, type=click.FloatRange(min=1),
+              help="Seconds each step may take before the demo fails naming it.")
+@handle_interrupt
+def demo_command(report: str | None, turn: bool | None, step_timeout: float) -> None:
+    """Start the embedded lab and run one agent through the whole Webphone flow, step by step.
+
+    Exit status 0 when every step passed, 1 naming the step that failed.
+    """
+    from softphone.demo import main as demo_main
+
+    sys.exit(demo_main(report=report, turn=turn, step_timeout=step_timeout))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
