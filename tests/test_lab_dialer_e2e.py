@@ -1,0 +1,149 @@
+"""The whole lab end to end: our SIP user agent registers over ws://, the REST client drives the calls.
+
+start_lab wires SipTelephony on the lab's SIP edge; the phone is a softphone.sip
+UserAgent with real aiortc media (a 1000 Hz tone out, tone detection in); the
+webhooks go to a local receiver.  Nothing here is faked but the customers, who sit
+behind the lab's SIP trunk as documented.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from lab_dialer_support import loopback_media  # noqa: F401
+from lab_sip_support import extension, password, seed_with_phones
+from media_support import wait_until
+
+from softphone.errors import PlatformError
+from softphone.lab.customers import Behaviour, CustomerTable
+from softphone.lab.server import start_lab
+from softphone.media.config import MediaConfig
+from softphone.media.handler import WebRtcDescriptionHandlerFactory
+from softphone.media.sinks import ToneDetector
+from softphone.media.sources import ToneSource
+from softphone.media.tones import frequencies_close
+from softphone.platform.client import PlatformClient
+from softphone.sip.timers import Timers
+from softphone.sip.transport import KeepAlive, KeepAliveMode, Reconnect
+from softphone.sip.user_agent import UserAgent, UserAgentConfig
+
+pytestmark = pytest.mark.usefixtures("loopback_media")
+
+AGENT_TONE, PROMPT, CUSTOMER_TONE = 1000.0, 440.0, 600.0
+
+
+class Hooks:
+    def __init__(self) -> None:
+        self.received: list[dict] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.received.append(await request.json())
+        return web.Response()
+
+    def of(self, kind: str) -> list[dict]:
+        return [n["payload"] for n in self.received if n["type"] == kind]
+
+
+@contextlib.asynccontextmanager
+async def hook_server():
+    hooks = Hooks()
+    app = web.Application()
+    app.router.add_post("/hook", hooks.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    hooks.url = f"http://{host}:{port}/hook"
+    try:
+        yield hooks
+    finally:
+        await runner.cleanup()
+
+
+def agent_phone(lab: Any, i: int, ear: ToneDetector) -> UserAgent:
+    factory = WebRtcDescriptionHandlerFactory(MediaConfig(), source_factory=lambda _s: ToneSource(AGENT_TONE, amplitude=0.3),
+                                              sinks_factory=lambda _s: [ear])
+    return UserAgent(UserAgentConfig(
+        ws_url=lab.sip_ws_url, aor=f"sip:{extension(i)}@{lab.domain}", password=password(i),
+        description_handler_factory=factory, reconnect=Reconnect(enabled=False),
+        keep_alive=KeepAlive(mode=KeepAliveMode.NONE), timers=Timers.scaled(0.2)))
+
+
+async def dominates(ear: ToneDetector, freq: float) -> None:
+    await ear.wait_for(freq, timeout=15, include_past=False)
+    await wait_until(lambda: frequencies_close(ear.dominant_frequency()[0], freq), 15, f"{freq:g} Hz to dominate")
+
+
+async def test_login_call_hold_customer_hangup_cdr_recording_busy_and_inbound(tmp_path):
+    customers = CustomerTable().with_numbers({
+        "0821234567": Behaviour(answer_after=0.3, play=f"tone:{CUSTOMER_TONE:g}", listen=(AGENT_TONE,)),
+        "0831234567": Behaviour(play="tone:750"),
+    })
+    async with hook_server() as hooks, \
+            await start_lab(seed=seed_with_phones(2), turn=False, prompt=f"tone:{PROMPT:g}", recordings_dir=tmp_path,
+                            customers=customers, telephony_options={"ring_wait": 0.5}) as lab:
+        lab.lab.notifier.url = hooks.url
+        ear = ToneDetector((PROMPT, CUSTOMER_TONE, 750.0))
+        async with agent_phone(lab, 0, ear) as ua, \
+                PlatformClient(lab.url, lab.api_key, username="phone0", password=password(0),
+                               allow_http=True) as api, \
+                PlatformClient(lab.url, lab.api_key, username="phone1", password=password(1),
+                               allow_http=True) as api2:
+            # an extension nobody registered: the login is refused, naming why
+            with pytest.raises(PlatformError, match=f"extension {extension(1)} is not registered") as refused:
+                await api2.login(1, extension(1))
+            assert refused.value.status == 409
+
+            await api.login(1, extension(0))
+            await dominates(ear, PROMPT)
+
+            call = await api.call("0821234567", outbound_cli="27110001111", unique_id="e2e-1")
+            await wait_until(lambda: call.call_id in lab.lab.telephony.calls
+                             and lab.lab.telephony.calls[call.call_id].winner is not None, 10, "the answer")
+            customer = lab.lab.telephony.calls[call.call_id].winner.customer
+            await dominates(ear, CUSTOMER_TONE)
+            await customer.tones.wait_for(AGENT_TONE, timeout=15)
+            recording = await api.start_recording(call.call_id)
+            assert recording.recording_url == f"{lab.url}/recordings/call-{call.call_id}.wav"
+
+            await api.hold(call.call_id)
+            await wait_until(lambda: not customer.tones.present(), 10, "silence at the customer on hold")
+            await api.retrieve(call.call_id)
+            await wait_until(lambda: AGENT_TONE in customer.tones.present(), 10, "the agent heard again")
+
+            await customer.hangup()
+            await wait_until(lambda: hooks.of("call_end"), 10, "the CDR")
+            assert [c.call_id for c in await api.active_calls()] == []
+            cdr = hooks.of("call_end")[0]
+            assert cdr["call_id"] == call.call_id and cdr["sip_code"] == 200
+            assert cdr["talk_time"] > 0 and cdr["hold_time"] > 0 and cdr["ring_time"] > 0
+            assert cdr["recording_url"] == recording.recording_url
+            async with aiohttp.ClientSession() as http, http.get(cdr["recording_url"]) as resp:
+                assert resp.status == 200 and len(await resp.read()) > 1000
+            await dominates(ear, PROMPT)
+
+            busy = await api.call("0821110486", outbound_cli="27110001111", unique_id="e2e-2")
+            await wait_until(lambda: len(hooks.of("call_end")) == 2, 10, "the busy CDR")
+            assert hooks.of("call_end")[1]["call_id"] == busy.call_id and hooks.of("call_end")[1]["sip_code"] == 486
+
+            async with aiohttp.ClientSession() as http:
+                async with http.post(f"{lab.url}/lab/inbound", json={
+                        "user_id": 5000, "phone_number": "0831234567", "dnis": "0800123123"},
+                        headers={"Authorization": f"Key={lab.api_key.reveal()}"}) as resp:
+                    inbound = await resp.json()
+                    assert resp.status == 200, inbound
+            assert inbound["call_direction"] == "inbound" and inbound["DNIS"] == "0800123123"
+            await dominates(ear, 750.0)
+            note = [c for c in hooks.of("call") if c["call_id"] == inbound["call_id"]]
+            assert note and note[0]["call_direction"] == "inbound" and note[0]["DNIS"] == "0800123123"
+            await api.hangup(inbound["call_id"])
+
+            await api.logout()
+            await wait_until(lambda: not ua.sessions, 10, "the BYE of the bridge call")
+            await wait_until(lambda: len(hooks.of("user_status")) == 2, 10, "the logout notification")
+            assert [s["status"] for s in hooks.of("user_status")] == ["Available", "Logged Out"]
