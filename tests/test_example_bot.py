@@ -1,4 +1,4 @@
-"""examples/answer_bot.py works as the README says: through real Kamailio and coturn."""
+"""examples/answer_bot.py (on the front door's Phone) works as the README says: through real Kamailio and coturn."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 from media_support import SineTrack, ToneMeter, relay_config
 
+from softphone import Phone
 from softphone.media.handler import WebRtcDescriptionHandlerFactory
 from softphone.media.report import analyze_recording
 from softphone.media.sources import generate_tone_file
@@ -31,10 +32,10 @@ def _near(value: float, target: float) -> bool:
 async def test_answer_bot_plays_records_and_hangs_up_on_hash(kamailio, coturn, tmp_path):
     answer_bot = _load_example()
     prompt = generate_tone_file(tmp_path / "prompt.wav", 600.0, duration=5.0)
-    bot = answer_bot.AnswerBot(
-        UserAgentConfig(ws_url=kamailio.ws_url, aor=f"sip:1017@{kamailio.domain}",
-                        password=kamailio.users["1017"], timers=Timers.scaled(0.2)),
-        relay_config(coturn, codecs=("PCMU",)), prompt, tmp_path)
+    phone = Phone(UserAgentConfig(ws_url=kamailio.ws_url, aor=f"sip:1017@{kamailio.domain}",
+                                  password=kamailio.users["1017"], timers=Timers.scaled(0.2)),
+                  relay_config(coturn, codecs=("PCMU",)), answer="auto", play=prompt)
+    bot = answer_bot.AnswerBot(phone, tmp_path)
     heard = ToneMeter()
     caller = UserAgent(UserAgentConfig(
         ws_url=kamailio.ws_url, aor=f"sip:1018@{kamailio.domain}", password=kamailio.users["1018"],
@@ -52,7 +53,7 @@ async def test_answer_bot_plays_records_and_hangs_up_on_hash(kamailio, coturn, t
             await asyncio.sleep(0.5)
             assert await asyncio.wait_for(call.send_dtmf("#", method="info"), 10) == "info"
             ended = await asyncio.wait_for(bot.finished.get(), 10)  # the bot hung up on '#'
-            assert ended.call_id == call.call_id
+            assert ended.call_id == call.call_id and ended.cause == "local hangup"
             await asyncio.wait_for(call.wait_terminated(10), 11)
         finally:
             await asyncio.wait_for(caller.stop(), 10)
