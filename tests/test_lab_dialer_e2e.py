@@ -147,3 +147,29 @@ async def test_login_call_hold_customer_hangup_cdr_recording_busy_and_inbound(tm
             await wait_until(lambda: not ua.sessions, 10, "the BYE of the bridge call")
             await wait_until(lambda: len(hooks.of("user_status")) == 2, 10, "the logout notification")
             assert [s["status"] for s in hooks.of("user_status")] == ["Available", "Logged Out"]
+
+
+@pytest.mark.parametrize("how", ["stop", "websocket closed"])
+async def test_a_phone_that_goes_away_ends_its_calls_and_logs_the_agent_out(how):
+    async with hook_server() as hooks, \
+            await start_lab(seed=seed_with_phones(1), turn=False, telephony_options={"ring_wait": 0.5}) as lab:
+        lab.lab.notifier.url = hooks.url
+        ear = ToneDetector((PROMPT, CUSTOMER_TONE))
+        ua = agent_phone(lab, 0, ear)
+        await ua.start()
+        async with PlatformClient(lab.url, lab.api_key, username="phone0", password=password(0),
+                                  allow_http=True) as api:
+            await api.login(1, extension(0))
+            call = await api.call("0821234567", outbound_cli="27110001111", unique_id="gone-1")
+            if how == "stop":
+                await ua.stop()  # BYE for the bridge call, then REGISTER Expires 0
+            else:
+                await ua.transport.close()  # no BYE: the edge unbinds on the closed WebSocket
+            await wait_until(lambda: hooks.of("call_end") and len(hooks.of("user_status")) == 2, 10,
+                             "the call ended and the agent logged out")
+            assert hooks.of("call_end")[0]["call_id"] == call.call_id
+            assert hooks.of("user_status")[-1]["status"] == "Logged Out"
+            assert lab.lab.telephony.bridges == {} and lab.lab.telephony.calls == {}
+            with pytest.raises(PlatformError, match="not logged in"):
+                await api.logout()
+        await ua.stop()

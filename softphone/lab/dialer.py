@@ -128,6 +128,7 @@ class SipTelephony:
         self._start_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
         self._recorders: dict[int, Any] = {}
+        directory.on("unregistered", self._on_unregistered)
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -221,6 +222,13 @@ class SipTelephony:
         log.info("bridge call of user %d ended by the phone: %s", bridge.user_id, reason)
         if self._sink is not None:
             self._spawn(self._sink.bridge_ended(bridge.user_id, reason or "bridge call ended"))
+
+    def _on_unregistered(self, extension: str, reason: str = "unregistered") -> None:
+        """The phone of a bridge call went away (unregistered, WebSocket closed, extension expired)."""
+        for bridge in list(self.bridges.values()):
+            if bridge.extension == extension and not bridge.closing:
+                self._bridge_terminated(bridge, f"extension {extension} unregistered: {reason}")
+                self._spawn(self._end_bridge(bridge))
 
     async def _end_bridge(self, bridge: AgentBridge) -> None:
         try:
