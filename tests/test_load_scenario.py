@@ -54,6 +54,7 @@ def test_inbound_example_expects_the_menu_prompt_and_sends_dtmf():
     assert dtmf.digits == "2#" and dtmf.interval == pytest.approx(0.15)
     wait = next(step for step in s.loop if step.kind is StepKind.WAIT_CALL)
     assert wait.inject and wait.timeout == 30
+    assert s.decode  # the expect_audio step listens for the menu tone
 
 
 def _error(text: str) -> ScenarioError:
@@ -121,7 +122,7 @@ def test_audio_file_is_relative_to_the_scenario(tmp_path):
     (tmp_path / "prompts" / "menu.wav").write_bytes(b"RIFF")
     (tmp_path / "s.yaml").write_text("name: x\naudio: {expect: prompts/menu.wav}\nloop: [wait_bridge]\n")
     s = load_scenario(tmp_path / "s.yaml")
-    assert s.audio.expect == str(tmp_path / "prompts" / "menu.wav") and s.decode
+    assert s.audio.expect == str(tmp_path / "prompts" / "menu.wav") and s.audio.check and not s.decode
 
 
 def test_invalid_yaml_names_the_line():

@@ -370,8 +370,12 @@ class Scenario:
 
     @property
     def decode(self) -> bool:
-        """Whether agents must decode received audio (lean path otherwise)."""
-        return self.audio.check or any(s.kind is StepKind.EXPECT_AUDIO for s in self.loop)
+        """Whether agents must decode received audio (lean path otherwise).
+
+        Only ``expect_audio`` steps need decoded audio (a tone detector on the call);
+        the audio verdict (``audio.check``) reads undecoded payloads.
+        """
+        return any(s.kind is StepKind.EXPECT_AUDIO for s in self.loop)
 
     def evaluate(self, results: MetricSource) -> list[ThresholdOutcome]:
         return [t.evaluate(results) for t in self.thresholds]

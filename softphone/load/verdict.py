@@ -335,6 +335,7 @@ class LegAudioCheck:
         "codec",
         "expect",
         "failure",
+        "first_packet",
         "gap",
         "grace",
         "keep",
@@ -386,6 +387,7 @@ class LegAudioCheck:
         self._receiver: Any = None
         self.clip: Path | None = None
         self.failure: str | None = None
+        self.first_packet: float | None = None  # clock() at the first audio packet
 
     def __repr__(self) -> str:
         return f"LegAudioCheck({self.leg!r}, {self.codec}, {self.method}, packets={self._count})"
@@ -407,8 +409,13 @@ class LegAudioCheck:
         """Adopt the first audio packet's payload type (RFC 4733 events are 4 bytes)."""
         if self._pt == -1 and len(packet.payload) != 4:
             self._pt = packet.payload_type
+            self.first_packet = self._clock()  # the one clock read of the per-packet path
             return True
         return False
+
+    @property
+    def packets(self) -> int:
+        return self._count
 
     def attach(self, receiver: Any) -> LegAudioCheck:
         """Hook onto a lean counting receiver: its per-packet ``count_rtp`` also feeds this check.
