@@ -52,8 +52,10 @@ from softphone.sip.digest import (
 
 log = get_logger(__name__)
 
-#: Challenge order: SIP.js 0.15.11 answers only the first challenge and only MD5.
-DEFAULT_ALGORITHMS = ("MD5", "SHA-256")
+#: Challenge order: SIP.js 0.15.11 answers only MD5, and keeps only the *last* WWW-Authenticate
+#: of a 401 (its parser replaces the header with each one), so MD5 must come last; our own
+#: client takes the strongest it is offered wherever it is.
+DEFAULT_ALGORITHMS = ("SHA-256", "MD5")
 
 
 @dataclass(frozen=True)
