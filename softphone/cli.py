@@ -129,6 +129,69 @@ def params_command(url: str | None, **kwargs: Any) -> None:
     click.echo(json.dumps(out, indent=2))
 
 
+def _call_options(func: Callable, *, ca_file: bool = True) -> Callable:
+    from softphone.cli_run import call_options
+
+    return call_options(func, ca_file=ca_file)
+
+
+def _run_help(text: str) -> str:
+    from softphone.cli_run import EXIT_CODES_HELP
+
+    return text + "\n\n" + EXIT_CODES_HELP
+
+
+@main.command("run", help=_run_help(
+    "Run one Webphone agent session from its launch URL: authorize, obtain the extension, register "
+    "over WSS, log in to --campaign, answer the platform's bridge call; play, record and send DTMF on it; "
+    "on the way out (call over, --duration, Ctrl-C, SIGTERM, expire_date) log out, hang up, unregister. "
+    "A live status line on a terminal (state, call time, received level, loss), plain lines otherwise, "
+    "or one JSON object per event with --events json."))
+@click.argument("url", required=False)
+@click.option("--campaign", type=click.IntRange(min=0), default=None, metavar="ID",
+              help="Campaign to log in to (User Login API); without it the agent only registers.")
+@functools.partial(_call_options, ca_file="ca_file" not in _LAUNCH_NAMES)
+@launch_options
+@handle_interrupt
+def run_command(url: str | None, campaign: int | None, **kwargs: Any) -> None:
+    from softphone.cli_run import agent_run, make_options
+
+    flags = pop_launch_flags(kwargs)
+    ca_file = kwargs.pop("ca_file", None)  # only when the launch parameters have no ca_file
+    insecure, relay_only = kwargs.pop("insecure"), kwargs.pop("relay_only")
+    opts = make_options(**kwargs)
+    sys.exit(agent_run(url, flags, campaign, opts, ca_file=ca_file, insecure=insecure, relay_only=relay_only))
+
+
+@main.command("phone", help=_run_help(
+    "A headless WebRTC phone for any SIP-over-WebSocket server (Asterisk, FreeSWITCH, Kamailio), "
+    "no OmniSense REST API: register --user on --ws, then --call a target or wait for a call; "
+    "play, record, DTMF and the status line as for 'run'."))
+@click.option("--ws", required=True, metavar="URL", help="SIP WebSocket URL (ws:// or wss://).")
+@click.option("--user", required=True, metavar="EXT", help="SIP user (extension), or a full sip: AOR.")
+@click.option("--password", required=True, envvar="SOFTPHONE_PASSWORD",
+              help="SIP digest password; prefer the environment [env SOFTPHONE_PASSWORD]")
+@click.option("--domain", default=None, help="SIP domain of the AOR [the --ws host]")
+@click.option("--turn", multiple=True, metavar="URL", help="TURN URL (turn:HOST:PORT?transport=udp); repeatable.")
+@click.option("--turn-user", default=None, help="TURN username [--user]")
+@click.option("--turn-password", default=None, envvar="SOFTPHONE_TURN_PASSWORD",
+              help="TURN credential [--password] [env SOFTPHONE_TURN_PASSWORD]")
+@click.option("--call", "call_target", default=None, metavar="URI", help="Call this extension or SIP URI.")
+@_call_options
+@handle_interrupt
+def phone_command(ws: str, user: str, password: str, domain: str | None, turn: tuple[str, ...],
+                  turn_user: str | None, turn_password: str | None, call_target: str | None, **kwargs: Any) -> None:
+    from softphone.cli_run import make_options, phone_run
+    from softphone.log import register_secret
+
+    register_secret(password)
+    register_secret(turn_password)
+    ca_file, insecure, relay_only = kwargs.pop("ca_file"), kwargs.pop("insecure"), kwargs.pop("relay_only")
+    opts = make_options(**kwargs)
+    sys.exit(phone_run(ws, user, password, domain, turn, turn_user, turn_password, call_target, opts,
+                       ca_file=ca_file, insecure=insecure, relay_only=relay_only))
+
+
 class _LeadsGroup(click.Group):
     """Loads ``softphone.platform.archive_cli`` only when a leads command runs."""
 
