@@ -195,6 +195,7 @@ class SipConnection:
         self.bucket = TokenBucket(limits.rate, limits.burst)
         self.received = 0
         self.dropped = 0
+        self.close_code: int | None = None
         self._flooding = False
         self._pending_registers = 0
         self._tasks: set[asyncio.Task] = set()
@@ -380,13 +381,17 @@ class SipEndpoint(AsyncIOEventEmitter):
                     conn.receive_frame(text)
                 elif msg.type == aiohttp.WSMsgType.ERROR:
                     exc = ws.exception()
-                    log.info("connection %s: %s", conn.name, exc)
+                    code = getattr(exc, "code", None)
+                    conn.close_code = int(code) if isinstance(code, int) else None
+                    log.info("connection %s closed: %s", conn.name, exc)
                     reason = f"websocket error: {exc}"
                     break
         except asyncio.CancelledError:
             reason = "lab stopping"
             raise
         finally:
+            if conn.close_code is None:
+                conn.close_code = ws.close_code
             self.connections.discard(conn)
             gone = self.registrar.drop_connection(conn, "websocket closed")
             conn.closed(reason)

@@ -347,7 +347,9 @@ class NonceStore:
         return hmac.new(self._secret, stamp.encode(), hashlib.sha256).hexdigest()[:32]
 
     def issue(self) -> str:
-        stamp = f"{int(self._clock() * 1000):x}"
+        # A random part keeps nonces issued in the same millisecond apart: nonce counts are
+        # per nonce, so two clients sharing one would look like a replay to NonceCounter.
+        stamp = f"{int(self._clock() * 1000):x}-{secrets.token_hex(6)}"
         return f"{stamp}.{self._mac(stamp)}"
 
     def state(self, nonce: str) -> NonceState:
@@ -355,7 +357,7 @@ class NonceStore:
         if not sep or not hmac.compare_digest(mac.encode(), self._mac(stamp).encode()):
             return NonceState.UNKNOWN
         try:
-            issued = int(stamp, 16) / 1000
+            issued = int(stamp.split("-", 1)[0], 16) / 1000
         except ValueError:
             return NonceState.UNKNOWN
         return NonceState.VALID if 0 <= self._clock() - issued <= self.ttl else NonceState.STALE
