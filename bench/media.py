@@ -1,22 +1,28 @@
-"""Media benchmark: stock aiortc vs the lean path, side by side in one process and one run.
+"""Media benchmark: stock aiortc vs the lean path, in one run.
 
-Each call is two aiortc peer connections in this process talking over 127.0.0.1
+Each call is two aiortc peer connections in one process talking over 127.0.0.1
 host candidates, audio flowing both ways.
 
 * stock: an audio-frame tone track encoded by aiortc (executor hop per frame,
   audio-level loop), aiortc's receiver with its decoder thread, and a task
-  reading the decoded frames, as an application would;
-* lean: :class:`softphone.media.lean.PreEncodedAudioTrack` (encoded once, sent
-  through ``encoder.pack``) and :class:`~softphone.media.lean.CountingRtpReceiver`
-  (no decoding, RTCP kept).
+  reading the decoded frames, as an application would.  Runs in a process of
+  its own in which nothing of the fast path is installed (no fast clock, no
+  receive/send hooks, no class swaps), so it is aiortc as pip ships it;
+* off: what ``MediaConfig(fast_path="off")`` gives a load test: pre-encoded tracks
+  sent by aiortc's own loop, aiortc's decoding receivers read by a task; also in
+  a process of its own;
+* lean: the fast path on: :class:`~softphone.media.pre_encoded_track.PreEncodedAudioTrack`
+  sent by the lean sender, :class:`~softphone.media.counting_receiver.CountingRtpReceiver`
+  (no decoding, RTCP kept), SRTP without coroutines.
 
 * turn (``--turn-n``): what an agent runs, lean, through a TURN server, relay
   only: two of the softphone's own ``WebRtcDescriptionHandler`` per call (RFC 4733
   negotiated, so the DTMF tap and hook are in the path), a private coturn unless
   ``--turn-url``; the coturn's own CPU is reported too.
 
-Scenarios run one after another: stock at ``--stock-n`` calls, lean at the same
-N (same-load ratio), then lean at ``--n``, then turn at ``--turn-n``.  For each: CPU seconds per
+Scenarios run one after another: stock and off at ``--stock-n`` calls (each in a
+subprocess), lean at the same N (the same-load ratios lean/stock and on/off), then
+lean at ``--n``, then turn at ``--turn-n``.  For each: CPU seconds per
 call-second and per peer-connection-second (``getrusage``, all threads), resident
 memory per call, packets received/expected in the measuring window, event-loop
 lag percentiles (a sampler task), hypervisor steal and the load average, since
@@ -48,14 +54,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import av
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 
-from softphone.media.lean import (
-    LoopbackCall,
-    PreEncodedAudioTrack,
-    Tone,
-    loopback_host_candidates,
-    open_loopback_call,
-    shared_cache,
-)
+from softphone.media.config import FastPathOptions
+from softphone.media.encoded_audio import Tone, shared_cache
+from softphone.media.pre_encoded_track import PreEncodedAudioTrack
+from softphone.media.testing import LoopbackCall, loopback_host_candidates, open_loopback_call
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 TESTS_DIR = Path(__file__).resolve().parents[1] / "tests"
@@ -200,6 +202,8 @@ class Result:
     lag_max_ms: float = 0.0
     steal_percent: float | None = None
     turn_cores: float | None = None  # the private coturn's CPU per wall second (turn mode)
+    process: str = "main"  # "own": run in a subprocess of its own (stock, off)
+    fast_path_installed: bool | None = None  # anything of the fast path present in that process
     loadavg_before: list[float] = field(default_factory=list)
     loadavg_after: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -282,7 +286,7 @@ class TurnServer:
             url, user, password = self.args.turn_url, self.args.turn_user, self.args.turn_password
         ice = IceConfig(turn_urls=(url,), username=user, credential=Secret(password or ""), relay_only=True,
                         gathering_timeout=10.0)
-        return MediaConfig(ice=ice, codecs=(self.codec,))
+        return MediaConfig(ice=ice, codecs=(self.codec,), fast_path="on", fast_path_options=options_of(self.args))
 
     def cpu_seconds(self) -> float | None:
         """The private coturn's CPU time so far (``/proc``), None for a server elsewhere."""
@@ -312,7 +316,8 @@ def lean_counts(call: LoopbackCall) -> tuple[int, int]:
 
 
 async def run_scenario(mode: str, n: int, codec: str, seconds: float, warmup: float,
-                       setup_batch: int, turn: TurnServer | None = None) -> Result:
+                       setup_batch: int, turn: TurnServer | None = None,
+                       options: FastPathOptions | None = None) -> Result:
     result = Result(mode=mode, calls=n, codec=codec, seconds=seconds)
     gc.collect()
     result.loadavg_before = list(os.getloadavg())
@@ -325,15 +330,21 @@ async def run_scenario(mode: str, n: int, codec: str, seconds: float, warmup: fl
     decoded = [0]
 
     async def open_one() -> LoopbackCall:
-        if mode == "stock":
-            call = await open_loopback_call(codec, ToneFrameTrack(pcm), ToneFrameTrack(pcm), counting=False)
+        if mode in ("stock", "off"):
+            if mode == "stock":
+                tracks = ToneFrameTrack(pcm), ToneFrameTrack(pcm)
+            else:
+                tone = Tone(440, 2.0)
+                tracks = PreEncodedAudioTrack(tone), PreEncodedAudioTrack(tone)
+            call = await open_loopback_call(codec, *tracks, fast_path=False)
             for leg in (call.caller, call.callee):
                 consumers.append(asyncio.ensure_future(consume(leg.receiver.track, decoded)))
         elif mode == "turn":
             call = await TurnCall.open(turn_config, Tone(440, 2.0))
         else:
             tone = Tone(440, 2.0)
-            call = await open_loopback_call(codec, PreEncodedAudioTrack(tone), PreEncodedAudioTrack(tone))
+            call = await open_loopback_call(codec, PreEncodedAudioTrack(tone), PreEncodedAudioTrack(tone),
+                                            options=options)
         return call
 
     t0 = time.perf_counter()
@@ -349,9 +360,11 @@ async def run_scenario(mode: str, n: int, codec: str, seconds: float, warmup: fl
     print()
     result.setup_seconds = time.perf_counter() - t0
     result.connected = len(calls)
+    if mode in ("stock", "off"):
+        result.fast_path_installed = fast_path_present(calls)
 
     await asyncio.sleep(warmup)
-    counts = stock_counts if mode == "stock" else None
+    counts = stock_counts if mode in ("stock", "off") else None
 
     async def snapshot() -> tuple[int, int]:
         r = e = 0
@@ -469,7 +482,7 @@ def svg_bars(results: list[Result], attr: str, title: str, unit: str) -> str:
     for i, (r, v) in enumerate(zip(results, values, strict=True)):
         y = 26 + i * (bar_h + gap)
         w = (width - left - 90) * v / top
-        color = "#c0504d" if r.mode == "stock" else "#4f81bd"
+        color = {"stock": "#c0504d", "off": "#f79646"}.get(r.mode, "#4f81bd")
         parts.append(f'<text x="4" y="{y + 15}" font-size="12">{r.mode} ×{r.calls}</text>')
         parts.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{color}"/>')
         parts.append(f'<text x="{left + w + 4:.1f}" y="{y + 15}" font-size="12">{v:.4g} {unit}</text>')
@@ -541,12 +554,82 @@ def target_verdicts(results: list[Result]) -> dict[str, str]:
     return verdicts
 
 
+def options_of(args: argparse.Namespace) -> FastPathOptions:
+    """The fast path's parts as the A/B flags set them."""
+    return FastPathOptions(lean_sender=getattr(args, "lean_sender", True),
+                           light_parse=getattr(args, "light_parse", True), spread=getattr(args, "spread", True))
+
+
+RESULT_PREFIX = "BENCH-RESULT "
+
+
+def fast_path_present(calls: list[LoopbackCall]) -> bool:
+    """Whether anything of the fast path is on these calls or in this process."""
+    from aiortc.rtcrtpreceiver import RTCRtpReceiver
+
+    from softphone.media import aiortc_seam
+
+    legs = [leg for call in calls for leg in (call.caller, call.callee)]
+    return aiortc_seam.fast_clock_installed() or any(
+        type(leg.receiver) is not RTCRtpReceiver or "_run_rtp" in leg.transceiver.sender.__dict__
+        or aiortc_seam.fast_receive_of(leg.receiver.transport) is not None for leg in legs)
+
+
+async def child_main(args: argparse.Namespace) -> None:
+    """One stock-aiortc scenario in this (fresh) process; the result as one line on stdout."""
+    with loopback_host_candidates():
+        result = await run_scenario(args.child, args.child_n, args.codec, args.seconds, args.warmup, args.setup_batch)
+    result.process = "own"
+    print(RESULT_PREFIX + json.dumps(asdict(result)), flush=True)
+
+
+async def run_in_own_process(mode: str, n: int, args: argparse.Namespace) -> Result:
+    """Run a stock-aiortc scenario in a subprocess, so nothing of the fast path is installed there."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "--child", mode, "--child-n", str(n),
+            "--codec", args.codec, "--seconds", str(args.seconds), "--warmup", str(args.warmup),
+            "--setup-batch", str(args.setup_batch)]
+    if args.uvloop:
+        argv.append("--uvloop")
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE)
+    result: Result | None = None
+    assert proc.stdout is not None
+    async for raw in proc.stdout:
+        line = raw.decode(errors="replace")
+        if line.startswith(RESULT_PREFIX):
+            result = Result(**json.loads(line[len(RESULT_PREFIX):]))
+        else:
+            print(line, end="", flush=True)
+    code = await proc.wait()
+    if result is None:
+        result = Result(mode=mode, calls=n, codec=args.codec, seconds=args.seconds, process="own",
+                        errors=[f"subprocess exited with {code} and no result"])
+    return result
+
+
+def same_load_ratios(results: list[Result]) -> dict:
+    """lean vs stock aiortc, and fast path on vs off, at the same number of calls."""
+    ratios: dict = {}
+    lean = {r.calls: r for r in results if r.mode == "lean"}
+    for base_mode, label in (("stock", "lean/stock"), ("off", "fast path on/off")):
+        base = next((r for r in results if r.mode == base_mode), None)
+        same = lean.get(base.calls) if base else None
+        if not (base and same and base.cpu_per_call_second):
+            continue
+        ratios[f"{label} CPU per call-second (same N)"] = same.cpu_per_call_second / base.cpu_per_call_second
+        ratios[f"{label} CPU per packet (same N)"] = same.cpu_us_per_packet / max(base.cpu_us_per_packet, 1e-9)
+        if base.rss_per_call_kib > 0:
+            ratios[f"{label} RSS per call (same N)"] = same.rss_per_call_kib / base.rss_per_call_kib
+    return ratios
+
+
 async def main(args: argparse.Namespace) -> None:
     import aiortc
 
     scenarios = []
     if args.stock_n > 0:
         scenarios.append(("stock", args.stock_n))
+        if args.fast_path_off:
+            scenarios.append(("off", args.stock_n))
         if args.same_load:
             scenarios.append(("lean", args.stock_n))
     for n in args.n:
@@ -555,11 +638,12 @@ async def main(args: argparse.Namespace) -> None:
     for n in args.turn_n:
         if n > 0:
             scenarios.extend([("turn", n)] * args.repeat)
+    options = options_of(args)
     meta = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpus": os.cpu_count(), "python": platform.python_version(),
         "aiortc": aiortc.__version__, "codec": args.codec, "seconds": args.seconds, "uvloop": args.uvloop,
-        "lean_sender": getattr(args, "lean_sender", True), "light_parse": getattr(args, "light_parse", True),
-        "spread": getattr(args, "spread", True), "repeat": args.repeat,
+        "lean_sender": options.lean_sender, "light_parse": options.light_parse,
+        "spread": options.spread, "repeat": args.repeat,
         "loadavg": list(os.getloadavg()), "scenarios": scenarios,
     }
     results: list[Result] = []
@@ -567,18 +651,15 @@ async def main(args: argparse.Namespace) -> None:
         turn = stack.enter_context(TurnServer(args, args.codec)) if any(m == "turn" for m, _ in scenarios) else None
         stack.enter_context(loopback_host_candidates())
         for mode, n in scenarios:
-            print(f"{mode} × {n} calls ({2 * n} peer connections), {args.codec}, {args.seconds:g} s ...")
-            results.append(await run_scenario(mode, n, args.codec, args.seconds, args.warmup, args.setup_batch,
-                                              turn if mode == "turn" else None))
+            where = " in a process of its own" if mode in ("stock", "off") else ""
+            print(f"{mode} × {n} calls ({2 * n} peer connections), {args.codec}, {args.seconds:g} s{where} ...")
+            if mode in ("stock", "off"):
+                results.append(await run_in_own_process(mode, n, args))
+            else:
+                results.append(await run_scenario(mode, n, args.codec, args.seconds, args.warmup, args.setup_batch,
+                                                  turn if mode == "turn" else None, options))
     ratios: dict = {"encoded cache bytes": shared_cache().memory_bytes}
-    stock = next((r for r in results if r.mode == "stock"), None)
-    same = next((r for r in results if r.mode == "lean" and stock and r.calls == stock.calls), None)
-    if stock and same and stock.cpu_per_call_second:
-        ratios["lean/stock CPU per call-second (same N)"] = same.cpu_per_call_second / stock.cpu_per_call_second
-        ratios["lean/stock CPU per packet (same N)"] = same.cpu_us_per_packet / max(stock.cpu_us_per_packet, 1e-9)
-        ratios["stock/lean speed-up (same N)"] = stock.cpu_per_call_second / max(same.cpu_per_call_second, 1e-9)
-        if stock.rss_per_call_kib > 0:
-            ratios["lean/stock RSS per call (same N)"] = same.rss_per_call_kib / stock.rss_per_call_kib
+    ratios.update(same_load_ratios(results))
     ratios.update(target_verdicts(results))
     print()
     print_table(results, ratios)
@@ -593,7 +674,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stock-n", type=int, default=8,
                    help="stock calls (default 8 = 16 pcs, about what stock carries cleanly; 0 skips)")
     p.add_argument("--no-same-load", dest="same_load", action="store_false",
-                   help="skip lean at the stock N (the same-load ratio)")
+                   help="skip lean at the stock N (the same-load ratios)")
+    p.add_argument("--no-fast-path-off", dest="fast_path_off", action="store_false",
+                   help="skip the fast_path='off' scenario (pre-encoded tracks on stock aiortc, own process)")
+    p.add_argument("--child", choices=("stock", "off"), help=argparse.SUPPRESS)
+    p.add_argument("--child-n", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--seconds", type=float, default=10.0, help="measuring window per scenario")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds after setup before measuring")
     p.add_argument("--codec", default="PCMU", help="PCMU, PCMA, G722 or opus")
@@ -623,17 +708,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 if __name__ == "__main__":
     arguments = parse_args()
-    from softphone.media.lean_sender import set_lean_sender_enabled
-
-    set_lean_sender_enabled(arguments.lean_sender)
-    from softphone.media.fastpath import FastReceive
-
-    FastReceive.light_parse = arguments.light_parse
-    from softphone.media.lean_sender import LeanSendDriver
-
-    LeanSendDriver.spread = arguments.spread
     if arguments.uvloop:
         import uvloop
 
         uvloop.install()
-    asyncio.run(main(arguments))
+    asyncio.run(child_main(arguments) if arguments.child else main(arguments))

@@ -30,15 +30,35 @@ def test_a_tiny_run_writes_every_scenario_with_counts(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     (report,) = tmp_path.glob("media-*.json")
     data = json.loads(report.read_text())
-    assert [(r["mode"], r["calls"]) for r in data["results"]] == [("stock", 1), ("lean", 1), ("lean", 2), ("lean", 2)]
+    assert [(r["mode"], r["calls"]) for r in data["results"]] == [
+        ("stock", 1), ("off", 1), ("lean", 1), ("lean", 2), ("lean", 2)]
     for r in data["results"]:
         assert r["connected"] == r["calls"] and not r["errors"]
         assert r["packets_received"] > 0 and r["packets_expected"] >= r["packets_received"]
         assert "steal_percent" in r and r["cpu_seconds"] > 0
+    # The baselines ran in processes of their own with nothing of the fast path installed.
+    for r in data["results"][:2]:
+        assert r["process"] == "own" and r["fast_path_installed"] is False and r["frames_decoded"] > 0
+    for r in data["results"][2:]:
+        assert r["process"] == "main" and r["fast_path_installed"] is None
     assert data["meta"]["repeat"] == 2 and data["meta"]["spread"] is True
-    assert "lean/stock CPU per call-second (same N)" in data["ratios"]
+    for label in ("lean/stock", "fast path on/off"):
+        assert data["ratios"][f"{label} CPU per call-second (same N)"] > 0
     assert "steal %" in proc.stdout
     assert (tmp_path / report.name.replace(".json", ".html")).read_text().startswith("<!doctype html>")
+
+
+def test_the_a_b_switches_reach_the_fast_path(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--stock-n", "0", "--n", "1", "--seconds", "0.5", "--warmup", "0.2",
+         "--no-lean-sender", "--no-light-parse", "--no-spread", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (report,) = tmp_path.glob("media-*.json")
+    data = json.loads(report.read_text())
+    assert (data["meta"]["lean_sender"], data["meta"]["light_parse"], data["meta"]["spread"]) == (False, False, False)
+    (r,) = data["results"]
+    assert r["mode"] == "lean" and r["packets_received"] > 0 and not r["errors"]
 
 
 @pytest.mark.peer

@@ -23,9 +23,8 @@ from softphone.media.lean import (
     EncodedAudioCache,
     PreEncodedAudioTrack,
     Tone,
-    loopback_host_candidates,
-    open_loopback_call,
 )
+from softphone.media.testing import loopback_host_candidates, open_loopback_call
 
 CALLS = 200
 WARMUP = 50

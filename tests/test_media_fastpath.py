@@ -13,47 +13,47 @@ from aiortc import clock as aiortc_clock
 from aiortc.rtcdtlstransport import State as DtlsState
 
 from softphone.errors import AiortcCompatibilityError
-from softphone.media import fastpath
-from softphone.media.fastpath import (
+from softphone.media import aiortc_seam as seam
+from softphone.media.aiortc_seam import (
     FastReceive,
-    check_fastpath_supported,
     fast_receive_of,
     install_fast_receive,
     install_fast_send,
     send_rtp_now,
 )
-from softphone.media.lean import PreEncodedAudioTrack, Tone, loopback_host_candidates, open_loopback_call
+from softphone.media.lean import PreEncodedAudioTrack, Tone
+from softphone.media.testing import loopback_host_candidates, open_loopback_call
 
 # --- clock -----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("t", [0.0, 1.5, 1_700_000_000.123456, 1_799_999_999.999999, 2_000_000_000.000001])
 def test_fast_clock_matches_aiortc_for_the_same_instant(monkeypatch, t):
-    monkeypatch.setattr(fastpath.time, "time", lambda: t)
+    monkeypatch.setattr(seam.time, "time", lambda: t)
     dt = datetime.datetime.fromtimestamp(t, datetime.timezone.utc)
     stock_ntp = aiortc_clock.datetime_to_ntp(dt)
     stock_ms = int((dt - aiortc_clock.NTP_EPOCH).total_seconds() * 1000)
     # Float microseconds of ``t`` may round differently from datetime's: allow one microsecond.
-    assert abs(fastpath.fast_current_ntp_time() - stock_ntp) <= (1 << 32) // 1_000_000 + 1
-    assert abs(fastpath.fast_current_ms() - stock_ms) <= 1
+    assert abs(seam.fast_current_ntp_time() - stock_ntp) <= (1 << 32) // 1_000_000 + 1
+    assert abs(seam.fast_current_ms() - stock_ms) <= 1
 
 
 def test_fast_clock_is_close_to_aiortc_now():
-    fastpath.uninstall_fast_clock()
+    seam.uninstall_fast_clock()
     stock = aiortc_clock.current_ntp_time()
-    fast = fastpath.fast_current_ntp_time()
+    fast = seam.fast_current_ntp_time()
     assert stock >> 32 > 3_900_000_000  # after 2023, so the epoch offset is right
     assert abs(fast - stock) < 60 << 32  # same clock, not a constant apart
 
 
 def test_install_fast_clock_swaps_and_restores():
-    fastpath.install_fast_clock()
+    seam.install_fast_clock()
     try:
-        assert aiortc_clock.current_ntp_time is fastpath.fast_current_ntp_time
-        assert aiortc_clock.current_ms is fastpath.fast_current_ms
+        assert aiortc_clock.current_ntp_time is seam.fast_current_ntp_time
+        assert aiortc_clock.current_ms is seam.fast_current_ms
     finally:
-        fastpath.uninstall_fast_clock()
-    assert aiortc_clock.current_ntp_time is not fastpath.fast_current_ntp_time
+        seam.uninstall_fast_clock()
+    assert aiortc_clock.current_ntp_time is not seam.fast_current_ntp_time
 
 
 # --- version checks --------------------------------------------------------------------
@@ -62,15 +62,7 @@ def test_install_fast_clock_swaps_and_restores():
 def test_unsupported_aiortc_is_refused(monkeypatch):
     monkeypatch.setattr(aiortc, "__version__", "1.99.0")
     with pytest.raises(AiortcCompatibilityError, match=r"aiortc 1\.99\.0"):
-        check_fastpath_supported()
-
-
-def test_dtls_without_the_expected_internals_is_refused():
-    class Bare:
-        transport = None
-
-    with pytest.raises(AiortcCompatibilityError, match="_rx_srtp"):
-        check_fastpath_supported(Bare())  # type: ignore[arg-type]
+        seam.check()
 
 
 # --- receive path with a fake transport ----------------------------------------------------
@@ -284,7 +276,7 @@ async def test_send_rtp_now_protects_and_sends_without_a_coroutine():
     assert protocol.transport.sent == [(b"srtp:" + rtp(1), ("127.0.0.1", 40000))]
     assert dtls._RTCDtlsTransport__tx_packets == 1
     assert dtls._RTCDtlsTransport__tx_bytes == len(b"srtp:" + rtp(1))
-    assert dtls.stock_send_rtp == [] and not fastpath._pending_sends
+    assert dtls.stock_send_rtp == [] and not seam._pending_sends
     dtls._state = DtlsState.CLOSED
     with pytest.raises(ConnectionError):
         send_rtp_now(dtls, rtp(2))  # type: ignore[arg-type]
@@ -305,12 +297,12 @@ async def test_send_rtp_now_awaits_a_protocols_own_send_data_in_a_task():
     protocol.transport = FakeDatagramTransport()
     nominate(dtls, protocol)
     send_rtp_now(dtls, rtp(1))  # type: ignore[arg-type]
-    assert protocol.transport.sent == [] and len(fastpath._pending_sends) == 1
+    assert protocol.transport.sent == [] and len(seam._pending_sends) == 1
     gate.set()
     for _ in range(20):
         await asyncio.sleep(0)
     assert protocol.transport.sent == [(b"relayed:srtp:" + rtp(1), ("127.0.0.1", 40000))]
-    assert not fastpath._pending_sends
+    assert not seam._pending_sends
 
 
 async def test_send_rtp_now_without_the_fast_send_uses_aiortcs_send_rtp():
@@ -402,17 +394,49 @@ async def test_loopback_call_uses_the_fast_path_and_keeps_rtp_and_rtcp():
         await call.close()
 
 
-async def test_loopback_call_without_the_fast_path_still_works():
+async def test_loopback_call_without_the_fast_path_is_stock_aiortc():
+    from softphone.media.lean_sender import lean_sender_of
+
+    seam.uninstall_fast_clock(force=True)
     tone = Tone(440, 1.0)
     with loopback_host_candidates():
         call = await open_loopback_call("PCMU", PreEncodedAudioTrack(tone), PreEncodedAudioTrack(tone),
-                                        fastpath=False)
+                                        fast_path=False)
     try:
-        await asyncio.sleep(0.3)
+        async def received() -> int:
+            stats = await call.caller.receiver.getStats()
+            return sum(s.packetsReceived for s in stats.values() if s.type == "inbound-rtp")
+
+        got = 0
+
+        async def some() -> bool:
+            nonlocal got
+            got = await received()
+            return got > 5
+
+        for _ in range(200):  # up to 10 s
+            if await some():
+                break
+            await asyncio.sleep(0.05)
+        assert got > 5
         assert fast_receive_of(call.caller.receiver.transport) is None
-        assert call.caller.report().received > 5
+        assert type(call.caller.receiver) is aiortc.RTCRtpReceiver  # no class swap
+        assert lean_sender_of(call.caller.transceiver.sender) is None
+        assert not seam.fast_clock_installed()
     finally:
         await call.close()
+
+
+async def test_the_fast_clock_is_only_installed_while_fast_calls_are_open():
+    seam.uninstall_fast_clock(force=True)
+    tone = Tone(440, 1.0)
+    with loopback_host_candidates():
+        call = await open_loopback_call("PCMU", PreEncodedAudioTrack(tone), None)
+    try:
+        assert seam.fast_clock_installed()
+    finally:
+        await call.close()
+    assert not seam.fast_clock_installed()
 
 
 # --- TURN channel send without a task per packet -------------------------------------------
@@ -440,19 +464,19 @@ def test_turn_send_now_sends_on_a_bound_channel_and_leaves_the_rest_to_aioice():
     inner = FakeTurnInner()
     transport = TurnTransport(inner)  # type: ignore[arg-type]
     peer = ("127.0.0.1", 50000)
-    assert fastpath.turn_send_now(transport, b"rtp", peer) is False  # no channel yet: aioice binds
+    assert seam.turn_send_now(transport, b"rtp", peer) is False  # no channel yet: aioice binds
     inner.peer_to_channel[peer] = 0x4001
     inner.channel_refresh_at[0x4001] = time.time() + 60
-    assert fastpath.turn_send_now(transport, b"rtp", peer) is True
+    assert seam.turn_send_now(transport, b"rtp", peer) is True
     assert inner.sent == [bytes([0x40, 0x01, 0x00, 0x03]) + b"rtp"]  # RFC 8656 ChannelData
     inner.channel_refresh_at[0x4001] = time.time() - 1  # due for refresh: aioice refreshes
-    assert fastpath.turn_send_now(transport, b"rtp", peer) is False
+    assert seam.turn_send_now(transport, b"rtp", peer) is False
     inner.channel_refresh_at[0x4001] = time.time() + 60
     inner.peer_connect_waiters[peer] = []  # a (re)bind in progress: wait behind it in aioice
-    assert fastpath.turn_send_now(transport, b"rtp", peer) is False
+    assert seam.turn_send_now(transport, b"rtp", peer) is False
     del inner.peer_connect_waiters[peer]
     transport._TurnTransport__close_task = object()  # closing: aioice drops it
-    assert fastpath.turn_send_now(transport, b"rtp", peer) is False
+    assert seam.turn_send_now(transport, b"rtp", peer) is False
     assert len(inner.sent) == 1
 
 
@@ -466,8 +490,8 @@ def test_audio_passes_a_dtmf_hook_on_the_light_path_and_events_go_to_the_hook():
     from aiortc.rtcrtpparameters import RTCRtpCodecParameters
     from aiortc.rtp import RtpPacket
 
+    from softphone.media.counting_receiver import install_counting_receiver
     from softphone.media.dtmf import DtmfReceiver
-    from softphone.media.lean import install_counting_receiver
 
     receiver = install_counting_receiver(RTCRtpReceiver("audio", SimpleNamespace(state="new")))
     receiver._RTCRtpReceiver__codecs[0] = RTCRtpCodecParameters(
@@ -488,9 +512,9 @@ def test_audio_passes_a_dtmf_hook_on_the_light_path_and_events_go_to_the_hook():
         p.payload = bytes(4) if pt == 101 else b"\xff" * 160
         return p.serialize()
 
-    assert fastpath._handle_rtp_light(dtls, packet(0, 1)) is None  # audio: counted right here
+    assert seam._handle_rtp_light(dtls, packet(0, 1)) is None  # audio: counted right here
     assert full_parse == [] and receiver.counters[9].packets_received == 1
-    coro = fastpath._handle_rtp_light(dtls, packet(101, 2))  # an event: the hook's full path
+    coro = seam._handle_rtp_light(dtls, packet(101, 2))  # an event: the hook's full path
     with pytest.raises(StopIteration):
         coro.send(None)
     assert full_parse == [packet(101, 2)]

@@ -8,22 +8,17 @@ import itertools
 import aiortc
 import numpy as np
 import pytest
-from aiortc import RTCRtpSender
 from aiortc.rtp import RtcpPacket, RtcpSrPacket, RtpPacket, is_rtcp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from media_support import wait_until
 
-from softphone.errors import AiortcCompatibilityError
-from softphone.media import lean_sender
+from softphone.media.config import FastPathOptions
 from softphone.media.dtmf import DtmfSender
-from softphone.media.lean import PreEncodedAudioTrack, Tone, loopback_host_candidates, open_loopback_call
-from softphone.media.lean_sender import (
-    LeanState,
-    install_lean_sender,
-    lean_sender_of,
-    set_lean_sender_enabled,
-)
+from softphone.media.lean import PreEncodedAudioTrack, Tone
+from softphone.media.lean_sender import LeanState, lean_sender_of
+from softphone.media.slot_scheduler import SlotScheduler
+from softphone.media.testing import loopback_host_candidates, open_loopback_call
 
 
 @pytest.fixture(autouse=True)
@@ -225,12 +220,8 @@ async def test_replacing_the_track_keeps_timestamps_continuous_and_stock_tracks_
 
 
 async def test_switched_off_leaves_aiortc_sending():
-    set_lean_sender_enabled(False)
-    try:
-        track = PreEncodedAudioTrack(Tone(440, 1.0))
-        call = await open_loopback_call("PCMU", track, None)
-    finally:
-        set_lean_sender_enabled(True)
+    track = PreEncodedAudioTrack(Tone(440, 1.0))
+    call = await open_loopback_call("PCMU", track, None, options=FastPathOptions(lean_sender=False))
     try:
         await wait_until(lambda: call.callee.report().received >= 5, what="stock-sent packets")
         assert lean_sender_of(call.caller.transceiver.sender) is None
@@ -261,21 +252,15 @@ async def test_non_repeating_track_ends_the_sender_like_aiortc():
         await call.close()
 
 
-async def test_an_untested_aiortc_fails_clearly(monkeypatch):
-    from aiortc import RTCPeerConnection
+async def test_the_sender_loop_cannot_be_replaced_once_aiortc_started_it():
+    from softphone.media.lean_sender import install_lean_sender
 
-    pc = RTCPeerConnection()
+    call = await open_loopback_call("PCMU", PreEncodedAudioTrack(Tone(440, 1.0)), None,
+                                    options=FastPathOptions(lean_sender=False))
     try:
-        transceiver = pc.addTransceiver("audio")
-        monkeypatch.setattr(aiortc, "__version__", "9.0.0")
-        with pytest.raises(AiortcCompatibilityError, match=r"aiortc 9\.0\.0: the lean RTP sender"):
-            install_lean_sender(transceiver)
-        monkeypatch.setattr(aiortc, "__version__", "1.16.0")
-        monkeypatch.delattr(RTCRtpSender, "_run_rtcp")
-        with pytest.raises(AiortcCompatibilityError, match="_run_rtcp"):
-            lean_sender.check_lean_sender_supported()
+        assert install_lean_sender(call.caller.transceiver) is False
     finally:
-        await pc.close()
+        await call.close()
 
 
 # --- the light RTP parse of the fast receive path ---------------------------------------
@@ -287,7 +272,7 @@ def _counting_receiver():
     from aiortc import RTCRtpReceiver
     from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-    from softphone.media.lean import install_counting_receiver
+    from softphone.media.counting_receiver import install_counting_receiver
 
     receiver = install_counting_receiver(RTCRtpReceiver("audio", SimpleNamespace(state="new")))
     receiver._RTCRtpReceiver__codecs[0] = RTCRtpCodecParameters(
@@ -306,7 +291,7 @@ def test_light_parse_reads_what_aiortc_parses(csrcs, mid, abs_send_time, padding
     from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
     from aiortc.rtp import HeaderExtensionsMap
 
-    from softphone.media.fastpath import _handle_rtp_light
+    from softphone.media.aiortc_seam import _handle_rtp_light
 
     ext_map = HeaderExtensionsMap()
     ext_map.configure(RTCRtpParameters(headerExtensions=[
@@ -344,7 +329,7 @@ def test_light_parse_reads_what_aiortc_parses(csrcs, mid, abs_send_time, padding
 
 
 async def test_lean_call_counts_full_payloads_with_the_light_parse():
-    from softphone.media.fastpath import fast_receive_of
+    from softphone.media.aiortc_seam import fast_receive_of
 
     call, _track, _sender = await lean_call()
     try:
@@ -362,7 +347,7 @@ async def test_lean_call_counts_full_payloads_with_the_light_parse():
 
 
 class _Loop:
-    """Just what LeanSendDriver asks of a loop when nothing fires."""
+    """Just what SlotScheduler asks of a loop when nothing fires."""
 
     def __init__(self) -> None:
         self.timers: list[float] = []
@@ -378,7 +363,7 @@ def phase_of(driver, start: float) -> int:
 
 
 def test_start_phase_fills_a_slot_up_to_the_batch_then_spreads():
-    driver = lean_sender.LeanSendDriver(_Loop())  # type: ignore[arg-type]
+    driver = SlotScheduler(_Loop())  # type: ignore[arg-type]
     driver.BATCH = 4
     now = 99.5 * driver.SLOT
     # Nothing running: the next slot.
@@ -403,7 +388,7 @@ def test_start_phase_fills_a_slot_up_to_the_batch_then_spreads():
 
 
 async def test_calls_set_up_together_are_spread_over_the_frame(monkeypatch):
-    monkeypatch.setattr(lean_sender.LeanSendDriver, "BATCH", 4)
+    monkeypatch.setattr(SlotScheduler, "BATCH", 4)
     tone = Tone(440, 1.0)
     calls = await asyncio.gather(*(open_loopback_call("PCMU", PreEncodedAudioTrack(tone), PreEncodedAudioTrack(tone))
                                    for _ in range(10)))
@@ -437,13 +422,11 @@ async def test_align_start_moves_the_clock_only_before_the_first_packet():
 
 
 async def test_spreading_can_be_switched_off(monkeypatch):
-    monkeypatch.setattr(lean_sender.LeanSendDriver, "spread", False)
-    call, _, sender = await lean_call()
+    call, _, sender = await lean_call(options=FastPathOptions(spread=False))
     try:
         assert lean_sender_of(sender)._phased is False
     finally:
         await call.close()
-    monkeypatch.setattr(lean_sender.LeanSendDriver, "spread", True)
     call, _, sender = await lean_call()
     try:
         assert lean_sender_of(sender)._phased is True

@@ -20,7 +20,6 @@ from softphone.media.config import (
     TurnTransport,
 )
 from softphone.media.peer import (
-    AIORTC_DEFAULT_ICE_SERVERS,
     add_audio_transceiver,
     check_answer_setup,
     codec_capabilities,
@@ -160,12 +159,17 @@ def test_no_servers_means_an_explicit_empty_list():
 
 
 async def test_peer_connection_never_uses_a_public_stun_server():
+    from softphone.media import aiortc_seam
+
     # aiortc on its own would use Google's STUN server when no iceServers are given ...
-    assert [s.urls for s in AIORTC_DEFAULT_ICE_SERVERS()] == ["stun:stun.l.google.com:19302"]
-    # ... importing softphone.media.peer removes that fallback for every peer connection,
+    assert [s.urls for s in aiortc_seam.default_ice_servers()] == ["stun:stun.l.google.com:19302"]
+    # ... while our transceivers are created that fallback is an empty list (and put back after),
     bare = RTCPeerConnection()
-    bare.addTransceiver("audio")
+    with aiortc_seam.no_default_stun():
+        bare.addTransceiver("audio")
+        assert aiortc_seam.default_ice_servers() == []
     assert ice_connection_kwargs(bare)["stun_server"] is None
+    assert [s.urls for s in aiortc_seam.default_ice_servers()] == ["stun:stun.l.google.com:19302"]
     await bare.close()
     # and ours pass an explicit list anyway.
 

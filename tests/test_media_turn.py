@@ -156,7 +156,7 @@ async def test_lean_path_through_the_relay(coturn, codec, monkeypatch):
     """What a load test runs: pre-encoded tracks, the lean sender and the fast receive path, via TURN."""
     from aioice.turn import TurnTransport
 
-    from softphone.media.fastpath import fast_receive_of
+    from softphone.media.aiortc_seam import fast_receive_of
     from softphone.media.lean import PreEncodedAudioTrack, Tone
     from softphone.media.lean_sender import lean_sender_of
 

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCIceTransportPolicy
-from aiortc.codecs import CODECS
 
 from softphone.errors import ConfigurationError
 from softphone.log import Secret, get_logger, reveal
+from softphone.media.codecs import DEFAULT_CODECS, SUPPORTED_CODECS
 
 if TYPE_CHECKING:
     from softphone.params import LaunchParams
@@ -219,11 +219,25 @@ class IceConfig:
         return cls(**values)
 
 
-#: aiortc's audio codec names, case as in SDP.
-SUPPORTED_CODECS: tuple[str, ...] = tuple(c.mimeType.split("/", 1)[1] for c in CODECS["audio"])
-DEFAULT_CODECS: tuple[str, ...] = tuple(
-    name for name in ("opus", "PCMU", "PCMA", "G722") if name.lower() in {c.lower() for c in SUPPORTED_CODECS}
-)
+#: ``MediaConfig.fast_path`` values (see :mod:`softphone.media.aiortc_seam`).
+FAST_PATH_MODES = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class FastPathOptions:
+    """The fast path's parts, each switchable for A/B measurements (all on by default).
+
+    ``lean_sender``: pre-encoded tracks are sent from the shared 2 ms slot scheduler
+    instead of aiortc's per-sender loop; ``light_parse``: counting-only receivers
+    read the fixed RTP header only; ``spread``: new streams start in a slot of the
+    scheduler's choosing instead of all at once.
+    """
+
+    lean_sender: bool = True
+    light_parse: bool = True
+    spread: bool = True
+
+
 #: telephone-event payload types Chromium uses (peers.md): /48000 -> 110, /8000 -> 126.
 DEFAULT_TELEPHONE_EVENT_PTS: dict[int, int] = {48000: 110, 8000: 126}
 
@@ -236,6 +250,10 @@ class MediaConfig:
     ``telephone_event`` negotiates RFC 4733 at the clock rates in
     ``telephone_event_payload_types`` (rate -> payload type we offer).
     ``decode=False`` leaves received audio undecoded (the lean load path).
+    ``fast_path``: ``"auto"`` runs the fast media path when the installed aiortc and
+    aioice are the tested ones (else stock aiortc, with one warning), ``"on"``
+    raises :class:`~softphone.errors.AiortcCompatibilityError` instead of falling
+    back, ``"off"`` always runs stock aiortc (decoding every call).
     """
 
     ice: IceConfig = field(default_factory=IceConfig)
@@ -247,6 +265,8 @@ class MediaConfig:
     decode: bool = True
     dtmf_flush_timeout: float = 0.5
     """A received event whose end packets were all lost is reported this long after its last packet."""
+    fast_path: str = "auto"
+    fast_path_options: FastPathOptions = field(default_factory=FastPathOptions)
 
     def __post_init__(self) -> None:
         if isinstance(self.codecs, str):
@@ -274,6 +294,10 @@ class MediaConfig:
             raise ConfigurationError("telephone_event_payload_types: payload types must differ")
         if not self.dtmf_flush_timeout > 0:
             raise ConfigurationError(f"dtmf_flush_timeout: must be > 0, got {self.dtmf_flush_timeout!r}")
+        if self.fast_path not in FAST_PATH_MODES:
+            raise ConfigurationError(f"fast_path: {self.fast_path!r} is not one of {', '.join(FAST_PATH_MODES)}")
+        if not isinstance(self.fast_path_options, FastPathOptions):
+            raise ConfigurationError("fast_path_options: must be a FastPathOptions")
 
     @classmethod
     def from_params(cls, params: LaunchParams, *, ice: dict | None = None, **overrides) -> MediaConfig:

@@ -14,9 +14,9 @@ Receiving: aiortc's RTP router drops payload types it did not negotiate and
 telephone-event payload types with the router for the audio receiver and
 wraps that receiver's ``_handle_rtp_packet`` to take those packets first.
 
-Both hooks touch aiortc internals; :func:`check_aiortc_supported` verifies
-the version and the attributes they rely on and fails with
-:class:`AiortcCompatibilityError` rather than silently losing digits.
+Both hooks touch aiortc internals, through :mod:`softphone.media.aiortc_seam`;
+:func:`check_aiortc_supported` verifies the attributes they rely on and fails
+with :class:`AiortcCompatibilityError` rather than silently losing digits.
 """
 
 from __future__ import annotations
@@ -30,20 +30,17 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import aiortc
 from aiortc.rtcdtlstransport import RTCDtlsTransport
-from aiortc.rtcrtpreceiver import RTCRtpReceiver, StreamStatistics
+from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.rtp import RtpPacket
 
-from softphone.errors import AiortcCompatibilityError, MediaError
+from softphone.errors import MediaError
 from softphone.events import DtmfEvent  # the one digit shape (via="rfc4733" here)
 from softphone.log import get_logger
+from softphone.media import aiortc_seam as seam
 
 log = get_logger(__name__)
-
-#: aiortc versions whose internals the hooks below were written against.
-TESTED_AIORTC = ((1, 16),)
 
 #: RFC 4733 section 3.2 event codes for DTMF.
 EVENT_CODES: dict[str, int] = {
@@ -69,24 +66,8 @@ class DtmfError(MediaError, ValueError):
 
 
 def check_aiortc_supported() -> None:
-    """Raise :class:`AiortcCompatibilityError` unless the hooks fit this aiortc."""
-    version = tuple(int(x) for x in aiortc.__version__.split(".")[:2] if x.isdigit())
-    missing = [
-        name
-        for owner, name in (
-            (RTCRtpSender, "setTransport"),
-            (RTCRtpReceiver, "_handle_rtp_packet"),
-            (RTCDtlsTransport, "_send_rtp"),
-            (RTCDtlsTransport, "_register_rtp_sender"),
-        )
-        if not hasattr(owner, name)
-    ]
-    if version not in TESTED_AIORTC or missing:
-        raise AiortcCompatibilityError(
-            f"aiortc {aiortc.__version__}: RFC 4733 DTMF hooks are written for "
-            f"{', '.join('.'.join(map(str, v)) for v in TESTED_AIORTC)}"
-            + (f"; missing {', '.join(missing)}" if missing else "")
-        )
+    """Raise :class:`AiortcCompatibilityError` unless the hooks fit this aiortc (see the seam)."""
+    seam.check_rfc4733()
 
 
 def validate_tones(tones: str, duration_ms: int, gap_ms: int) -> str:
@@ -234,7 +215,7 @@ class DtmfReceiver:
         self._decoders: dict[int, TelephoneEventDecoder] = {}
         self._timer: asyncio.TimerHandle | None = None
         self.packets = 0
-        receiver._handle_rtp_packet = self._handle_rtp_packet  # type: ignore[method-assign]
+        seam.hook_rtp_packets(receiver, self._on_rtp_packet)
 
     @property
     def payload_types(self) -> dict[int, int]:
@@ -250,10 +231,7 @@ class DtmfReceiver:
         receiver = self._receiver
         if receiver is None or not self._payload_types:
             return
-        router = getattr(receiver.transport, "_rtp_router", None)
-        if router is None:
-            raise AiortcCompatibilityError("RTCDtlsTransport has no _rtp_router to route telephone-event")
-        router.register_receiver(receiver, ssrcs=[], payload_types=list(self._payload_types))
+        seam.route_payload_types(receiver, list(self._payload_types))
 
     def passes_through(self, payload_type: int) -> bool:
         """True when a packet of this type goes on to the receiver untouched (audio).
@@ -262,7 +240,7 @@ class DtmfReceiver:
         """
         return payload_type not in self._payload_types
 
-    async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+    async def _on_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
         rate = self._payload_types.get(packet.payload_type)
         receiver = self._receiver
         if receiver is None:
@@ -270,35 +248,18 @@ class DtmfReceiver:
         if rate is None:
             # Looked up on the class at call time, so a receiver whose class is
             # swapped later (the lean path's counting receiver) keeps working.
-            await type(receiver)._handle_rtp_packet(receiver, packet, arrival_time_ms=arrival_time_ms)
+            await seam.handle_rtp_packet_unhooked(receiver, packet, arrival_time_ms)
             return
-        if not receiver._enabled:
+        if not seam.receiver_enabled(receiver):
             return  # on hold: the receiver is disabled, digits too
         self.packets += 1
-        stream = self._stream_statistics(receiver, packet.ssrc, rate)
+        stream = seam.receiver_stream_statistics(receiver, packet.ssrc, rate)
         if stream is not None:
             stream.add(packet)
         decoder = self._decoders.setdefault(packet.ssrc, TelephoneEventDecoder())
         for event in decoder.feed(packet.timestamp, packet.payload, rate):
             self._emit(event)
         self._arm_flush()
-
-    @staticmethod
-    def _stream_statistics(receiver: RTCRtpReceiver, ssrc: int, rate: int):
-        """The receiver's per-SSRC statistics, created if events come before any audio."""
-        streams = getattr(receiver, "_RTCRtpReceiver__remote_streams", None)
-        if not isinstance(streams, dict):
-            return None
-        stream = streams.get(ssrc)
-        if stream is None:
-            make = getattr(receiver, "_counter", None)  # the lean path's counting receiver
-            if callable(make):
-                stream = make(ssrc, None)
-            else:
-                codecs = getattr(receiver, "_RTCRtpReceiver__codecs", {})
-                clock = next(iter(codecs.values())).clockRate if codecs else rate
-                stream = streams[ssrc] = StreamStatistics(clock)
-        return stream
 
     def _arm_flush(self) -> None:
         if self._timer is not None:
@@ -324,7 +285,7 @@ class DtmfReceiver:
             self._timer.cancel()
             self._timer = None
         if self._receiver is not None:
-            self._receiver.__dict__.pop("_handle_rtp_packet", None)
+            seam.unhook_rtp_packets(self._receiver)
             self._receiver = None
         self._on_event = lambda event: None
 
@@ -381,9 +342,9 @@ class RtpSenderTap:
     def _send_rtp(self, data: bytes) -> Awaitable[None]:
         # Not a coroutine: returning the transport's own awaitable saves a frame per packet.
         if 192 <= data[1] <= 208:  # RTCP (aiortc.rtp.is_rtcp)
-            return self._transport._send_rtp(data)
+            return seam.send_rtp(self._transport, data)
         data = self.take_audio(data)
-        return _DONE if data is None else self._transport._send_rtp(data)
+        return _DONE if data is None else seam.send_rtp(self._transport, data)
 
     def take_audio(self, data: bytes) -> bytes | None:
         """Account for one outgoing audio packet: the bytes to send (sequence shifted), or None.
@@ -432,12 +393,12 @@ class RtpSenderTap:
                            sequence_number=seq, timestamp=timestamp, ssrc=ssrc)
         packet.payload = event.pack()
         packet.extensions.mid = mid
-        data = packet.serialize(self._transport._rtp_header_extensions_map)
+        data = packet.serialize(seam.transport_header_extensions_map(self._transport))
         self._last_seq = seq
         if self._audio_seen:
             self._offset += 1
         self.event_packets += 1
-        await self._transport._send_rtp(data)
+        await seam.send_rtp(self._transport, data)
 
 
 class DtmfSender:
@@ -552,7 +513,7 @@ class DtmfSender:
             raise DtmfError("DTMF sender is closed")
         event = TelephoneEvent(event=code, end=end, volume=DEFAULT_VOLUME, duration=duration)
         try:
-            await self.tap.send_event(ssrc=sender._ssrc, payload_type=pt, timestamp=ts, marker=marker,
+            await self.tap.send_event(ssrc=seam.sender_ssrc(sender), payload_type=pt, timestamp=ts, marker=marker,
                                       event=event, mid=self.mid)
         except ConnectionError as exc:
             raise DtmfError(f"telephone-event not sent: {exc}") from exc

@@ -28,20 +28,22 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpsender import RTCRtpSender
 from pyee.asyncio import AsyncIOEventEmitter
 
-from softphone.errors import DescriptionError, MediaError
+from softphone.errors import AiortcCompatibilityError, DescriptionError, MediaError
 from softphone.events import DtmfEvent
 from softphone.log import get_logger
+from softphone.media import aiortc_seam as seam
 from softphone.media import sdp as sdpmod
 from softphone.media.config import MediaConfig
+from softphone.media.counting_receiver import install_counting_receiver
 from softphone.media.dtmf import DtmfReceiver, DtmfSender, validate_tones
-from softphone.media.fastpath import enable_fastpath
-from softphone.media.lean import PreEncodedAudioTrack, install_counting_receiver
+from softphone.media.lean_sender import install_lean_sender
 from softphone.media.peer import (
     add_audio_transceiver,
     check_answer_setup,
     create_peer_connection,
     set_local_description,
 )
+from softphone.media.pre_encoded_track import PreEncodedAudioTrack
 from softphone.media.sdp import Direction
 from softphone.media.stats import CallQuality, collect
 from softphone.sip.description_handler import Body, DescriptionOptions, SessionDescriptionHandler
@@ -74,17 +76,24 @@ class WebRtcDescriptionHandler(SessionDescriptionHandler, AsyncIOEventEmitter):
         self.sinks = list(sinks)
         self.source = source
         self.state = NegotiationState.NEW
+        # The fast path when the installed aiortc is the tested one (config.fast_path).
+        self.fast_path = seam.fast_path_enabled(self.config.fast_path)
+        options = self.config.fast_path_options
         self.pc = create_peer_connection(self.config)
-        # SRTP straight from the datagram callback once connected (no queue/task hop).
-        enable_fastpath(self.pc)
+        if self.fast_path:
+            # SRTP straight from the datagram callback once connected (no queue/task hop).
+            seam.install_fast_path(self.pc, light_parse=options.light_parse)
         self.transceiver = add_audio_transceiver(self.pc, self.config, source)
         self.sender = self.transceiver.sender
         self.receiver = self.transceiver.receiver
-        # Counts RTP on every call and decodes only when asked (before the RFC 4733
-        # hook below, which captures the receiver's packet handler).
-        install_counting_receiver(self.receiver, decode=self.decode)
+        if self.fast_path:
+            # Counts RTP on every call and decodes only when asked (before the RFC 4733
+            # hook below, which captures the receiver's packet handler).
+            install_counting_receiver(self.receiver, decode=self.decode)
         if isinstance(source, PreEncodedAudioTrack):
             source.bind(self.transceiver)  # sends in whatever codec gets negotiated
+            if self.fast_path and options.lean_sender:
+                install_lean_sender(self.transceiver, spread=options.spread)
         self.remote_track: MediaStreamTrack | None = None
         self.local_sdp: str | None = None
         self.remote_sdp: str | None = None
@@ -102,8 +111,13 @@ class WebRtcDescriptionHandler(SessionDescriptionHandler, AsyncIOEventEmitter):
         self._dtmf_sender: DtmfSender | None = None
         self._dtmf_receiver: DtmfReceiver | None = None
         if self.config.telephone_event:
-            self._dtmf_sender = DtmfSender(self.sender)
-            self._dtmf_receiver = DtmfReceiver(self.receiver, self._on_dtmf, self.config.dtmf_flush_timeout)
+            try:
+                seam.check_rfc4733()
+            except AiortcCompatibilityError as exc:
+                log.warning("%s: RFC 4733 is not offered, DTMF goes by SIP INFO", exc)
+            else:
+                self._dtmf_sender = DtmfSender(self.sender)
+                self._dtmf_receiver = DtmfReceiver(self.receiver, self._on_dtmf, self.config.dtmf_flush_timeout)
         self.pc.on("track", self._on_track)
         self.pc.on("iceconnectionstatechange", self._on_ice_state)
         self.pc.on("connectionstatechange", self._on_connection_state)
@@ -194,7 +208,7 @@ class WebRtcDescriptionHandler(SessionDescriptionHandler, AsyncIOEventEmitter):
         if previous is None:
             self._move(NegotiationState.NEW)
             return
-        role = self.receiver.transport._role
+        role = seam.dtls_role(self.receiver.transport)
         text = sdpmod.set_setup_attribute(previous, "passive" if role == "client" else "active")
         await self._aiortc("rollback", self.pc.setRemoteDescription(RTCSessionDescription(text, "answer")))
         self._move(NegotiationState.STABLE)
@@ -284,15 +298,14 @@ class WebRtcDescriptionHandler(SessionDescriptionHandler, AsyncIOEventEmitter):
             raise MediaError("replace_source: the sender stopped when its previous source ended; "
                              "aiortc cannot restart it (use sources that stay live)")
         if isinstance(track, PreEncodedAudioTrack):
-            track.bind(self.transceiver)
+            track.bind(self.transceiver)  # a lean sender installed at the start sends it from the slot scheduler
         self.sender.replaceTrack(track)
         self.source = track
 
     @property
     def sending_stopped(self) -> bool:
         """True once aiortc's RTP send loop has exited (its source ended or the call closed)."""
-        task = getattr(self.sender, "_RTCRtpSender__rtp_task", None)
-        return task is not None and task.done()
+        return seam.sender_loop_finished(self.sender)
 
     async def stats(self) -> CallQuality:
         self._check_open()
@@ -332,7 +345,7 @@ class WebRtcDescriptionHandler(SessionDescriptionHandler, AsyncIOEventEmitter):
         return Direction.INACTIVE if far_not_sending else Direction.SENDONLY
 
     def _audio_clock_rate(self) -> int:
-        codecs = self.transceiver._codecs
+        codecs = seam.negotiated_codecs(self.transceiver)
         return codecs[0].clockRate if codecs else 8000
 
     def _configure_dtmf(self) -> None:
@@ -355,7 +368,7 @@ class WebRtcDescriptionHandler(SessionDescriptionHandler, AsyncIOEventEmitter):
         re-offers list just that codec and a re-offer without it fails
         (DescriptionError -> 488) instead of leaving both ends on different codecs.
         """
-        codecs = self.transceiver._codecs
+        codecs = seam.negotiated_codecs(self.transceiver)
         if not codecs:
             return
         used = codecs[0]
@@ -371,8 +384,9 @@ class WebRtcDescriptionHandler(SessionDescriptionHandler, AsyncIOEventEmitter):
         self.emit("track", track)
         if self.sinks and self.decode:
             self._sink_task = asyncio.ensure_future(self._start_sinks(track))
-        elif self.decode:
-            # Decoded frames queue up in the track until read: drain them when nobody listens.
+        elif self.decode or not self.fast_path:
+            # Decoded frames queue up in the track until read: drain them when nobody listens
+            # (stock aiortc always decodes).
             self._drain_task = asyncio.ensure_future(self._drain(track))
 
     async def _start_sinks(self, track: MediaStreamTrack) -> None:

@@ -1,14 +1,14 @@
-"""A lean RTP sender for pre-encoded tracks: one shared timer drives every sender of a loop.
+"""The lean RTP sender for pre-encoded tracks, driven by the loop's 2 ms slot scheduler.
 
 aiortc 1.16 runs a ``_run_rtp`` task per ``RTCRtpSender``: every 20 ms it wakes
 the task, awaits ``track.recv()``, calls ``encoder.pack()``, converts time bases,
 builds an ``RtpPacket`` and its header extensions through ``HeaderExtensionsMap``,
 serialises it and awaits the transport.  At 150 peer connections that is about
-a third of a core.  For a :class:`~softphone.media.lean.PreEncodedAudioTrack` none
-of it is needed, so :func:`install_lean_sender` replaces the sender's ``_run_rtp``
-with a task that only parks itself while :class:`LeanSendDriver` (one per event
-loop, one timer per 2 ms slot shared by all senders due in it) sends each due
-packet synchronously:
+a third of a core.  For a :class:`~softphone.media.pre_encoded_track.PreEncodedAudioTrack`
+none of it is needed, so :func:`install_lean_sender` replaces the sender's loop
+(through :mod:`softphone.media.aiortc_seam`) with a task that only parks itself
+while :class:`~softphone.media.slot_scheduler.SlotScheduler` calls
+:meth:`LeanRtpSender.tick` for each due packet:
 
 * the header is ``struct.pack`` of the fixed 12 bytes plus a per-sender template of
   the header extensions aiortc negotiates for audio (mid and abs-send-time; the
@@ -16,86 +16,67 @@ packet synchronously:
   ``RtpPacket.serialize`` produces, marker set on every packet as aiortc does);
 * the packet passes the RFC 4733 tap of :mod:`softphone.media.dtmf` when DTMF was
   negotiated (it shifts sequence numbers and holds audio back while a digit
-  plays), then :func:`~softphone.media.fastpath.send_rtp_now` protects it and hands
-  it to the nominated socket or TURN channel without a coroutine; without the
-  fast send path, the transport's ``_send_rtp`` is stepped by hand and any rest
-  runs in a task;
+  plays), then is protected and handed to the nominated socket or TURN channel
+  without a coroutine (:func:`~softphone.media.aiortc_seam.send_rtp_packet`);
+* the last :attr:`LeanRtpSender.HISTORY` packets sent are kept (as they went on
+  the wire, after the tap) and an RTCP NACK from the far end is answered by
+  sending them again, as aiortc's ``_retransmit`` does from its ``__rtp_history``;
 * the sender's RTCP counters (packets, octets, last RTP/NTP timestamps) are kept
   as aiortc keeps them, so sender reports, RTT and ``getStats()`` are unchanged;
 * a new stream starts in a slot of the next 20 ms with room, else the least busy
-  one (:meth:`LeanSendDriver.start_phase`), so calls set up together do not all
-  send, and all receive, in the same 2 ms every frame.
+  one (:meth:`~softphone.media.slot_scheduler.SlotScheduler.start_phase`), so calls
+  set up together do not all send, and all receive, in the same 2 ms every frame.
 
-Unlike stock aiortc it sends nothing while the transceiver's negotiated direction
-excludes sending (hold to inactive) or the sender is disabled; the timestamps keep
-running like a live source.  A track replaced by a non-pre-encoded one is sent
-through aiortc's encoder as ``_run_rtp`` would, in the same sequence space.  ``SOFTPHONE_LEAN_SENDER=0`` or
-:func:`set_lean_sender_enabled` turns the path off for A/B measurements.
+Compared line by line with aiortc 1.16's ``RTCRtpSender._run_rtp`` (and
+``_retransmit``), what this copy does differently or lacks:
+
+* it sends nothing while the transceiver's negotiated direction excludes sending
+  (hold to inactive/recvonly) as well as while aiortc has the sender disabled;
+  timestamps keep running like a live source (aiortc sends while enabled);
+* late frames: frames more than ``PreEncodedAudioTrack.MAX_LAG`` behind are
+  skipped (timestamps jump, no sequence gap), a packet goes out up to one 2 ms
+  slot after its due time; aiortc sends every frame its track yields;
+* the NTP time of the last packet (sender reports) is read once, before the send,
+  for both abs-send-time and the report; aiortc reads the clock again after the send;
+* no audio-level header extension (aiortc writes none for pre-encoded data either);
+* no RTX: a NACKed packet is resent as it was (aiortc wraps it in RTX only when
+  RTX was negotiated, which aiortc never does for audio); telephone-event packets
+  are not kept for retransmission (aiortc's loop never sees them either);
+* REMB is not applied (there is no encoder whose bitrate it could set);
+* no per-packet debug log line.
+
+A track replaced by a non-pre-encoded one is sent through aiortc's encoder as
+``_run_rtp`` would, in the same sequence space.  Whether the lean sender is used
+at all is ``MediaConfig.fast_path`` and ``FastPathOptions.lean_sender``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-import math
-import os
 import struct
 import time
 import weakref
 from typing import Any
 
-import aiortc
 from aiortc import RTCRtpTransceiver
-from aiortc import clock as aiortc_clock
 from aiortc.mediastreams import MediaStreamError
-from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtcrtpsender import RTCRtpSender, random_sequence_number
-from aiortc.rtp import HeaderExtensions, RtpPacket
+from aiortc.rtp import RtpPacket
 from aiortc.utils import random32
 
-from softphone.errors import AiortcCompatibilityError
 from softphone.log import get_logger
+from softphone.media import aiortc_seam as seam
 from softphone.media.dtmf import RtpSenderTap
-from softphone.media.fastpath import NTP_UNIX_OFFSET, send_rtp_now, step_awaitable
+from softphone.media.pre_encoded_track import PreEncodedAudioTrack
+from softphone.media.slot_scheduler import SlotScheduler, slot_scheduler
 
 log = get_logger(__name__)
 
-TESTED_AIORTC = ((1, 16),)
-_SENDER_PRIVATE = (
-    "_RTCRtpSender__track", "_RTCRtpSender__mid", "_RTCRtpSender__rtp_header_extensions_map",
-    "_RTCRtpSender__rtp_started", "_RTCRtpSender__rtp_exited", "_RTCRtpSender__encoder",
-    "_RTCRtpSender__ntp_timestamp", "_RTCRtpSender__rtp_timestamp",
-    "_RTCRtpSender__octet_count", "_RTCRtpSender__packet_count", "_ssrc", "_enabled",
-)
 _SENDING = (None, "sendonly", "sendrecv")
 _HEADER = struct.Struct("!BBHII")
 _ABS_PROBE = 0xA5C3E1
-
-_enabled = os.environ.get("SOFTPHONE_LEAN_SENDER", "1").strip().lower() not in ("0", "false", "no", "off")
-
-
-def lean_sender_enabled() -> bool:
-    return _enabled
-
-
-def set_lean_sender_enabled(enabled: bool) -> None:
-    """Switch the lean sender on or off for senders installed from now on (A/B runs)."""
-    global _enabled
-    _enabled = bool(enabled)
-
-
-def check_lean_sender_supported(sender: RTCRtpSender | None = None) -> None:
-    """Raise :class:`AiortcCompatibilityError` unless the sender hook fits this aiortc."""
-    version = tuple(int(x) for x in aiortc.__version__.split(".")[:2] if x.isdigit())
-    missing = [m for m in ("_run_rtp", "_run_rtcp", "send", "stop") if not hasattr(RTCRtpSender, m)]
-    if sender is not None:
-        missing += [a for a in _SENDER_PRIVATE if not hasattr(sender, a)]
-    if version not in TESTED_AIORTC or missing:
-        tested = ", ".join(".".join(map(str, v)) for v in TESTED_AIORTC)
-        raise AiortcCompatibilityError(
-            f"aiortc {aiortc.__version__}: the lean RTP sender is written for aiortc {tested}"
-            + (f"; missing {', '.join(missing)}" if missing else ""))
 
 
 def header_extension_template(sender: RTCRtpSender) -> tuple[bytes, bytes, bool]:
@@ -104,14 +85,7 @@ def header_extension_template(sender: RTCRtpSender) -> tuple[bytes, bytes, bool]
     Returns ``(head, tail, has_abs)``: the block is ``head + abs(3 bytes) + tail`` when
     ``has_abs``, else ``head`` (empty when no extension was negotiated).
     """
-    ext_map = sender._RTCRtpSender__rtp_header_extensions_map
-    mid = sender._RTCRtpSender__mid
-
-    def block(abs_send_time: int) -> bytes:
-        profile, value = ext_map.set(HeaderExtensions(mid=mid, abs_send_time=abs_send_time))
-        return struct.pack("!HH", profile, len(value) >> 2) + value if value else b""
-
-    zero, probe = block(0), block(_ABS_PROBE)
+    zero, probe = seam.header_extension_block(sender, 0), seam.header_extension_block(sender, _ABS_PROBE)
     if zero == probe:
         return zero, b"", False
     at = next(i for i in range(len(zero)) if zero[i] != probe[i])
@@ -127,32 +101,38 @@ class LeanState(enum.Enum):
 
 
 class LeanRtpSender:
-    """The per-sender RTP state the driver needs: sequence, timestamps, header template."""
+    """The per-sender RTP state: sequence, timestamps, header template, NACK history."""
+
+    #: Packets kept for NACK retransmission (aiortc keeps 128 too: RTP_HISTORY_SIZE).
+    HISTORY = 128
 
     def __init__(self, sender: RTCRtpSender, codec: RTCRtpCodecParameters,
-                 transceiver: RTCRtpTransceiver | None, done: asyncio.Future) -> None:
+                 transceiver: RTCRtpTransceiver | None, done: asyncio.Future, *, spread: bool = True) -> None:
         self.sender = sender
         self._transceiver = weakref.ref(transceiver) if transceiver is not None else None
         self.payload_type = codec.payloadType
-        self.ssrc = sender._ssrc
+        self.ssrc = seam.sender_ssrc(sender)
         self.sequence_number = random_sequence_number()
         self.timestamp_origin = random32()
         self.ext_head, self.ext_tail, self.has_abs = header_extension_template(sender)
         self.byte0 = 0x90 if self.ext_head else 0x80
         self.byte1 = 0x80 | self.payload_type  # aiortc marks the last payload of every frame
         self.done = done
+        self.spread = spread
         self.state = LeanState.WAITING
         self.track: Any = None
-        self._ts_shift = 0  # keeps timestamps continuous across replaceTrack
+        self._ts_shift: int | None = 0  # keeps timestamps continuous across replaceTrack
         self._last_rel: int | None = None
         self._preparing: asyncio.Task | None = None
         self._phased = False  # the track's clock was placed in a slot of its own choosing
+        self._history: list[bytes | None] = [None] * self.HISTORY
         self.packets = 0
         self.paused_frames = 0
-        self.slot: tuple[int, LeanSendDriver] | None = None  # where the driver holds us
+        self.retransmitted = 0
+        self.slot: tuple[int, SlotScheduler] | None = None  # where the scheduler holds us
 
     def _sending_allowed(self) -> bool:
-        if not self.sender._enabled:
+        if not seam.sender_enabled(self.sender):
             return False
         transceiver = self._transceiver() if self._transceiver is not None else None
         return transceiver is None or transceiver.currentDirection in _SENDING
@@ -167,15 +147,15 @@ class LeanRtpSender:
             else:
                 self.done.set_result(state)
 
-    def tick(self, driver: LeanSendDriver, now: float) -> float | None:
+    def fail(self, exc: BaseException) -> None:
+        self.finish(LeanState.STOPPED, exc)
+
+    def tick(self, scheduler: SlotScheduler, now: float) -> float | None:
         """Send what is due; the loop time of the next wake-up, or None to drop out."""
         if self.done.done():
             return None
-        sender = self.sender
-        track = sender._RTCRtpSender__track
+        track = seam.sender_track(self.sender)
         if track is not self.track:
-            from softphone.media.lean import PreEncodedAudioTrack  # not per packet: 3% of a core
-
             if track is not None and not isinstance(track, PreEncodedAudioTrack):
                 self.finish(LeanState.HANDED_BACK)
                 return None
@@ -185,14 +165,14 @@ class LeanRtpSender:
             if self._last_rel is not None:
                 self._ts_shift = None  # set from the new track's first pts
         if track is None:
-            return now + driver.FRAME  # like aiortc: idle until a track is set
-        if track._audio is None:
+            return now + scheduler.FRAME  # like aiortc: idle until a track is set
+        if track.audio is None:
             if self._preparing is None or self._preparing.done():
-                self._preparing = asyncio.ensure_future(self._prepare(driver, track))
+                self._preparing = asyncio.ensure_future(self._prepare(scheduler, track))
             return None  # _prepare() schedules us again
-        if not self._phased and driver.spread:
+        if not self._phased and self.spread:
             self._phased = True
-            start = driver.start_phase(now)
+            start = scheduler.start_phase(now)
             if track.align_start(start) and start > now:
                 return start  # the first packet goes out in the chosen slot
         try:
@@ -202,7 +182,7 @@ class LeanRtpSender:
             return None
         self.state = LeanState.SENDING
         if self._ts_shift is None:
-            self._ts_shift = self._last_rel + driver.ticks_of(track) - pts
+            self._ts_shift = self._last_rel + track.audio.codec.frame_ticks - pts
         rel = (pts + self._ts_shift) & 0xFFFFFFFF
         self._last_rel = rel
         if self._sending_allowed():
@@ -226,7 +206,7 @@ class LeanRtpSender:
     def _send(self, payload: bytes, timestamp: int) -> None:
         t = time.time()
         sec = int(t)
-        ntp = ((sec + NTP_UNIX_OFFSET) << 32) | ((int((t - sec) * 1_000_000) << 32) // 1_000_000)
+        ntp = ((sec + seam.NTP_UNIX_OFFSET) << 32) | ((int((t - sec) * 1_000_000) << 32) // 1_000_000)
         data = self.build(payload, timestamp, ntp)
         sender = self.sender
         transport = sender.transport
@@ -234,126 +214,35 @@ class LeanRtpSender:
             data = transport.take_audio(data)  # None: held back while a digit plays
             transport = transport.wrapped
         if data is not None:  # held-back audio is still counted below, as aiortc's sender counts it
-            if type(transport) is RTCDtlsTransport:
-                send_rtp_now(transport, data)
-            else:  # something else standing in for the transport
-                step_awaitable(transport._send_rtp(data))
-        sender._RTCRtpSender__ntp_timestamp = ntp
-        sender._RTCRtpSender__rtp_timestamp = timestamp
-        sender._RTCRtpSender__octet_count += len(payload)
-        sender._RTCRtpSender__packet_count += 1
+            self._history[((data[2] << 8) | data[3]) % self.HISTORY] = data
+            seam.send_rtp_packet(transport, data)
+        seam.record_sent(sender, ntp, timestamp, len(payload))
         self.sequence_number = (self.sequence_number + 1) & 0xFFFF
         self.packets += 1
 
-    async def _prepare(self, driver: LeanSendDriver, track: Any) -> None:
+    async def retransmit(self, sequence_number: int) -> None:
+        """Send again the packet with this (wire) sequence number, if still kept (RTCP NACK)."""
+        data = self._history[sequence_number % self.HISTORY]
+        if data is None or ((data[2] << 8) | data[3]) != sequence_number:
+            return
+        transport = self.sender.transport
+        if type(transport) is RtpSenderTap:
+            transport = transport.wrapped  # already shifted: not through the tap again
+        try:
+            seam.send_rtp_packet(transport, data)
+        except ConnectionError as exc:
+            log.debug("x retransmission of %d not sent: %s", sequence_number, exc)
+            return
+        self.retransmitted += 1
+
+    async def _prepare(self, scheduler: SlotScheduler, track: PreEncodedAudioTrack) -> None:
         try:
             await track.prepare()
         except Exception as exc:  # the sender ends, as aiortc's would
             self.finish(LeanState.STOPPED, exc)
             return
         if not self.done.done():
-            driver.schedule(self, asyncio.get_running_loop().time())
-
-
-class LeanSendDriver:
-    """One timer per 2 ms slot wakes every lean sender of one event loop due in it."""
-
-    SLOT = 0.002
-    FRAME = 0.02
-    #: Start new streams in a slot of the driver's choosing (False: at once, for A/B runs).
-    spread = True
-    #: Streams per slot before new ones open another slot.  Sharing a slot saves
-    #: wake-ups (each costs about as much as a few packets on a VM); past this many,
-    #: a slot's burst of sends and receives starts to show as event-loop lag.
-    BATCH = 16
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._slots: dict[int, list[LeanRtpSender]] = {}
-        self._firing: tuple[int, list[LeanRtpSender]] | None = None
-        self._firing_done = 0
-
-    def start_phase(self, now: float) -> float:
-        """When a new stream should send its first packet: a slot of the next frame.
-
-        Tracks prepared together (calls set up in a batch, every track waiting on
-        the same encoding) would otherwise share one 2 ms slot for the whole call:
-        at 150 peer connections up to 95 of them did, a burst of sends and receives
-        every 20 ms that showed as event-loop lag.  A new stream joins the busiest
-        slot with fewer than :attr:`BATCH` streams, else the least busy one, so a few
-        calls share one wake-up and many are spread evenly.  Streams already
-        running keep their phase; the first packet waits at most one frame.  The
-        time returned is the middle of the slot, so rounding cannot push it into
-        the next one.
-        """
-        per_frame = round(self.FRAME / self.SLOT)
-        load = [0] * per_frame
-        for key, senders in self._slots.items():
-            load[key % per_frame] += len(senders)
-        if self._firing is not None:  # the rest of the slot being fired stays in its phase
-            key, senders = self._firing
-            load[key % per_frame] += len(senders) - self._firing_done
-        first = math.ceil(now / self.SLOT)
-        phases = [(first + i) % per_frame for i in range(per_frame)]
-        filling = [i for i, p in enumerate(phases) if 0 < load[p] < self.BATCH]
-        if filling:  # join the busiest slot that still has room: fewer wake-ups
-            best = max(filling, key=lambda i: (load[phases[i]], -i))
-        else:
-            best = min(range(per_frame), key=lambda i: (load[phases[i]], i))
-        return (first + best) * self.SLOT - self.SLOT / 2
-
-    @staticmethod
-    def ticks_of(track: Any) -> int:
-        return track._audio.codec.frame_ticks
-
-    def schedule(self, lean: LeanRtpSender, due: float) -> None:
-        key = math.ceil(due / self.SLOT)
-        senders = self._slots.get(key)
-        if senders is None:
-            senders = self._slots[key] = []
-            self._loop.call_at(key * self.SLOT, self._fire, key)
-        senders.append(lean)
-        lean.slot = (key, self)
-
-    def discard(self, key: int, lean: LeanRtpSender) -> None:
-        senders = self._slots.get(key)
-        if senders is not None and lean in senders:
-            senders.remove(lean)
-        lean.slot = None
-
-    def _fire(self, key: int) -> None:
-        now = self._loop.time()
-        senders = self._slots.pop(key, [])
-        self._firing = (key, senders)
-        try:
-            for done, lean in enumerate(senders, 1):
-                self._firing_done = done
-                lean.slot = None
-                try:
-                    due = lean.tick(self, now)
-                except Exception as exc:  # one broken sender must not silence the others
-                    log.exception("lean RTP sender failed")
-                    lean.finish(LeanState.STOPPED, exc)
-                    continue
-                if due is not None:
-                    self.schedule(lean, due)
-        finally:
-            self._firing = None
-
-    @property
-    def scheduled(self) -> int:
-        return sum(len(s) for s in self._slots.values())
-
-
-_drivers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LeanSendDriver] = weakref.WeakKeyDictionary()
-
-
-def send_driver(loop: asyncio.AbstractEventLoop | None = None) -> LeanSendDriver:
-    loop = loop or asyncio.get_running_loop()
-    driver = _drivers.get(loop)
-    if driver is None:
-        driver = _drivers[loop] = LeanSendDriver(loop)
-    return driver
+            scheduler.schedule(self, asyncio.get_running_loop().time())
 
 
 def lean_sender_of(sender: RTCRtpSender) -> LeanRtpSender | None:
@@ -361,37 +250,37 @@ def lean_sender_of(sender: RTCRtpSender) -> LeanRtpSender | None:
     return sender.__dict__.get("_softphone_lean")
 
 
-def install_lean_sender(transceiver: RTCRtpTransceiver) -> bool:
-    """Make ``transceiver.sender`` send pre-encoded tracks through :class:`LeanSendDriver`.
+def install_lean_sender(transceiver: RTCRtpTransceiver, *, spread: bool = True) -> bool:
+    """Make ``transceiver.sender`` send pre-encoded tracks from the slot scheduler.
 
-    Must precede negotiation (aiortc starts ``_run_rtp`` when the description that
+    Must precede negotiation (aiortc starts its loop when the description that
     starts media is applied); returns False when it is too late.  Idempotent.
+    The caller has decided the fast path is on (``aiortc_seam.fast_path_enabled``).
     """
     sender = transceiver.sender
-    if "_run_rtp" in sender.__dict__:
-        return True
-    check_lean_sender_supported(sender)
-    if sender._RTCRtpSender__rtp_task is not None:
-        return False
     transceiver_ref = weakref.ref(transceiver)
 
     async def run_rtp(codec: RTCRtpCodecParameters) -> None:
-        await _run_lean(sender, codec, transceiver_ref())
+        await _run_lean(sender, codec, transceiver_ref(), spread)
 
-    sender._run_rtp = run_rtp
-    return True
+    async def retransmit(sequence_number: int) -> None:
+        lean = lean_sender_of(sender)
+        if lean is not None:
+            await lean.retransmit(sequence_number)
+
+    return seam.replace_sender_loop(sender, run_rtp, retransmit)
 
 
 async def _run_lean(sender: RTCRtpSender, codec: RTCRtpCodecParameters,
-                    transceiver: RTCRtpTransceiver | None) -> None:
+                    transceiver: RTCRtpTransceiver | None, spread: bool) -> None:
     """Stands in for ``RTCRtpSender._run_rtp`` (same start/exit events and track handling)."""
-    sender._RTCRtpSender__rtp_started.set()
+    seam.sender_loop_started_event(sender)
     loop = asyncio.get_running_loop()
-    lean = LeanRtpSender(sender, codec, transceiver, loop.create_future())
+    lean = LeanRtpSender(sender, codec, transceiver, loop.create_future(), spread=spread)
     sender.__dict__["_softphone_lean"] = lean
     try:
         while True:
-            send_driver(loop).schedule(lean, loop.time())
+            slot_scheduler(loop).schedule(lean, loop.time())
             if await lean.done is not LeanState.HANDED_BACK:
                 break
             log.debug("track is not pre-encoded: frames go through aiortc's encoder")
@@ -407,12 +296,7 @@ async def _run_lean(sender: RTCRtpSender, codec: RTCRtpCodecParameters,
         if lean._preparing is not None:
             lean._preparing.cancel()
         sender.__dict__.pop("_softphone_lean", None)
-    track = sender._RTCRtpSender__track
-    if track is not None:
-        track.stop()
-        sender._RTCRtpSender__track = None
-    sender._RTCRtpSender__encoder = None
-    sender._RTCRtpSender__rtp_exited.set()
+    seam.sender_loop_exited(sender)
 
 
 async def _send_encoded_frames(lean: LeanRtpSender, codec: RTCRtpCodecParameters) -> None:
@@ -422,20 +306,19 @@ async def _send_encoded_frames(lean: LeanRtpSender, codec: RTCRtpCodecParameters
     the same SSRC, which SRTP's replay check rejects.  Returns when a pre-encoded
     track is back.
     """
-    from softphone.media.lean import PreEncodedAudioTrack
-
     sender = lean.sender
-    ext_map = sender._RTCRtpSender__rtp_header_extensions_map
+    ext_map = seam.sender_header_extensions_map(sender)
+    mid = seam.sender_mid(sender)
     ticks = int(codec.clockRate * 0.02)
     shift: int | None = None
     while True:
-        track = sender._RTCRtpSender__track
+        track = seam.sender_track(sender)
         if isinstance(track, PreEncodedAudioTrack):
             return
         if track is None:
             await asyncio.sleep(0.02)
             continue
-        frame = await sender._next_encoded_frame(codec)
+        frame = await seam.next_encoded_frame(sender, codec)
         if frame is None:
             continue
         if shift is None:
@@ -452,15 +335,12 @@ async def _send_encoded_frames(lean: LeanRtpSender, codec: RTCRtpCodecParameters
                                timestamp=timestamp, ssrc=lean.ssrc)
             packet.payload = payload
             packet.marker = 1 if i == len(frame.payloads) - 1 else 0
-            ntp = aiortc_clock.current_ntp_time()
+            ntp = seam.current_ntp_time()
             packet.extensions.abs_send_time = (ntp >> 14) & 0x00FFFFFF
-            packet.extensions.mid = sender._RTCRtpSender__mid
+            packet.extensions.mid = mid
             if frame.audio_level is not None:
                 packet.extensions.audio_level = (False, -frame.audio_level)
-            await sender.transport._send_rtp(packet.serialize(ext_map))
-            sender._RTCRtpSender__ntp_timestamp = ntp
-            sender._RTCRtpSender__rtp_timestamp = timestamp
-            sender._RTCRtpSender__octet_count += len(payload)
-            sender._RTCRtpSender__packet_count += 1
+            await seam.send_rtp(sender.transport, packet.serialize(ext_map))
+            seam.record_sent(sender, ntp, timestamp, len(payload))
             lean.sequence_number = (lean.sequence_number + 1) & 0xFFFF
             lean.packets += 1

@@ -16,53 +16,26 @@ munging is needed; :func:`check_answer_setup` guards it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 
 from aiortc import RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
-from aiortc.rtcicetransport import RTCIceGatherer
-from aiortc.rtcrtpparameters import RTCRtpCodecCapability
-from aiortc.rtcrtpsender import RTCRtpSender
 
-from softphone.errors import DescriptionError, IceGatheringError, MediaError
+from softphone.errors import DescriptionError, IceGatheringError
 from softphone.log import get_logger
+from softphone.media import aiortc_seam as seam
+from softphone.media.codecs import codec_capabilities
 from softphone.media.config import MediaConfig
 from softphone.media.sdp import Direction, candidate_types, keep_extension_ids
 
 log = get_logger(__name__)
 
-#: aiortc's own fallback (``stun:stun.l.google.com:19302``), kept for tests that show it is gone.
-AIORTC_DEFAULT_ICE_SERVERS = RTCIceGatherer.getDefaultIceServers
-
-
-def _no_default_ice_servers(cls) -> list:
-    return []
-
-
-def forbid_default_stun() -> None:
-    """Defence in depth: make aiortc's "no iceServers given" fallback an empty list.
-
-    Our peer connections always pass an explicit list; this also covers any
-    other ``RTCPeerConnection()`` in the process (tests, the lab, libraries),
-    which would otherwise resolve and query Google's public STUN server.
-    Applied when this module is imported.
-    """
-    RTCIceGatherer.getDefaultIceServers = classmethod(_no_default_ice_servers)  # type: ignore[method-assign]
-
-
-forbid_default_stun()
-
-
-def codec_capabilities(names: tuple[str, ...] | list[str]) -> list[RTCRtpCodecCapability]:
-    """aiortc capabilities for codec names, in the given order."""
-    available = RTCRtpSender.getCapabilities("audio").codecs
-    out = []
-    for name in names:
-        match = [c for c in available if c.mimeType.split("/", 1)[1].lower() == name.lower()]
-        if not match:
-            raise MediaError(f"codecs: {name!r} is not an aiortc audio codec")
-        out.extend(match)
-    return out
+__all__ = [
+    "CandidatePair", "add_audio_transceiver", "check_answer_setup", "codec_capabilities",
+    "create_peer_connection", "ice_connection_kwargs", "release_peer_connection", "selected_candidate_pair",
+    "set_local_description", "transceiver_direction",
+]
 
 
 def create_peer_connection(config: MediaConfig) -> RTCPeerConnection:
@@ -76,12 +49,12 @@ def create_peer_connection(config: MediaConfig) -> RTCPeerConnection:
 def add_audio_transceiver(pc: RTCPeerConnection, config: MediaConfig,
                           source: MediaStreamTrack | None = None) -> RTCRtpTransceiver:
     """One sendrecv audio transceiver with the configured codec preference."""
-    transceiver = pc.addTransceiver(source if source is not None else "audio", direction="sendrecv")
+    with seam.no_default_stun():  # the ICE gatherer is created here: never a public STUN fallback
+        transceiver = pc.addTransceiver(source if source is not None else "audio", direction="sendrecv")
     transceiver.setCodecPreferences(codec_capabilities(config.codecs))
     context = config.ice.turn_tls_context()
     if context is not None:
-        # aiortc only passes ssl=True for turns:; aioice hands turn_ssl to create_connection().
-        transceiver.receiver.transport.transport._connection.turn_ssl = context
+        seam.set_turn_tls_context(transceiver, context)
     return transceiver
 
 
@@ -147,9 +120,7 @@ class CandidatePair:
 def selected_candidate_pair(pc: RTCPeerConnection) -> CandidatePair | None:
     """The nominated pair of the audio transport, or None before ICE completes."""
     for transceiver in pc.getTransceivers():
-        connection = transceiver.receiver.transport.transport._connection
-        nominated = getattr(connection, "_nominated", {})
-        pair = nominated.get(1)
+        pair = seam.nominated_pair(transceiver)
         if pair is not None:
             return CandidatePair(
                 local_type=pair.local_candidate.type,
@@ -163,13 +134,29 @@ def selected_candidate_pair(pc: RTCPeerConnection) -> CandidatePair | None:
 
 def ice_connection_kwargs(pc: RTCPeerConnection) -> dict:
     """What aioice was configured with (for checks that no public STUN is used)."""
-    out: dict = {}
     for transceiver in pc.getTransceivers():
-        connection = transceiver.receiver.transport.transport._connection
-        out = {
-            "stun_server": connection.stun_server,
-            "turn_server": connection.turn_server,
-            "transport_policy": getattr(connection, "_transport_policy", None),
-        }
-        break
-    return out
+        return seam.ice_connection_settings(transceiver)
+    return {}
+
+
+async def release_peer_connection(pc: RTCPeerConnection, *, timeout: float = 5.0) -> None:
+    """Close ``pc`` and let go of everything the call allocated.
+
+    ``pc.close()`` stops transceivers and transports and removes its own
+    listeners, but leaves frames a decoding receiver queued for a remote track
+    nobody read (unbounded: the biggest leak in practice), and our tracks bound.
+    Safe to call twice.
+    """
+    transceivers = pc.getTransceivers()
+    for transceiver in transceivers:
+        track = transceiver.sender.track
+        if track is not None:
+            track.stop()
+    try:
+        await asyncio.wait_for(pc.close(), timeout)
+    except TimeoutError:
+        log.warning("peer connection did not close within %.1f s; dropping it anyway", timeout)
+    for transceiver in transceivers:
+        seam.end_remote_track(transceiver.receiver.track)
+        with contextlib.suppress(Exception):
+            transceiver.sender.replaceTrack(None)

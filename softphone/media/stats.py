@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from aiortc import RTCPeerConnection
 
 from softphone.log import get_logger
+from softphone.media.aiortc_seam import negotiated_codecs
 
 log = get_logger(__name__)
 
@@ -115,8 +116,9 @@ async def collect(pc: RTCPeerConnection) -> CallQuality:
     """Read ``pc.getStats()`` into a :class:`CallQuality`."""
     codec_name, clock_rate = None, None
     for transceiver in pc.getTransceivers():
-        if transceiver.kind == "audio" and transceiver._codecs:
-            codec = transceiver._codecs[0]
+        codecs = negotiated_codecs(transceiver)
+        if transceiver.kind == "audio" and codecs:
+            codec = codecs[0]
             codec_name, clock_rate = codec.mimeType.split("/", 1)[1], codec.clockRate
             break
     report = await pc.getStats()
