@@ -66,6 +66,9 @@ class DemoOptions:
     turn: bool | None = None
     step_timeout: float = 10.0
     echo: Callable[[str], None] = print
+    customer_number: str = CUSTOMER_NUMBER
+    """The number dialled; the lab's customer table answers only :data:`CUSTOMER_NUMBER` (others get
+    the lab's defaults, e.g. ``*486`` busy)."""
 
 
 class Milestones:
@@ -185,25 +188,34 @@ async def run_demo(options: DemoOptions) -> int:
 
 
 async def _flow(runner: StepRunner, options: DemoOptions, meters: dict[str, Any]) -> None:
+    from softphone.errors import LabError
     from softphone.lab.server import start_lab
 
     installed = shutil_which("turnserver") is not None
     turn = installed if options.turn is None else options.turn
-    why_not = "--no-turn" if options.turn is False else "coturn not installed" if not installed else \
-        "coturn did not start"
+    why_not = ["--no-turn" if options.turn is False else "coturn not installed"]
+
+    async def open_lab() -> Any:
+        common = {"customers": demo_customers(), "prompt": f"tone:{PROMPT_HZ:g}"}
+        if turn:
+            try:  # both ends relay only: every packet through coturn on loopback
+                return await start_lab(turn=True, relay_only=True, **common)
+            except LabError as exc:
+                if "needs TURN" not in str(exc):
+                    raise
+                why_not[0] = "coturn did not start"
+        return await start_lab(turn=False, **common)
 
     def detail(server: Any) -> str:
-        return _lab_detail(server, why_not)
+        return _lab_detail(server, why_not[0])
 
-    server = await runner.step("lab", lambda: start_lab(turn=turn, customers=demo_customers(),
-                                                        prompt=f"tone:{PROMPT_HZ:g}"),
-                               timeout=max(options.step_timeout, 20.0), detail=detail)
+    server = await runner.step("lab", open_lab, timeout=max(options.step_timeout, 20.0), detail=detail)
     runner.fact("lab", detail(server))
     try:
         async with contextlib.AsyncExitStack() as stack:
             if server.turn is None:
                 stack.enter_context(_loopback_candidates())
-            await _agent_flow(runner, server, meters)
+            await _agent_flow(runner, server, meters, options)
     finally:
         await server.close()
 
@@ -232,7 +244,7 @@ def _lab_detail(server: Any, why_not: str) -> str:
     return f"{server.url}, SIP {server.sip_wss_url or server.sip_ws_url}, SQLite in memory, {turn}"
 
 
-async def _agent_flow(runner: StepRunner, server: Any, meters: dict[str, Any]) -> None:
+async def _agent_flow(runner: StepRunner, server: Any, meters: dict[str, Any], options: DemoOptions) -> None:
     from softphone import Agent, load_params
     from softphone.media.config import IceConfig, MediaConfig
 
@@ -286,7 +298,7 @@ async def _agent_flow(runner: StepRunner, server: Any, meters: dict[str, Any]) -
         bridge.add_listener("demo-meter", lab_ear.write)
         lab_digits: list[Any] = []
         bridge.handler.on("dtmf", lab_digits.append)
-        await _call_flow(runner, agent, call, server, lab_digits)
+        await _call_flow(runner, agent, call, server, lab_digits, options.customer_number)
     finally:
         stop = asyncio.get_running_loop().create_task(agent.stop("demo finished"))
         try:
@@ -314,14 +326,14 @@ async def _logged_out(marks: Milestones, server: Any) -> str:
     return f"User Logout API; the lab has user {event.user_id} logged out"
 
 
-async def _call_flow(runner: StepRunner, agent: Any, call: Any, server: Any, lab_digits: list[Any]) -> None:
-    tel = server.lab.telephony
+async def _call_flow(runner: StepRunner, agent: Any, call: Any, server: Any, lab_digits: list[Any],
+                     number: str) -> None:
     tone = await runner.step("prompt heard", lambda: call.wait_for_tone(PROMPT_HZ),
                              detail=lambda ev: f"{ev.freq:g} Hz at {_dbfs(ev.level_dbfs)} (the lab's prompt)")
     runner.fact("bridge call", f"prompt {tone.freq:g} Hz heard at {_dbfs(tone.level_dbfs)}")
 
-    placed = await runner.step("outbound call", lambda: _dial(agent, tel), detail=lambda pc:
-                               f"call_id {pc[0].call_id} to {CUSTOMER_NUMBER}: answered by the customer")
+    placed = await runner.step("outbound call", lambda: _dial(agent, server, number), detail=lambda pc:
+                               f"call_id {pc[0].call_id} to {number}: answered by the customer")
     platform_call, customer = placed
     call_id = platform_call.call_id
     heard = await runner.step("agent hears customer", lambda: call.wait_for_tone(CUSTOMER_HZ),
@@ -389,18 +401,21 @@ def _quiet(call: Any) -> float | None:
     return level if level < -50 else None
 
 
-async def _dial(agent: Any, tel: Any) -> tuple[Any, Any]:
-    placed = await agent.dial(CUSTOMER_NUMBER)
-
-    def answered() -> Any:
+async def _dial(agent: Any, server: Any, number: str) -> tuple[Any, Any]:
+    """Voice API call to ``number``; the lab's customer once it answered (fails as soon as the call ends)."""
+    placed = await agent.dial(number)
+    tel = server.lab.telephony
+    while True:
         lab_call = tel.calls.get(placed.call_id)
-        if lab_call is None or lab_call.winner is None or lab_call.winner.customer is None:
-            return None
-        customer = lab_call.winner.customer
-        return customer if customer.answered.is_set() else None
-
-    customer = await wait_until(answered, f"customer {CUSTOMER_NUMBER} answering", 8)
-    return placed, customer
+        if lab_call is None:  # the lab forgot it: the customer did not answer
+            record = await server.lab.store.call(placed.call_id)
+            code = getattr(record, "sip_code", None)
+            raise SoftphoneError(f"call_id {placed.call_id} to {number} ended before an answer"
+                                 + (f" (SIP {code})" if code else ""))
+        winner = lab_call.winner
+        if winner is not None and winner.customer is not None and winner.customer.answered.is_set():
+            return placed, winner.customer
+        await asyncio.sleep(0.05)
 
 
 def main(report: str | None = None, turn: bool | None = None, step_timeout: float = 10.0) -> int:
