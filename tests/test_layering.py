@@ -9,13 +9,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "softphone"
 
-BOTTOM = {"softphone", "softphone.errors", "softphone.log", "softphone.params"}
+BOTTOM = {"softphone", "softphone.errors", "softphone.log", "softphone.params", "softphone.events"}
 ALLOWED = {
     "bottom": BOTTOM,
     "sip": BOTTOM | {"softphone.sip"},
     "media": BOTTOM | {"softphone.sip", "softphone.media"},
     "platform": BOTTOM | {"softphone.platform"},
     "lab": BOTTOM | {"softphone.sip", "softphone.media", "softphone.platform", "softphone.lab"},
+    "agent": BOTTOM | {"softphone.sip", "softphone.media", "softphone.platform", "softphone.agent"},
 }
 FORBIDDEN_THIRD_PARTY = {"sip": {"aiortc", "av", "aioice", "numpy"}, "platform": {"aiortc", "av"}}
 
@@ -23,13 +24,27 @@ FORBIDDEN_THIRD_PARTY = {"sip": {"aiortc", "av", "aioice", "numpy"}, "platform":
 def _layer(path: Path) -> str | None:
     rel = path.relative_to(ROOT)
     if len(rel.parts) == 1:
-        return "bottom" if rel.stem in {"errors", "log", "params", "__init__"} else None
+        return "bottom" if rel.stem in {"errors", "log", "params", "events", "__init__"} else None
     return rel.parts[0]
+
+
+def _type_checking_only(tree: ast.AST) -> set[int]:
+    """ids of the nodes under ``if TYPE_CHECKING:`` (imports for type checkers, never run)."""
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            for child in node.body:
+                skip.update(id(n) for n in ast.walk(child))
+    return skip
 
 
 def _imports(path: Path) -> set[str]:
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    skip = _type_checking_only(tree)
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
