@@ -3,8 +3,10 @@
 Each test starts one Chromium whose fake microphone plays BROWSER_TONE; our
 UA (softphone.sip + WebRtcDescriptionHandlerFactory) sends OUR_TONE. The
 browser hears through a WebAudio AnalyserNode on the remote stream, we hear
-through a ToneDetector. Calls go through Kamailio (and coturn, relay-only on
-both sides, where the test says so); see tests/browser_support.py.
+through a ToneDetector. Calls go through a private Kamailio per test (no
+extension shared with other tests; a killed browser leaves its registration
+behind) and, where the test says so, through coturn relay-only on both sides;
+see tests/browser_support.py.
 """
 
 from __future__ import annotations
@@ -29,6 +31,13 @@ from browser_support import (
 from softphone.media.sdp import Direction, audio_direction
 
 pytestmark = [pytest.mark.peer, pytest.mark.browser]
+OURS, THEIRS = "1001", "1002"
+
+
+@pytest.fixture
+def kamailio(kamailio_factory):
+    """A private Kamailio with extensions 1001 (our UA) and 1002 (the browser)."""
+    return kamailio_factory(n_users=2)
 
 
 def dtmf_digit(*args: Any) -> str:
@@ -43,7 +52,7 @@ def dtmf_via(*args: Any) -> str:
 
 
 @contextlib.asynccontextmanager
-async def browser_calls_us(kamailio, chromium, *, coturn=None, ours="1011", theirs="1012"):
+async def browser_calls_us(kamailio, chromium, *, coturn=None, ours=OURS, theirs=THEIRS):
     """The browser's SIP.js calls our UA; yields (page, media, invitation) once both have media."""
     media = OurMedia(media_config(coturn))
     agent = media_user_agent(kamailio, ours, media)
@@ -64,7 +73,7 @@ async def browser_calls_us(kamailio, chromium, *, coturn=None, ours="1011", thei
 
 
 @contextlib.asynccontextmanager
-async def we_call_browser(kamailio, chromium, *, coturn=None, ours="1013", theirs="1014"):
+async def we_call_browser(kamailio, chromium, *, coturn=None, ours=OURS, theirs=THEIRS):
     """Our UA calls the browser (SIP.js auto-answers); yields (page, media, inviter)."""
     media = OurMedia(media_config(coturn))
     agent = media_user_agent(kamailio, ours, media)
@@ -129,14 +138,14 @@ async def test_we_call_browser_tones_both_ways(kamailio, chromium):
 
 async def test_relay_only_through_coturn_browser_calls_us(kamailio, chromium, coturn):
     """Both ends relay-only through coturn (browser iceTransportPolicy 'relay'); tones both ways."""
-    async with browser_calls_us(kamailio, chromium, coturn=coturn, ours="1015", theirs="1016") as (
+    async with browser_calls_us(kamailio, chromium, coturn=coturn) as (
             page, media, invitation):
         await check_relay_only(page, invitation)
         await check_tones_both_ways(page, media, invitation)
 
 
 async def test_relay_only_through_coturn_we_call_browser(kamailio, chromium, coturn):
-    async with we_call_browser(kamailio, chromium, coturn=coturn, ours="1017", theirs="1018") as (
+    async with we_call_browser(kamailio, chromium, coturn=coturn) as (
             page, media, inviter):
         await check_relay_only(page, inviter)
         await check_tones_both_ways(page, media, inviter)
