@@ -205,3 +205,18 @@ async def test_two_phone_processes_call_each_other_through_kamailio(kamailio_fac
     assert callee_code == 0, (callee_err, callee.lines)
     assert any(e["event"] == "call_ended" and e["cause"] == "remote hangup" for e in callee.events())
     assert_tone(record, 440.0)
+
+
+async def test_debug_flags_trace_sip_ice_and_api_on_stderr_and_write_the_live_page(lab, tmp_path):
+    page = tmp_path / "debug.html"
+    proc = await Proc.start(*run_args(lab, "--duration", "1", launch={"debug_console": "true", "debug_html": "true"}),
+                            env={"SOFTPHONE_DEBUG_HTML": str(page)})
+    code, err = await proc.finish()
+    assert code == 0, err
+    assert "SIP out:\nREGISTER sip:" in err and "SIP in:\nSIP/2.0 200 OK" in err  # the SIP trace
+    assert "ICE " in err  # ICE states of the bridge call's peer connection
+    assert "POST /omni/users/1001/login -> 200" in err  # the API trace
+    html = page.read_text()
+    assert '"state": "ready"' in html and '"state": "stopped"' in html and '"logged_in": true' in html
+    for secret in ("agent1pass", lab.server.api_key.reveal(), lab.coturn.password):
+        assert secret not in err and secret not in html
