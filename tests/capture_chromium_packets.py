@@ -18,6 +18,7 @@ tests/test_chromium_packets.py feeds them to our parsers.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import subprocess
@@ -147,12 +148,15 @@ async def capture(workdir: Path) -> dict:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=OUT, help=f"where to write (default {OUT})")
+    out = parser.parse_args().out
     with tempfile.TemporaryDirectory(prefix="chromium-capture-") as tmp:
         result = asyncio.run(capture(Path(tmp)))
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=1) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
     kinds = [p["kind"] for p in result["packets"]]
-    print(f"wrote {OUT}: {kinds.count('rtp')} RTP, {kinds.count('rtcp')} RTCP packets")
+    print(f"wrote {out}: {kinds.count('rtp')} RTP, {kinds.count('rtcp')} RTCP packets")
     return 0
 
 
