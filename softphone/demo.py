@@ -210,7 +210,9 @@ async def _flow(runner: StepRunner, options: DemoOptions, meters: dict[str, Any]
         return _lab_detail(server, why_not[0])
 
     server = await runner.step("lab", open_lab, timeout=max(options.step_timeout, 20.0), detail=detail)
-    runner.fact("lab", detail(server))
+    runner.fact("lab", f"{server.url} (REST API), {server.sip_wss_url or server.sip_ws_url} (SIP)")
+    runner.fact("media", f"TURN {server.turn.url} (coturn), both ends relay only" if server.turn is not None
+                else f"host candidates on loopback, no TURN ({why_not[0]})")
     try:
         async with contextlib.AsyncExitStack() as stack:
             if server.turn is None:
@@ -239,9 +241,9 @@ def _loopback_candidates():
 
 
 def _lab_detail(server: Any, why_not: str) -> str:
-    turn = f"TURN {server.turn.url} (coturn), relay only" if server.turn is not None else \
-        f"no TURN ({why_not}): host candidates"
-    return f"{server.url}, SIP {server.sip_wss_url or server.sip_ws_url}, SQLite in memory, {turn}"
+    media = "TURN through coturn" if server.turn is not None else f"no TURN ({why_not})"
+    scheme = "wss" if server.sip_wss_url else "ws"
+    return f"REST on SQLite in memory, SIP over {scheme}, {media}"
 
 
 async def _agent_flow(runner: StepRunner, server: Any, meters: dict[str, Any], options: DemoOptions) -> None:
@@ -350,9 +352,9 @@ async def _call_flow(runner: StepRunner, agent: Any, call: Any, server: Any, lab
         got = "".join(ev.digit for ev in lab_digits)
         if got != AGENT_DIGITS:
             raise SoftphoneError(f"the lab received {got!r}, the agent sent {AGENT_DIGITS!r}")
-        return f"{got!r} sent as {used}, received by the lab as {lab_digits[0].via}"
+        return f"{got!r} sent as {used}, the lab received them ({lab_digits[0].via})"
 
-    sent = await runner.step("DTMF agent -> lab", dtmf_out, detail=str)
+    await runner.step("DTMF agent -> lab", dtmf_out, detail=str)
 
     async def dtmf_in() -> str:
         await customer.session.send_dtmf(CUSTOMER_DIGITS, method="info")
@@ -360,24 +362,24 @@ async def _call_flow(runner: StepRunner, agent: Any, call: Any, server: Any, lab
         if got != CUSTOMER_DIGITS:
             raise SoftphoneError(f"the agent received {got!r}, the customer sent {CUSTOMER_DIGITS!r}")
         vias = sorted({ev.via for ev in call.digits[-len(CUSTOMER_DIGITS):]})
-        return f"{got!r} sent as SIP INFO by the customer, received by the agent via {'/'.join(vias)}"
+        return f"{got!r} from the customer (SIP INFO), the agent got them ({'/'.join(vias)})"
 
-    received = await runner.step("DTMF customer -> agent", dtmf_in, detail=str)
-    runner.fact("DTMF", f"agent -> lab {sent.split(' sent')[0]}; customer -> agent {received.split(' sent')[0]}")
+    await runner.step("DTMF customer -> agent", dtmf_in, detail=str)
+    runner.fact("DTMF", f"agent -> lab {AGENT_DIGITS!r}, customer -> agent {CUSTOMER_DIGITS!r}")
 
     async def hold() -> str:
-        result = await agent.hold_call(call_id)
+        await agent.hold_call(call_id)
         await wait_until(lambda: customer.on_hold, "the customer leg on hold", 5)
         level = await wait_until(lambda: _quiet(call), "silence at the agent", 5)
-        return f"{result.detail}; customer leg re-INVITEd (sendonly); the agent hears {_dbfs(level)}"
+        return f"customer leg re-INVITEd, the agent hears {_dbfs(level)}"
 
     await runner.step("hold", hold, detail=str)
 
     async def retrieve() -> str:
-        result = await agent.retrieve_call(call_id)
+        await agent.retrieve_call(call_id)
         await wait_until(lambda: not customer.on_hold, "the customer leg off hold", 5)
         await wait_until(lambda: call.received_level_dbfs(0.2) > -40, "the customer's audio again", 5)
-        return f"{result.detail}; the agent hears the customer at {_dbfs(call.received_level_dbfs(0.2))}"
+        return f"the agent hears the customer again ({_dbfs(call.received_level_dbfs(0.2))})"
 
     await runner.step("retrieve", retrieve, detail=str)
     quality = await call.stats()

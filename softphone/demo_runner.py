@@ -31,7 +31,7 @@ log = get_logger(__name__)
 T = TypeVar("T")
 
 #: The width of the step-name column: the longest name of the demo's flow fits.
-NAME_WIDTH = 24
+NAME_WIDTH = 22
 
 
 class DemoFailed(SoftphoneError):

@@ -36,7 +36,7 @@ def test_softphone_demo_runs_every_step_and_writes_the_report(tmp_path):
         assert line.split()[2] == "ok", line
         assert line.split()[0].replace(".", "").isdigit(), line  # each step with its time
     assert f"softphone demo: OK, {len(STEPS)} steps in" in out
-    assert "coturn" in _step_line(out, "lab")  # TURN when turnserver is installed (it is on the test box)
+    assert "TURN through coturn" in _step_line(out, "lab")  # TURN when turnserver is installed (it is on the test box)
     assert "customer heard 1000 Hz" in out and "agent heard 600 Hz" in out
     assert "lab-system-key" not in out + proc.stderr and "agent1pass" not in out + proc.stderr
     page = report.read_text()
