@@ -1,9 +1,10 @@
 """An INVITE flood at a registered user agent through a real Kamailio.
 
-The agent (``max_calls=1``, as a phone) has a live call; hundreds of INVITEs a
-second arrive from another registered user: every one is answered 486 Busy Here
-without a description handler (so no media) being created, the agent stays
-registered and its live call stays up and ends cleanly.
+The agent (``max_calls=1``, as a phone) has a live call with audio (a tone
+through the real coturn); hundreds of INVITEs a second arrive from another
+registered user: every one is answered 486 Busy Here without a description
+handler (so no media) being created, the agent stays registered, and its live
+call keeps its audio and ends cleanly.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from media_support import SineTrack, ToneMeter, relay_config
 
 from softphone.errors import ConfigurationError, SessionError
+from softphone.media.handler import WebRtcDescriptionHandlerFactory
 from softphone.sip.invitation import AnswerPolicy
-from softphone.sip.null_handler import null_handler_factory
 from softphone.sip.session import SessionState
 from softphone.sip.timers import Timers
 from softphone.sip.transport import KeepAlive, KeepAliveMode
@@ -22,6 +24,11 @@ from softphone.sip.user_agent import AGENT_MAX_CALLS, UserAgent, UserAgentConfig
 
 BOUND = 30.0
 FLOOD = 300
+TONE = 440.0
+
+
+def close_enough(freq: float, expected: float) -> bool:
+    return abs(freq - expected) / expected < 0.02
 
 
 def config(kam, ext: str, **kw) -> UserAgentConfig:
@@ -46,21 +53,28 @@ def test_max_calls_is_validated_and_agents_default_to_one():
 
 
 @pytest.mark.peer
-async def test_invite_flood_gets_486_without_media_and_the_live_call_survives(kamailio):
+async def test_invite_flood_gets_486_without_media_and_the_live_call_keeps_audio(kamailio, coturn):
+    meters: dict[str, ToneMeter] = {}
+    media = WebRtcDescriptionHandlerFactory(
+        relay_config(coturn, codecs=("PCMU",)), source_factory=lambda session: SineTrack(1000.0),
+        sinks_factory=lambda session: [meters.setdefault("agent", ToneMeter())])
     handlers_made = []
 
     def counting_factory(session, options=None):
         handlers_made.append(session)
-        return null_handler_factory(session, options)
+        return media(session, options)
 
     agent = UserAgent(config(kamailio, "1001", max_calls=AGENT_MAX_CALLS,
-                             description_handler_factory=counting_factory,
-                             answer_policy=AnswerPolicy.answer()))
-    caller = UserAgent(config(kamailio, "1002"))
-    flooder = UserAgent(config(kamailio, "1003"))
+                             description_handler_factory=counting_factory, answer_policy=AnswerPolicy.answer()))
+    caller = UserAgent(config(kamailio, "1002", description_handler_factory=WebRtcDescriptionHandlerFactory(
+        relay_config(coturn, codecs=("PCMU",)), source_factory=lambda session: SineTrack(TONE))))
+    flooder = UserAgent(config(kamailio, "1003"))  # null handler: signalling only
     async with agent, caller, flooder:
-        live = await caller.call(f"sip:1001@{kamailio.domain}")
+        live = await asyncio.wait_for(caller.call(f"sip:1001@{kamailio.domain}"), BOUND)
         await until(lambda: live.state is SessionState.ESTABLISHED)
+        meter = meters["agent"]
+        await meter.wait_frames(25, timeout=BOUND)
+        assert close_enough(meter.dominant_frequency(), TONE)
         assert len(handlers_made) == 1 and agent.registered
 
         target = f"sip:1001@{kamailio.domain}"
@@ -74,13 +88,17 @@ async def test_invite_flood_gets_486_without_media_and_the_live_call_survives(ka
         assert agent.busy_rejected == FLOOD
         assert len(handlers_made) == 1  # no description handler (no media) for any rejected INVITE
 
+        # still registered, still the same call, still hearing the caller's tone
         assert agent.registered and live.state is SessionState.ESTABLISHED
         agent_side = next(iter(agent.sessions))
         assert agent_side.state is SessionState.ESTABLISHED
+        meter.reset()
+        await meter.wait_frames(25, timeout=BOUND)
+        assert close_enough(meter.dominant_frequency(), TONE)
         await live.bye()
         await until(lambda: not agent.sessions)
         # the line is free again: the next call is answered
-        again = await caller.call(target)
+        again = await asyncio.wait_for(caller.call(target), BOUND)
         await until(lambda: again.state is SessionState.ESTABLISHED)
         assert len(handlers_made) == 2
         await again.bye()
