@@ -212,7 +212,7 @@ def leads_group() -> None:
 @main.command("lab")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
 @click.option("--port", default=8088, show_default=True, type=click.IntRange(0, 65535),
-              help="TCP port (0: any free port).")
+              help="TCP port of the REST API, the status page and ws:// (0: any free port).")
 @click.option("--db", "db_url", default="sqlite:///:memory:", show_default=True, envvar="SOFTPHONE_LAB_DB",
               help="sqlite:///FILE, sqlite:///:memory: or mysql://USER:PASS@HOST:PORT/DB [env SOFTPHONE_LAB_DB]")
 @click.option("--api-key", default=None, envvar="SOFTPHONE_LAB_API_KEY",
@@ -226,24 +226,80 @@ def leads_group() -> None:
               help="Lifetime of user tokens in seconds.")
 @click.option("--paths-file", default=None, type=click.Path(exists=True, dir_okay=False),
               help="REST path overrides (JSON/TOML, as for the client) [env SOFTPHONE_PATHS_FILE, SOFTPHONE_PATH_*]")
+@click.option("--sip/--no-sip", default=True, show_default=True,
+              help="Serve SIP over WebSocket at /ws (registrar, bridge calls); --no-sip: REST only, calls simulated.")
+@click.option("--wss-port", default=None, type=click.IntRange(0, 65535),
+              help="TLS port of wss:// [default: 8089, the Webphone's default; any free port with --port 0]")
+@click.option("--cert", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="PEM certificate (chain) for wss:// [default: self-signed, generated at start]")
+@click.option("--key", "key_file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="PEM private key of --cert")
+@click.option("--domain", default=None,
+              help="SIP domain and digest realm, the Webphone's `server` [default: the host, or 127.0.0.1]")
+@click.option("--prompt", default=None, metavar="FILE|tone:HZ",
+              help="What an agent hears on the bridge call [dialer default: tone:440]")
+@click.option("--recordings", "recordings_dir", default=None, type=click.Path(file_okay=False),
+              help="Directory for call recordings (created if missing) [default: none recorded]")
+@click.option("--customers", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="YAML/JSON table of simulated customers per dialled number [default: built in]")
+@click.option("--turn/--no-turn", default=True, show_default=True,
+              help="Start coturn for the lab's users when turnserver is installed (else host candidates).")
+@click.option("--turn-port", default=0, show_default=True, type=click.IntRange(0, 65535),
+              help="TURN port (the launch URLs' turn_port; 0: any free port). With --no-turn: the port of "
+                   "a TURN server run elsewhere on the same host (docker-compose), put in the launch URLs.")
+@click.option("--relay-only", is_flag=True, default=False,
+              help="The lab's own media offers relay candidates only (needs TURN).")
 @handle_interrupt
 def lab_command(host: str, port: int, db_url: str, api_key: str | None, office_hours: tuple[str, ...],
-                seed: str | None, token_ttl: float, paths_file: str | None) -> None:
-    """Run the local stand-in of the OmniSense platform REST API until Ctrl-C."""
-    import asyncio
+                seed: str | None, token_ttl: float, paths_file: str | None, sip: bool, wss_port: int | None,
+                cert: str | None, key_file: str | None, domain: str | None, prompt: str | None,
+                recordings_dir: str | None, customers: str | None, turn: bool, turn_port: int,
+                relay_only: bool) -> None:
+    """Run the local stand-in of the OmniSense platform until Ctrl-C.
 
-    from softphone.errors import ConfigurationError, LabError
+    REST API, status page (GET /) and SIP over WebSocket (ws:// on --port,
+    wss:// on --wss-port, path /ws) with a registrar and a dialer that
+    bridges calls to registered phones; coturn for TURN when installed. At
+    start it prints a ready Webphone launch URL per seeded agent, the CA
+    file a client should trust for wss://, and the system key.
+    """
+    import asyncio
+    import logging
+    from pathlib import Path
+
+    from softphone.errors import ConfigurationError, LabError, TelephonyError
     from softphone.lab.server import serve_until_stopped
+    from softphone.log import setup_logging
     from softphone.platform.paths import PlatformPaths
+
+    setup_logging(level=logging.INFO)  # one line per request and per SIP/call event, secrets redacted
 
     def announce(server) -> None:
         click.echo(f"softphone lab: serving {server.url}")
         click.echo(f"  database:     {server.db.url.display}")
         click.echo(f"  api key from: {server.api_key_source}")
+        click.echo(f"  system key:   {server.api_key.reveal()}")
         click.echo(f"  seed:         {server.seed.path}")
         click.echo(f"  office hours: {server.lab.office_hours.describe()}")
         click.echo(f"  paths:        {server.lab.paths!r}")
         click.echo(f"  openapi:      {server.url}/openapi.yaml")
+        click.echo(f"  rest api:     {server.url}")
+        click.echo(f"  status page:  {server.url}/")
+        click.echo(f"  telephony:    {type(server.lab.telephony).__name__}")
+        if server.endpoint is not None:
+            click.echo(f"  sip ws:       {server.sip_ws_url}")
+            if server.sip_wss_url:
+                click.echo(f"  sip wss:      {server.sip_wss_url}")
+                click.echo(f"  ca file:      {server.ca_file}")
+            click.echo(f"  sip domain:   {server.domain}")
+            turn_line = (f"{server.turn.url} (coturn pid {server.turn.pid}, {len(server.turn.users)} user(s))"
+                         if server.turn is not None else "none: host candidates only")
+            click.echo(f"  turn:         {turn_line}")
+        for user in server.seed.users:
+            if user.get("role") == "supervisor":
+                continue
+            click.echo(f"  webphone {user['user_name']} (user_id {user['user_id']}): "
+                       f"{server.launch_url(user['user_id'])}")
         click.echo("  Ctrl-C to stop")
 
     source = click.get_current_context().get_parameter_source("api_key")
@@ -251,10 +307,17 @@ def lab_command(host: str, port: int, db_url: str, api_key: str | None, office_h
                   click.core.ParameterSource.COMMANDLINE: "option --api-key"}.get(source)
     try:
         paths = PlatformPaths.load(paths_file)
+        if recordings_dir is not None:
+            Path(recordings_dir).mkdir(parents=True, exist_ok=True)
+        if wss_port is None:
+            wss_port = 8089 if port else 0
         asyncio.run(serve_until_stopped(announce, host=host, port=port, db_url=db_url, api_key=api_key,
                                         office_hours=list(office_hours) or None, seed=seed,
-                                        token_ttl=token_ttl, api_key_source=key_source, paths=paths))
-    except ConfigurationError as exc:
+                                        token_ttl=token_ttl, api_key_source=key_source, paths=paths,
+                                        sip=sip, wss_port=wss_port, cert=cert, key=key_file, domain=domain,
+                                        prompt=prompt, recordings_dir=recordings_dir, customers=customers,
+                                        turn=turn and sip, turn_port=turn_port, relay_only=relay_only))
+    except (ConfigurationError, TelephonyError) as exc:
         click.echo(f"softphone lab: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     except LabError as exc:

@@ -81,6 +81,8 @@ class LabServer:
     status: StatusBoard | None = None
     started_in: float = 0.0
     """Seconds from start_lab being called to ready."""
+    external_turn_port: int | None = None
+    """With no coturn of its own: the TURN port put in launch URLs (a TURN server run elsewhere)."""
     _closers: list[Callable[[], Any]] = field(default_factory=list, repr=False)
 
     @property
@@ -91,6 +93,13 @@ class LabServer:
     def ca_file(self) -> str | None:
         """The file a client trusts for ``sip_wss_url`` (the self-signed certificate itself)."""
         return str(self.certificate.ca_file) if self.certificate is not None else None
+
+    @property
+    def turn_port(self) -> int:
+        """The Webphone's ``turn_port``: our coturn's, else the one given, else 3478."""
+        if self.turn is not None:
+            return self.turn.port
+        return self.external_turn_port or 3478
 
     @property
     def registrar(self) -> Registrar | None:
@@ -105,7 +114,7 @@ class LabServer:
         if user is None:
             raise LabError(f"user_id {user_id} is not in the lab's seed")
         expire = expire_date or (datetime.now(UTC) + timedelta(hours=8)).replace(microsecond=0)
-        turn_port = self.turn.port if self.turn is not None else 3478
+        turn_port = self.turn_port
         params: dict[str, str] = {
             "auth_key": self.api_key.reveal(),
             "server": self.domain,
@@ -337,7 +346,8 @@ async def start_lab(
         return LabServer(url=url, app=app, db=db, lab=lab, seed=seed_obj, api_key_source=key_source,
                          _runner=runner, endpoint=endpoint, sip_ws_url=ws_url, sip_wss_url=wss_url,
                          certificate=certificate, turn=turn_server, domain=lab_domain, status=board,
-                         started_in=time.monotonic() - started, _closers=closers)
+                         started_in=time.monotonic() - started, _closers=closers,
+                         external_turn_port=None if turn else (turn_port or None))
     except BaseException:
         if runner is not None:
             await runner.cleanup()
