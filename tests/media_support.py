@@ -13,6 +13,7 @@ import random
 
 import av
 import numpy as np
+import pytest
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from softphone.media.config import IceConfig, MediaConfig
@@ -122,9 +123,17 @@ class ToneMeter:
         return float(np.sqrt(np.mean(data**2)))
 
 
+#: What :func:`relay_config` gives ``MediaConfig.fast_path`` (set by the ``fast_path`` fixture in conftest).
+fast_path_mode = "auto"
+
+#: Run a test with the media fast path on and with stock aiortc (the fallback must work too).
+FAST_PATH_ON_AND_OFF = pytest.mark.parametrize("fast_path", ["on", "off"], indirect=True)
+
+
 def relay_config(coturn, *, codecs=("opus",), url: str | None = None, **kwargs) -> MediaConfig:
     ice = IceConfig(turn_urls=(url or coturn.url,), username=coturn.username, credential=coturn.password,
                     relay_only=True, gathering_timeout=5.0)
+    kwargs.setdefault("fast_path", fast_path_mode)
     return MediaConfig(ice=ice, codecs=tuple(codecs), **kwargs)
 
 

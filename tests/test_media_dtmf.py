@@ -11,7 +11,7 @@ from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.rtp import HeaderExtensionsMap, RtcpByePacket, RtpPacket, is_rtcp
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from media_support import SineTrack, negotiate, relay_config, settle, wait_connected
+from media_support import FAST_PATH_ON_AND_OFF, SineTrack, negotiate, relay_config, settle, wait_connected
 
 from softphone.media import sdp as sdpmod
 from softphone.media.dtmf import (
@@ -300,8 +300,9 @@ async def _wait_digits(events: list, count: int, timeout: float = 10.0) -> None:
 
 
 @pytest.mark.peer
+@FAST_PATH_ON_AND_OFF
 @pytest.mark.parametrize("codec, rate, pt", [("opus", 48000, 110), ("PCMU", 8000, 126)])
-async def test_digits_round_trip_both_ways(coturn, codec, rate, pt):
+async def test_digits_round_trip_both_ways(fast_path, coturn, codec, rate, pt):
     a, b, got = await _call(coturn, (codec,), (codec,))
     try:
         assert a.negotiated_events == {pt: rate} and b.negotiated_events == {pt: rate}

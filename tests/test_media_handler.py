@@ -6,9 +6,12 @@ import asyncio
 import gc
 import weakref
 
+import av
+import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError
 from media_support import (
+    FAST_PATH_ON_AND_OFF,
     SineTrack,
     ToneMeter,
     negotiate,
@@ -85,7 +88,8 @@ async def test_offer_answer_states_and_events(coturn):
         await b.close()
 
 
-async def test_hold_and_unhold_change_directions_and_media_flow(coturn):
+@FAST_PATH_ON_AND_OFF
+async def test_hold_and_unhold_change_directions_and_media_flow(fast_path, coturn):
     a, b, meter_a, _ = await _pair(coturn)
     try:
         await negotiate(a, b)
@@ -110,7 +114,8 @@ async def test_hold_and_unhold_change_directions_and_media_flow(coturn):
         await b.close()
 
 
-async def test_remote_inactive_offer_is_answered_inactive_and_stops_both_ways(coturn):
+@FAST_PATH_ON_AND_OFF
+async def test_remote_inactive_offer_is_answered_inactive_and_stops_both_ways(fast_path, coturn):
     a, b, _, _ = await _pair(coturn)
     try:
         await negotiate(a, b)
@@ -359,6 +364,36 @@ async def test_a_source_that_ends_stops_the_sender_and_says_so(coturn):
         await b.close()
 
 
+@FAST_PATH_ON_AND_OFF
+async def test_a_call_through_turn_is_recorded(fast_path, coturn, tmp_path):
+    from softphone.media import tones
+    from softphone.media.recorder import Recorder
+    from softphone.media.sinks import SinkState
+
+    recorder = Recorder(tmp_path / "call.wav")
+    meter = ToneMeter()
+    a = WebRtcDescriptionHandler(relay_config(coturn, codecs=("PCMU",)), source=SineTrack(700.0))
+    b = WebRtcDescriptionHandler(relay_config(coturn, codecs=("PCMU",)), source=SineTrack(300.0),
+                                 sinks=[recorder, meter])
+    try:
+        assert a.fast_path is (fast_path == "on") and b.fast_path is (fast_path == "on")
+        await negotiate(a, b)
+        await wait_connected(a, b)
+        await meter.wait_frames(60)
+    finally:
+        await a.close()
+        await b.close()
+    assert recorder.state is SinkState.CLOSED
+    with av.open(str(recorder.path)) as container:
+        stream = container.streams.audio[0]
+        frames = [f.to_ndarray().reshape(-1) for f in container.decode(stream)]
+        rate = stream.codec_context.sample_rate
+    samples = np.concatenate(frames).astype(np.float64)
+    assert samples.size / rate >= 1.0
+    freq, _level = tones.dominant_frequency(samples[-rate // 2:], rate)
+    assert tones.frequencies_close(freq, 700.0)
+
+
 async def test_every_sink_gets_every_frame(coturn):
     meters = [ToneMeter(), ToneMeter(), ToneMeter()]
     a = WebRtcDescriptionHandler(relay_config(coturn), source=SineTrack(700.0))
@@ -522,7 +557,8 @@ async def _sip_call_scenario(a, b, meters: dict) -> None:
     await asyncio.wait_for(_closed(), 5)
 
 
-async def test_sip_sessions_drive_webrtc_media(coturn):
+@FAST_PATH_ON_AND_OFF
+async def test_sip_sessions_drive_webrtc_media(fast_path, coturn):
     """The SIP layer's own sessions (in-memory registrar/proxy) with this handler as media."""
     hub = LoopbackHub(users={"1001": "secret-1001", "1002": "secret-1002"})
     meters: dict[str, ToneMeter] = {}
@@ -537,7 +573,8 @@ async def test_sip_sessions_drive_webrtc_media(coturn):
         await asyncio.wait_for(b.stop(), 10)
 
 
-async def test_call_through_kamailio_with_webrtc_media(coturn, kamailio):
+@FAST_PATH_ON_AND_OFF
+async def test_call_through_kamailio_with_webrtc_media(fast_path, coturn, kamailio):
     """Real Kamailio over WebSocket (digest auth) for SIP, real coturn for media."""
     meters: dict[str, ToneMeter] = {}
 

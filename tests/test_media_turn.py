@@ -6,7 +6,15 @@ import asyncio
 import socket
 
 import pytest
-from media_support import SineTrack, ToneMeter, negotiate, relay_config, wait_connected, wait_until
+from media_support import (
+    FAST_PATH_ON_AND_OFF,
+    SineTrack,
+    ToneMeter,
+    negotiate,
+    relay_config,
+    wait_connected,
+    wait_until,
+)
 
 from softphone.errors import IceError, IceGatheringError
 from softphone.media.config import IceConfig, MediaConfig
@@ -34,7 +42,8 @@ async def _tone_call(config: MediaConfig, freq_a: float, freq_b: float):
 
 
 @pytest.mark.parametrize("codec, freq_a, freq_b", [("opus", 440.0, 1000.0), ("PCMU", 700.0, 1200.0)])
-async def test_relay_only_tone_heard_both_ways(coturn, codec, freq_a, freq_b):
+@FAST_PATH_ON_AND_OFF
+async def test_relay_only_tone_heard_both_ways(fast_path, coturn, codec, freq_a, freq_b):
     config = relay_config(coturn, codecs=(codec,))
     a, b, offer, answer, heard_by_a, heard_by_b = await _tone_call(config, freq_a, freq_b)
     try:
