@@ -344,5 +344,15 @@ def demo_command(report: str | None, turn: bool | None, step_timeout: float) -> 
     sys.exit(demo_main(report=report, turn=turn, step_timeout=step_timeout))
 
 
+def _add_load_command() -> None:
+    """``softphone load`` lives in the load package (its options and body)."""
+    from softphone.load.cli import load_command
+
+    main.add_command(load_command, "load")
+
+
+_add_load_command()
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
