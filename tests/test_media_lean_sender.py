@@ -432,3 +432,61 @@ async def test_spreading_can_be_switched_off(monkeypatch):
         assert lean_sender_of(sender)._phased is True
     finally:
         await call.close()
+
+
+# --- RTCP NACK: the lean sender keeps a history and retransmits, as aiortc's loop does ------------
+
+
+async def test_a_nack_from_the_far_end_gets_the_lost_packet_again(monkeypatch):
+    from softphone.media import aiortc_seam
+
+    call, _track, sender = await lean_call()
+    try:
+        lean = lean_sender_of(sender)
+        target = (lean.sequence_number + 10) & 0xFFFF  # a packet not sent yet
+        stock_send = aiortc_seam.send_rtp_packet
+        dropped: list[int] = []
+
+        def lossy_send(transport, data: bytes) -> None:
+            seq = (data[2] << 8) | data[3]
+            if seq == target and not dropped:
+                dropped.append(seq)  # lost on the way, once
+                return
+            stock_send(transport, data)
+
+        monkeypatch.setattr(aiortc_seam, "send_rtp_packet", lossy_send)
+        await wait_until(lambda: bool(dropped) and call.callee.report().lost == 1, what="the gap at the receiver")
+        assert lean.retransmitted == 0
+        # What a browser's receiver sends for the gap (aiortc sends NACKs only for video, so by hand).
+        ssrc = lean.ssrc
+        await call.callee.receiver._send_rtcp_nack(ssrc, [target])
+        await wait_until(lambda: call.callee.report().lost == 0, what="the retransmission to fill the gap")
+        assert lean.retransmitted == 1
+        report = call.callee.report()
+        assert report.out_of_order >= 1 and report.duplicates == 0
+        # A NACK for a packet no longer (or never) kept is ignored, as aiortc ignores it; one
+        # still kept is sent again (the receiver's SRTP replay check drops that duplicate).
+        kept = (lean.sequence_number - 2) & 0xFFFF
+        await call.callee.receiver._send_rtcp_nack(ssrc, [(target - 1000) & 0xFFFF, kept])
+        await wait_until(lambda: lean.retransmitted >= 2, what="the kept packet's retransmission")
+        assert lean.retransmitted == 2  # not 3: the old one was not sent
+        assert call.callee.report().duplicates == 0
+    finally:
+        await call.close()
+
+
+async def test_the_history_is_bounded_and_keyed_by_the_wire_sequence_number():
+    call, _track, sender = await lean_call()
+    try:
+        lean = lean_sender_of(sender)
+        await wait_until(lambda: lean.packets > lean.HISTORY + 5, timeout=10, what="more packets than the history")
+        kept = [d for d in lean._history if d is not None]
+        assert len(kept) == lean.HISTORY == len(lean._history)
+        newest = (lean.sequence_number - 1) & 0xFFFF
+        assert lean._history[newest % lean.HISTORY][2:4] == newest.to_bytes(2, "big")
+        await lean.retransmit((newest - lean.HISTORY) & 0xFFFF)  # overwritten by a newer packet
+        assert lean.retransmitted == 0
+        await lean.retransmit(newest)
+        assert lean.retransmitted == 1
+    finally:
+        await call.close()

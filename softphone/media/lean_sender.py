@@ -41,7 +41,8 @@ Compared line by line with aiortc 1.16's ``RTCRtpSender._run_rtp`` (and
 * no audio-level header extension (aiortc writes none for pre-encoded data either);
 * no RTX: a NACKed packet is resent as it was (aiortc wraps it in RTX only when
   RTX was negotiated, which aiortc never does for audio); telephone-event packets
-  are not kept for retransmission (aiortc's loop never sees them either);
+  are not kept for retransmission (aiortc's loop never sees them either), nor
+  are packets of a non-pre-encoded track sent through aiortc's encoder below;
 * REMB is not applied (there is no encoder whose bitrate it could set);
 * no per-packet debug log line.
 
