@@ -303,6 +303,8 @@ async def start_lab(
         options_kw: dict[str, Any] = {}
         if clock is not None:
             options_kw["clock"] = clock
+        if "supervisor_ids" not in lab_options:  # the seed's users with "role": "supervisor"
+            options_kw["supervisor_ids"] = seed_obj.supervisor_ids
         lab = Lab(db=db, api_key=key_value, telephony=telephony or InMemoryTelephony(), office_hours=hours,
                   token_ttl=token_ttl, paths=paths, **options_kw, **lab_options)
         lab.notifier.timeout = notification_timeout
