@@ -140,16 +140,18 @@ async def _users(db: Database) -> list[tuple[str, str]]:
 
 
 async def start_turn(db: Database, *, port: int = 0, listen: str = "127.0.0.1", realm: str = DEFAULT_REALM,
-                     loopback: bool | None = None, timeout: float = 10.0) -> LabTurn | None:
+                     loopback: bool | None = None, timeout: float = 10.0,
+                     launcher_path: Path = LAUNCHER) -> LabTurn | None:
     """Start coturn for the lab's users; None (with one log line) when it cannot run here."""
     binary = shutil.which("turnserver") or ("/usr/bin/turnserver" if Path("/usr/bin/turnserver").exists() else None)
     if binary is None:
         log.warning("TURN: turnserver (coturn) is not installed: no TURN server, "
                     "the lab's media offers host candidates only")
         return None
-    launcher = load_launcher()
+    launcher = load_launcher(launcher_path)
     if launcher is None:
-        log.warning("TURN: %s not found (not a source checkout): no TURN server, host candidates only", LAUNCHER)
+        log.warning("TURN: %s not found (not a source checkout): no TURN server, host candidates only",
+                    launcher_path)
         return None
     listen_ip = "" if listen in ("", "0.0.0.0", "::") else listen
     probe_host = listen_ip or "127.0.0.1"
