@@ -11,6 +11,9 @@ can check the agent's stop order from the platform's side.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,6 +26,7 @@ from softphone.lab.server import LabServer, start_lab
 from softphone.lab.store import AgentStatus
 from softphone.lab.telephony import InMemoryTelephony
 
+BOUND = 30.0
 PLATFORM_EXT = "8000"
 PROMPT_HZ = 440.0
 
@@ -153,3 +157,56 @@ def _no_sip_edge() -> dict[str, Any]:
     import inspect
 
     return {"sip": False} if "sip" in inspect.signature(start_lab).parameters else {}
+
+
+class Proc:
+    """A `softphone` subprocess whose stdout lines are read as they come."""
+
+    def __init__(self, proc: asyncio.subprocess.Process):
+        self.proc = proc
+        self.lines: list[str] = []
+        self._new = asyncio.Event()
+        self._reader = asyncio.ensure_future(self._read())
+
+    @classmethod
+    async def start(cls, *args: str, env: dict | None = None) -> Proc:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "softphone.cli", *args, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env={**os.environ, **(env or {})})
+        return cls(proc)
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        while line := await self.proc.stdout.readline():
+            self.lines.append(line.decode().rstrip("\n"))
+            self._new.set()
+
+    def events(self) -> list[dict]:
+        out = []
+        for line in self.lines:
+            if line.startswith("{"):
+                out.append(json.loads(line))
+        return out
+
+    async def wait_event(self, name: str, timeout: float = BOUND) -> dict:
+        async def find() -> dict:
+            while True:
+                for ev in self.events():
+                    if ev["event"] == name:
+                        return ev
+                if self.proc.returncode is not None and self._reader.done():
+                    raise AssertionError(f"process exited {self.proc.returncode} before {name!r}: {self.lines}")
+                self._new.clear()
+                try:
+                    await asyncio.wait_for(self._new.wait(), 0.5)
+                except TimeoutError:
+                    pass
+
+        return await asyncio.wait_for(find(), timeout)
+
+    async def finish(self, timeout: float = BOUND) -> tuple[int, str]:
+        code = await asyncio.wait_for(self.proc.wait(), timeout)
+        await asyncio.wait_for(self._reader, timeout)
+        assert self.proc.stderr is not None
+        err = (await self.proc.stderr.read()).decode()
+        return code, err

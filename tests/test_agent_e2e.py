@@ -87,3 +87,25 @@ async def test_webphone_session_through_the_lab(tmp_path):
         await wait_until(lambda: not server.endpoint.is_registered(agent.extension), what="unregistered")
         assert ("unregistered", agent.extension) in registrar_events
         assert bridge.state is CallState.ENDED
+
+
+async def test_softphone_run_with_the_labs_launch_url_and_ctrl_c():
+    """What a user types: `softphone run URL --campaign 1`; Ctrl-C leaves the lab with nobody logged in."""
+    import signal
+
+    from agent_support import Proc
+
+    async with await start_lab(turn=True, relay_only=True, prompt=f"tone:{PROMPT_HZ:g}") as server:
+        proc = await Proc.start("run", server.launch_url(1002), "--campaign", "1", "--relay-only",
+                                "--tone", f"{AGENT_HZ:g}", "--events", "json")
+        answered = await proc.wait_event("call_answered")
+        assert answered["bridge"] is True
+        registered = next(e for e in proc.events() if e["event"] == "registered")
+        assert server.endpoint.is_registered(registered["extension"])
+        proc.proc.send_signal(signal.SIGINT)
+        code, err = await proc.finish()
+        assert code == 130, err
+        assert (await server.lab.store.user(1002)).status is AgentStatus.LOGGED_OUT
+        await wait_until(lambda: not server.endpoint.is_registered(registered["extension"]), what="unregistered")
+        names = [e["event"] for e in proc.events()]
+        assert names.index("logged_out") < names.index("unregistered")
