@@ -128,8 +128,25 @@ async def test_browser_calls_us_tones_and_info_dtmf_both_ways(kamailio, chromium
 
 
 async def test_we_call_browser_tones_both_ways(kamailio, chromium):
-    """Our UA calls SIP.js (auto-answer) with our offer; tones are heard both ways; the browser hangs up."""
+    """Our UA calls SIP.js (auto-answer) with our offer; tones both ways; either side holds and
+    unholds (our re-offers to a call we placed, SIP.js's to a call it answered); the browser hangs up."""
     async with we_call_browser(kamailio, chromium) as (page, media, inviter):
+        await check_tones_both_ways(page, media, inviter)
+        handler = webrtc_handler(inviter)
+        await page.evaluate("window.session.hold(), true")
+        await page.next_event("reinviteAccepted")
+        assert audio_direction(handler.remote_sdp) is Direction.SENDONLY
+        assert handler.local_direction is Direction.RECVONLY
+        await wait_for(page.silent, "silence in the browser while it holds us")
+        await page.evaluate("window.session.unhold(), true")
+        await page.next_event("reinviteAccepted")
+        assert handler.local_direction is Direction.SENDRECV
+        await page.hears(OUR_TONE)
+        await asyncio.wait_for(inviter.hold(), BOUND)
+        assert audio_direction(handler.remote_sdp) is Direction.RECVONLY
+        assert await page.evaluate("window.localDirection()") == "recvonly"
+        await asyncio.wait_for(inviter.unhold(), BOUND)
+        assert await page.evaluate("window.localDirection()") == "sendrecv"
         await check_tones_both_ways(page, media, inviter)
         await page.evaluate("window.session.bye(), true")
         await asyncio.wait_for(inviter.wait_terminated(BOUND), BOUND)
