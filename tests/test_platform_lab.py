@@ -577,13 +577,16 @@ def test_cli_skip_missing_and_remaining_ids(tmp_path):
             in res.stdout
         assert "missing=2" in res.stdout and left.read_text() == ""
         assert json.loads(report.read_text())["batches"][0]["missing_ids"] == [900, 901]
-        # re-running the same ids: the archived ones are gone from vicidial_list now
+        # re-running the same ids: the archived ones are gone from vicidial_list and in the archive,
+        # the expected outcome of a rerun: it finishes without --skip-missing
         res = leads_cli("archive", "--ids", "1,2,3,4,5", "--server", lab.url, "--remaining", str(left))
-        assert res.exit_code == 1 and "[ids: 1, 2, 3, 4]" in res.stdout
-        assert "5 lead id(s) not confirmed processed; written to" in res.stderr
-        assert left.read_text() == "1\n2\n3\n4\n5\n"
-        res = leads_cli("archive", "--ids-file", str(left), "--server", lab.url, "--skip-missing")
         assert res.exit_code == 0, res.output
+        assert "ok select=1 insert=1 update=0 delete=1 (4 id(s) already done by an earlier run)" in res.stdout
+        assert "already_done=4" in res.stdout and left.read_text() == ""
+        # an id in neither table is still an error without --skip-missing, and nothing is lost
+        res = leads_cli("archive", "--ids", "6,900", "--server", lab.url, "--remaining", str(left))
+        assert res.exit_code == 1 and "[ids: 900]" in res.stdout
+        assert left.read_text() == "6\n900\n"
     assert set(snapshot(f"sqlite:///{db_file}")["vicidial_list_archive"]) == {1, 2, 3, 4, 5}
 
 
