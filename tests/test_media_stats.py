@@ -131,3 +131,70 @@ async def test_five_percent_loss_shows_in_call_quality(coturn):
         await lossy.close()
         await clean.close()
         relay.close()
+
+
+# --- delivered against due: what loss cannot show -------------------------------------
+
+
+def test_packets_due_follow_the_clock_between_first_and_latest_packet():
+    from types import SimpleNamespace
+
+    from softphone.media.rtp_counter import RtpStreamCounter
+
+    counter = RtpStreamCounter(8000)
+    assert counter.packets_due() == 0
+    # 10 packets with gapless sequence numbers, but spread over 0.38 s: 20 were due.
+    for i, arrival in enumerate([0.0, 0.02, 0.04, 0.06, 0.08, 0.30, 0.32, 0.34, 0.36, 0.38]):
+        counter.add(SimpleNamespace(sequence_number=100 + i, timestamp=160 * i, payload_type=0, payload=b""),
+                    arrival=arrival)
+    assert counter.lost == 0 and counter.unique_received == 10
+    assert counter.packets_due(0.02) == 20
+
+
+async def test_late_frames_dropped_by_the_sender_show_as_not_delivered_not_as_loss():
+    import time
+
+    from media_support import wait_until
+
+    from softphone.media.lean import PreEncodedAudioTrack, Tone
+    from softphone.media.testing import loopback_host_candidates, open_loopback_call
+
+    with loopback_host_candidates():
+        call = await open_loopback_call("PCMU", PreEncodedAudioTrack(Tone(440, 1.0)), None)
+    try:
+        receiver = call.callee.receiver
+        await wait_until(lambda: call.callee.report().received >= 10, what="packets")
+        before = call.callee.report().received
+        time.sleep(0.6)  # the loop stalls: the sender skips the frames whose time has passed
+        await wait_until(lambda: call.callee.report().received >= before + 10, what="packets after the stall")
+        quality = await collect(call.callee.pc)
+        assert quality.packets_lost == 0 and quality.loss_fraction == 0.0  # no sequence gap ...
+        assert quality.packets_due - quality.packets_received >= 10  # ... yet about 30 frames never came
+        assert quality.delivered_fraction < 1.0
+        assert call.caller.track.frames_skipped >= 10
+        assert receiver.report().lost == 0
+    finally:
+        await call.close()
+
+
+async def test_stock_aiortc_receivers_give_no_delivered_figure():
+    from softphone.media.lean import PreEncodedAudioTrack, Tone
+    from softphone.media.testing import loopback_host_candidates, open_loopback_call
+
+    with loopback_host_candidates():
+        call = await open_loopback_call("PCMU", PreEncodedAudioTrack(Tone(440, 1.0)), None, fast_path=False)
+    try:
+        stats: list[CallQuality] = []
+
+        async def poll() -> None:
+            while True:
+                quality = await collect(call.callee.pc)
+                if quality.packets_received:
+                    stats.append(quality)
+                    return
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(poll(), 10)
+        assert stats[0].packets_due is None and stats[0].delivered_fraction is None
+    finally:
+        await call.close()

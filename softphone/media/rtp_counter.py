@@ -100,6 +100,8 @@ class RtpStreamCounter:
         "_now",
         "_received_prior",
         "duplicates",
+        "first_arrival",
+        "last_arrival",
         "out_of_order",
         "packets_received",
         "payload_bytes",
@@ -123,6 +125,8 @@ class RtpStreamCounter:
         self._last_ts = 0
         self._expected_prior = 0
         self._received_prior = 0
+        self.first_arrival: float | None = None  # seconds (``now()``) of the first and latest packet
+        self.last_arrival: float | None = None
         self.packets_received = 0  # every packet, duplicates included (RFC 3550 semantics)
         self.unique_received = 0
         self.duplicates = 0
@@ -135,6 +139,9 @@ class RtpStreamCounter:
         """Account for one packet; ``arrival`` in seconds (defaults to ``now()``)."""
         if arrival is None:
             arrival = self._now()
+        if self.first_arrival is None:
+            self.first_arrival = arrival
+        self.last_arrival = arrival
         self.packets_received += 1
         pt = packet.payload_type
         self.payload_types[pt] = self.payload_types.get(pt, 0) + 1
@@ -221,6 +228,14 @@ class RtpStreamCounter:
     @property
     def extended_max_seq(self) -> int | None:
         return None if self._base_ext is None else self._max_ext
+
+    def packets_due(self, frame_seconds: float = 0.02) -> int:
+        """Packets a stream of ``frame_seconds`` packets was due to deliver between its first and
+        latest packet, by the clock: a sender that drops late frames keeps its sequence
+        numbers gapless (no loss) yet delivers fewer than this.  A pause (hold) counts as due."""
+        if self.first_arrival is None or self.last_arrival is None:
+            return 0
+        return int((self.last_arrival - self.first_arrival) / frame_seconds + 0.5) + 1
 
     @property
     def jitter(self) -> int:

@@ -91,6 +91,14 @@ class CallQuality:
     ``bytes_received`` counts every byte the transport received (SRTP, RTCP,
     STUN): aiortc keeps no per-stream received-byte count.  ``remote_*`` are
     what the far end reported about our stream in RTCP receiver reports.
+
+    ``packets_due`` is what time says the far end should have delivered: one
+    packet per ``frame_seconds`` (20 ms) between the first and the latest packet
+    received; ``delivered_fraction`` is the distinct packets received over that.
+    Loss only counts sequence-number gaps, so a sender that falls behind and
+    drops late frames without a gap (an overloaded load generator does) shows
+    0% loss and less than 100% delivered.  Known with the fast path's counting
+    receiver; None with stock aiortc, which keeps no arrival times.
     """
 
     codec: str | None = None
@@ -107,13 +115,30 @@ class CallQuality:
     remote_loss_fraction: float | None = None
     remote_jitter_ms: float | None = None
     mos: float | None = None
+    packets_due: int | None = None
+    delivered_fraction: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-async def collect(pc: RTCPeerConnection) -> CallQuality:
-    """Read ``pc.getStats()`` into a :class:`CallQuality`."""
+def delivered(pc: RTCPeerConnection, frame_seconds: float = 0.02) -> tuple[int, int] | None:
+    """(distinct packets received, packets due by the clock) over ``pc``'s counting receivers."""
+    received = due = 0
+    counted = False
+    for transceiver in pc.getTransceivers():
+        counters = getattr(transceiver.receiver, "counters", None)  # a CountingRtpReceiver's
+        if not isinstance(counters, dict):
+            continue
+        counted = True
+        for counter in counters.values():
+            received += counter.unique_received
+            due += counter.packets_due(frame_seconds)
+    return (received, due) if counted else None
+
+
+async def collect(pc: RTCPeerConnection, frame_seconds: float = 0.02) -> CallQuality:
+    """Read ``pc.getStats()`` (and the counting receiver's arrival times) into a :class:`CallQuality`."""
     codec_name, clock_rate = None, None
     for transceiver in pc.getTransceivers():
         codecs = negotiated_codecs(transceiver)
@@ -164,11 +189,16 @@ async def collect(pc: RTCPeerConnection) -> CallQuality:
         remote_jitter_units * 1000 / clock_rate if remote_jitter_units is not None and clock_rate else None
     )
     mos = estimate_mos(rtt_ms, jitter_ms, loss, codec_name or "pcmu") if received else None
+    packets_due = delivered_fraction = None
+    counted = delivered(pc, frame_seconds)
+    if counted is not None:
+        distinct, packets_due = counted
+        delivered_fraction = min(1.0, distinct / packets_due) if packets_due else None
     return CallQuality(
         codec=codec_name, clock_rate=clock_rate,
         packets_sent=sent, bytes_sent=bytes_sent,
         packets_received=received, bytes_received=bytes_received,
         packets_lost=lost, loss_fraction=loss, jitter_ms=jitter_ms, rtt_ms=rtt_ms,
         remote_packets_lost=remote_lost, remote_loss_fraction=remote_loss, remote_jitter_ms=remote_jitter_ms,
-        mos=mos,
+        mos=mos, packets_due=packets_due, delivered_fraction=delivered_fraction,
     )
