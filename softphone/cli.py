@@ -247,6 +247,9 @@ def leads_group() -> None:
 @click.option("--turn-port", default=0, show_default=True, type=click.IntRange(0, 65535),
               help="TURN port (the launch URLs' turn_port; 0: any free port). With --no-turn: the port of "
                    "a TURN server run elsewhere on the same host (docker-compose), put in the launch URLs.")
+@click.option("--turn-user", default=None, envvar="SOFTPHONE_LAB_TURN_USER", metavar="NAME:PASS",
+              help="With --no-turn --turn-port N: the static credential of that TURN server, used by the lab's "
+                   "media and put in the launch URLs (turn_username/turn_password) [env SOFTPHONE_LAB_TURN_USER]")
 @click.option("--relay-only", is_flag=True, default=False,
               help="The lab's own media offers relay candidates only (needs TURN).")
 @handle_interrupt
@@ -254,7 +257,7 @@ def lab_command(host: str, port: int, db_url: str, api_key: str | None, office_h
                 seed: str | None, token_ttl: float, paths_file: str | None, sip: bool, wss_port: int | None,
                 cert: str | None, key_file: str | None, domain: str | None, prompt: str | None,
                 recordings_dir: str | None, customers: str | None, turn: bool, turn_port: int,
-                relay_only: bool) -> None:
+                turn_user: str | None, relay_only: bool) -> None:
     """Run the local stand-in of the OmniSense platform until Ctrl-C.
 
     REST API, status page (GET /) and SIP over WebSocket (ws:// on --port,
@@ -292,8 +295,12 @@ def lab_command(host: str, port: int, db_url: str, api_key: str | None, office_h
                 click.echo(f"  sip wss:      {server.sip_wss_url}")
                 click.echo(f"  ca file:      {server.ca_file}")
             click.echo(f"  sip domain:   {server.domain}")
-            turn_line = (f"{server.turn.url} (coturn pid {server.turn.pid}, {len(server.turn.users)} user(s))"
-                         if server.turn is not None else "none: host candidates only")
+            if server.turn is not None:
+                turn_line = f"{server.turn.url} (coturn pid {server.turn.pid}, {len(server.turn.users)} user(s))"
+            elif server.external_turn_user is not None:
+                turn_line = f"turn:{server.domain}:{server.turn_port} (run elsewhere, user {server.external_turn_user[0]})"
+            else:
+                turn_line = "none: host candidates only"
             click.echo(f"  turn:         {turn_line}")
         for user in server.seed.users:
             if user.get("role") == "supervisor":
@@ -316,7 +323,8 @@ def lab_command(host: str, port: int, db_url: str, api_key: str | None, office_h
                                         token_ttl=token_ttl, api_key_source=key_source, paths=paths,
                                         sip=sip, wss_port=wss_port, cert=cert, key=key_file, domain=domain,
                                         prompt=prompt, recordings_dir=recordings_dir, customers=customers,
-                                        turn=turn and sip, turn_port=turn_port, relay_only=relay_only))
+                                        turn=turn and sip, turn_port=turn_port, turn_user=turn_user,
+                                        relay_only=relay_only))
     except (ConfigurationError, TelephonyError) as exc:
         click.echo(f"softphone lab: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)

@@ -14,6 +14,7 @@ from softphone.errors import LabError
 from softphone.lab.server import start_lab
 from softphone.lab.telephony import InMemoryTelephony
 from softphone.lab.turn import start_turn
+from softphone.params import load_params
 
 pytestmark = pytest.mark.peer
 
@@ -71,3 +72,17 @@ async def test_without_the_launcher_the_lab_says_so_and_offers_host_candidates(t
 async def test_relay_only_without_turn_is_refused():
     with pytest.raises(LabError, match="--relay-only needs TURN"):
         await start_lab(turn=False, relay_only=True)
+
+
+async def test_a_turn_server_run_elsewhere_goes_into_launch_urls_and_the_lab_media(coturn):
+    lab = await start_lab(turn=False, turn_port=coturn.port, turn_user=f"{coturn.username}:{coturn.password}")
+    try:
+        params = load_params(lab.launch_url(1001))
+        assert params.turn_port == coturn.port and lab.turn is None
+        derived = params.derived
+        assert derived.turn_username == coturn.username and derived.turn_password.reveal() == coturn.password
+        assert await relay_candidates(coturn.port, derived.turn_username, derived.turn_password.reveal())
+        ice = lab.lab.telephony.options.media.ice
+        assert ice.turn_urls == (f"turn:127.0.0.1:{coturn.port}",) and ice.username == coturn.username
+    finally:
+        await lab.close()

@@ -32,7 +32,7 @@ from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
-from softphone.errors import LabError
+from softphone.errors import ConfigurationError, LabError
 from softphone.lab.app import DEFAULT_TOKEN_TTL, NOTIFICATION_SETTING, Lab, RedactedAccessLogger, build_app
 from softphone.lab.certificates import LabCertificate, lab_certificate
 from softphone.lab.db import Database, open_database
@@ -83,6 +83,8 @@ class LabServer:
     """Seconds from start_lab being called to ready."""
     external_turn_port: int | None = None
     """With no coturn of its own: the TURN port put in launch URLs (a TURN server run elsewhere)."""
+    external_turn_user: tuple[str, Secret] | None = None
+    """That TURN server's static credential: launch URLs carry it as turn_username/turn_password."""
     _closers: list[Callable[[], Any]] = field(default_factory=list, repr=False)
 
     @property
@@ -134,6 +136,9 @@ class LabServer:
             params["ca_file"] = self.ca_file
         if user.get("extension"):
             params["extension"] = user["extension"]
+        if self.turn is None and self.external_turn_user is not None:
+            params["turn_username"] = self.external_turn_user[0]
+            params["turn_password"] = self.external_turn_user[1].reveal()
         return params
 
     def launch_url(self, user_id: int, *, expire_date: datetime | None = None, secure: bool = True,
@@ -206,16 +211,22 @@ def _build_sip_telephony(module: Any, endpoint: SipEndpoint, options: dict[str, 
     return module.SipTelephony(endpoint, option_class(**values))
 
 
-def _media_config(turn: LabTurn | None, relay_only: bool) -> Any:
-    """The lab side's media: TURN through our coturn when there is one (relay only if asked)."""
+def _media_config(turn: LabTurn | None, relay_only: bool,
+                  external: tuple[str, str, Secret] | None = None) -> Any:
+    """The lab side's media: TURN through our coturn (or the external one given), relay only if asked."""
     from softphone.media.config import IceConfig, MediaConfig
 
-    if turn is None:
-        if relay_only:
-            raise LabError("--relay-only needs TURN: coturn is not running (install coturn, drop --no-turn)")
-        return MediaConfig(ice=IceConfig())
-    return MediaConfig(ice=IceConfig(turn_urls=(turn.url,), username=turn.lab_username,
-                                     credential=turn.lab_password, relay_only=relay_only))
+    if turn is not None:
+        return MediaConfig(ice=IceConfig(turn_urls=(turn.url,), username=turn.lab_username,
+                                         credential=turn.lab_password, relay_only=relay_only))
+    if external is not None:
+        url, username, credential = external
+        return MediaConfig(ice=IceConfig(turn_urls=(url,), username=username, credential=credential,
+                                         relay_only=relay_only))
+    if relay_only:
+        raise LabError("--relay-only needs TURN: coturn is not running (install coturn, drop --no-turn, "
+                       "or give --turn-user for a TURN server run elsewhere)")
+    return MediaConfig(ice=IceConfig())
 
 
 async def start_lab(
@@ -241,6 +252,7 @@ async def start_lab(
     registrar_options: RegistrarOptions | None = None,
     turn: bool = False,
     turn_port: int = 0,
+    turn_user: str | None = None,
     relay_only: bool = False,
     prompt: str | None = None,
     recordings_dir: str | Path | None = None,
@@ -255,6 +267,8 @@ async def start_lab(
     site), ``cert``/``key`` (default: self-signed, generated now), ``domain``
     (SIP domain and digest realm; default the host), ``edge_limits``,
     ``registrar_options``.  ``turn`` starts coturn on ``turn_port`` (0: free);
+    without it, ``turn_port`` and ``turn_user`` ("NAME:PASS") describe a TURN
+    server run elsewhere on the lab's host (docker-compose's ``turn``);
     ``relay_only`` makes the lab's media use relay candidates only.  Dialer
     keywords (passed to ``TelephonyOptions``; None keeps its default):
     ``prompt``, ``recordings_dir``, ``customers``, plus ``telephony_options``.
@@ -273,6 +287,14 @@ async def start_lab(
     db = await open_database(db_url)
     runner: web.AppRunner | None = None
     turn_server: LabTurn | None = None
+    external_user: tuple[str, Secret] | None = None
+    if turn_user is not None and not turn:
+        name, sep, secret = turn_user.partition(":")
+        if not sep or not name or not secret:
+            raise ConfigurationError("--turn-user must be NAME:PASS")
+        if not turn_port:
+            raise ConfigurationError("--turn-user needs --turn-port (the TURN server's port)")
+        external_user = (name, Secret(secret))
     closers: list[Callable[[], Any]] = []
     if certificate is not None:
         closers.append(certificate.cleanup)
@@ -295,7 +317,9 @@ async def start_lab(
 
                     customers = CustomerTable.load(customers)
                 dialer_options = {"prompt": prompt, "recordings_dir": Path(recordings_dir) if recordings_dir else None,
-                                  "customers": customers, "media": _media_config(turn_server, relay_only),
+                                  "customers": customers,
+                                  "media": _media_config(turn_server, relay_only, None if external_user is None else (
+                                      f"turn:{_url_host(lab_domain)}:{turn_port}", *external_user)),
                                   **(telephony_options or {})}
                 telephony = _build_sip_telephony(module, endpoint, dialer_options)
         elif relay_only and turn_server is None and turn:
@@ -349,7 +373,8 @@ async def start_lab(
                          _runner=runner, endpoint=endpoint, sip_ws_url=ws_url, sip_wss_url=wss_url,
                          certificate=certificate, turn=turn_server, domain=lab_domain, status=board,
                          started_in=time.monotonic() - started, _closers=closers,
-                         external_turn_port=None if turn else (turn_port or None))
+                         external_turn_port=None if turn else (turn_port or None),
+                         external_turn_user=external_user)
     except BaseException:
         if runner is not None:
             await runner.cleanup()
