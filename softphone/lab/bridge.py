@@ -241,8 +241,8 @@ class AgentBridge:
 
     def update(self) -> None:
         """Send the agent what the parties on the line say now."""
-        if self.handler is None or self.handler.closed or self.closing:
-            return
+        if self.handler is None or self.handler.closed or self.closing or self.handler.sending_stopped:
+            return  # nothing more goes to this phone (its call is ending)
         live = [k for k in self.voices if k not in self.held]
         if not self.voices:
             want = f"prompt {self.prompt}"
