@@ -97,11 +97,10 @@ def handle_interrupt(func: Callable) -> Callable:
 def main() -> None:
     """Headless WebRTC softphone agent for TForge OmniSense.
 
-    Validates the Webphone's launch parameters, drives the platform's lead
-    archive API, and runs a local lab that stands in for the platform. The SIP
-    user agent, WebRTC media and REST client are Python libraries today
-    (softphone.sip, softphone.media, softphone.platform); the agent commands
-    (run, phone, demo) build on them next.
+    Runs a Webphone agent session from its launch URL (run), a headless phone
+    on any SIP-over-WebSocket server (phone), the embedded lab demo (demo);
+    validates launch parameters, drives the lead archive API, and runs a local
+    lab that stands in for the platform.
     """
     from softphone.log import setup_logging
 

@@ -164,3 +164,14 @@ async def test_debug_flags_trace_sip_ice_and_api_on_stderr_and_write_the_live_pa
     assert '"state": "ready"' in html and '"state": "stopped"' in html and '"logged_in": true' in html
     for secret in ("agent1pass", lab.server.api_key.reveal(), lab.coturn.password):
         assert secret not in err and secret not in html
+
+
+async def test_expire_date_ends_the_run_cleanly_with_expiring_first(lab):
+    proc = await Proc.start(*run_args(lab, expire_in=8.0))
+    code, err = await proc.finish()
+    assert code == 0, (err, proc.lines)
+    names = [e["event"] for e in proc.events()]
+    assert names.index("call_answered") < names.index("expiring") < names.index("logged_out") \
+        < names.index("unregistered")
+    assert proc.events()[-1]["reason"].startswith("session expired")
+    assert await lab.agent_status() is AgentStatus.LOGGED_OUT
