@@ -175,3 +175,12 @@ async def test_chromium_receiver_reports_feed_our_call_quality():
         assert quality.remote_jitter_ms == pytest.approx(last.jitter * 1000 / 48000)
     finally:
         await handler.close()
+
+
+def test_keep_extension_ids_renumbers_known_uris_and_gives_new_ones_free_ids():
+    previous = "v=0\r\nm=audio 9 RTP/SAVPF 111\r\na=extmap:1 urn:a\r\na=extmap:4/sendrecv urn:mid\r\n"
+    offer = "v=0\r\nm=audio 9 RTP/SAVPF 96\r\na=extmap:1 urn:mid\r\na=extmap:2 urn:new\r\na=extmap:3 urn:a x\r\n"
+    out = sdpmod.keep_extension_ids(offer, previous)
+    assert out.split("\r\n")[2:5] == ["a=extmap:4 urn:mid", "a=extmap:2 urn:new", "a=extmap:1 urn:a x"]
+    assert out.startswith("v=0\r\nm=audio 9 RTP/SAVPF 96\r\n") and out.endswith("\r\n")
+    assert sdpmod.keep_extension_ids(offer, "v=0\r\n") == offer  # nothing negotiated yet: unchanged
