@@ -169,13 +169,18 @@ async def test_relay_only_through_coturn_we_call_browser(kamailio, chromium, cot
 
 
 async def test_rfc4733_from_browser_rtcdtmfsender_decoded_by_us(kamailio, chromium):
-    """RTCDTMFSender's telephone-event packets are decoded by our handler, digit for digit."""
+    """RTCDTMFSender's telephone-event packets (through SIP.js's SessionDescriptionHandler.sendDtmf,
+    as session.dtmf() does with dtmfType 'rtp', and insertDTMF directly) are decoded by us, digit for digit."""
     async with browser_calls_us(kamailio, chromium) as (page, media, invitation):
         handler = webrtc_handler(invitation)
         assert handler.negotiated_events, "telephone-event was not negotiated with Chromium"
         await media.hears(BROWSER_TONE)  # audio flows, so the sender has a stream to put events in
         events: list = []
         handler.on("dtmf", events.append)
+        assert await page.evaluate("window.sdhDtmf('23')") is True  # SIP.js's own RTP DTMF path
+        await wait_for(lambda: len(events) >= 2, "2 RFC 4733 digits sent through SIP.js")
+        assert "".join(e.digit for e in events) == "23"
+        events.clear()
         tones = "159#*0D"
         assert await page.evaluate(f"window.insertDTMF('{tones}', 100, 70)") == tones
         await wait_for(lambda: len(events) >= len(tones), f"{len(tones)} RFC 4733 digits", timeout=BOUND)
