@@ -291,6 +291,7 @@ async def _agent_flow(runner: StepRunner, server: Any, meters: dict[str, Any], o
             with contextlib.suppress(BaseException):
                 await start
         await agent.stop("demo failed")
+        runner.echo(await _after_failure(server, agent))
         raise
     try:
         agent_ear = meters["agent hears (lab -> agent)"] = wall_clock_levels(runner.now, "agent hears")
@@ -309,6 +310,8 @@ async def _agent_flow(runner: StepRunner, server: Any, meters: dict[str, Any], o
                 await runner.step("unregister", lambda: _unregistered(marks, server, agent), detail=str)
         finally:
             await stop
+            if runner.failed is not None:  # what the failure left behind, as the lab sees it
+                runner.echo(await _after_failure(server, agent))
 
 
 async def _unregistered(marks: Milestones, server: Any, agent: Any) -> str:
@@ -316,6 +319,16 @@ async def _unregistered(marks: Milestones, server: Any, agent: Any) -> str:
     await wait_until(lambda: not server.endpoint.is_registered(agent.extension),
                      "the lab still holds a binding", 5)
     return f"extension {event.extension} ({event.reason}); the lab holds no binding"
+
+
+async def _after_failure(server: Any, agent: Any) -> str:
+    from softphone.lab.store import AgentStatus
+
+    user = await server.lab.store.user(DEMO_USER_ID)
+    logged_in = user is not None and user.status is AgentStatus.LOGGED_IN
+    registered = bool(agent.extension) and server.endpoint.is_registered(agent.extension)
+    return (f"cleanup: the lab has user {DEMO_USER_ID} {'still logged in' if logged_in else 'logged out'}, "
+            f"extension {agent.extension or '-'} {'still registered' if registered else 'not registered'}")
 
 
 async def _logged_out(marks: Milestones, server: Any) -> str:

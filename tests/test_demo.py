@@ -54,6 +54,7 @@ async def test_a_failed_step_is_named_and_the_rest_reported_not_run():
     assert "FAILED" in failed and "486" in failed
     assert "FAILED at step 'outbound call'" in out
     assert "not run: agent hears customer" in out
+    assert "cleanup: the lab has user 1001 logged out, extension 9001 not registered" in out
     for name in STEPS[:STEPS.index("outbound call")]:
         assert _step_line(out, name).split()[2] == "ok"
 
