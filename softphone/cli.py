@@ -340,15 +340,17 @@ def lab_command(host: str, port: int, db_url: str, api_key: str | None, office_h
               help="TURN through coturn, relay only [default: when turnserver is installed; else host candidates]")
 @click.option("--step-timeout", default=10.0, show_default=True, type=click.FloatRange(min=1),
               help="Seconds each step may take before the demo fails naming it.")
+@click.option("--debug", is_flag=True, default=False,
+              help="The agent's SIP, ICE and API trace on stderr (the Webphone's debug_console; secrets redacted).")
 @handle_interrupt
-def demo_command(report: str | None, turn: bool | None, step_timeout: float) -> None:
+def demo_command(report: str | None, turn: bool | None, step_timeout: float, debug: bool) -> None:
     """Start the embedded lab and run one agent through the whole Webphone flow, step by step.
 
     Exit status 0 when every step passed, 1 naming the step that failed.
     """
     from softphone.demo import main as demo_main
 
-    sys.exit(demo_main(report=report, turn=turn, step_timeout=step_timeout))
+    sys.exit(demo_main(report=report, turn=turn, step_timeout=step_timeout, debug=debug))
 
 
 def _add_load_command() -> None:

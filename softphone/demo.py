@@ -67,6 +67,8 @@ class DemoOptions:
     step_timeout: float = 10.0
     echo: Callable[[str], None] = print
     customer_number: str = CUSTOMER_NUMBER
+    debug: bool = False
+    """The agent runs with ``debug_console=true``: its SIP, ICE and API trace on stderr."""
     """The number dialled; the lab's customer table answers only :data:`CUSTOMER_NUMBER` (others get
     the lab's defaults, e.g. ``*486`` busy)."""
 
@@ -252,10 +254,12 @@ async def _agent_flow(runner: StepRunner, server: Any, meters: dict[str, Any], o
 
     launch = server.launch_params(DEMO_USER_ID)
     ca_file = launch.pop("ca_file", None)
+    if options.debug:
+        launch["debug_console"] = "true"
     params = load_params(None, flags=launch, environ={})
     media = None if server.turn is not None else MediaConfig(ice=IceConfig())
     agent = Agent(params, campaign_id=DEMO_CAMPAIGN_ID, play=f"tone:{AGENT_HZ:g}", ca_file=ca_file,
-                  relay_only=server.turn is not None, media=media, debug=False)
+                  relay_only=server.turn is not None, media=media, debug=options.debug)
     runner.fact("agent", f"user {params.user_id} {params.username}, campaign {DEMO_CAMPAIGN_ID}")
     marks = Milestones()
     agent.on("state", lambda ev: (marks.reach(f"left:{ev.previous}"), marks.reach(f"reached:{ev.state}")))
@@ -433,12 +437,13 @@ async def _dial(agent: Any, server: Any, number: str) -> tuple[Any, Any]:
         await asyncio.sleep(0.05)
 
 
-def main(report: str | None = None, turn: bool | None = None, step_timeout: float = 10.0) -> int:
+def main(report: str | None = None, turn: bool | None = None, step_timeout: float = 10.0,
+         debug: bool = False) -> int:
     """``softphone demo``: run the demo in a fresh event loop; the exit status."""
     import click
 
     options = DemoOptions(report=Path(report) if report else None, turn=turn, step_timeout=step_timeout,
-                          echo=click.echo)
+                          echo=click.echo, debug=debug)
     return asyncio.run(run_demo(options))
 
 

@@ -27,7 +27,7 @@ def test_softphone_demo_runs_every_step_and_writes_the_report(tmp_path):
     report = tmp_path / "demo.html"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env = {k: v for k, v in env.items() if not k.startswith("SOFTPHONE_")}  # the demo needs no configuration
-    proc = subprocess.run([sys.executable, "-m", "softphone.cli", "demo", "--report", str(report)],
+    proc = subprocess.run([sys.executable, "-m", "softphone.cli", "demo", "--report", str(report), "--debug"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     out = proc.stdout
     assert proc.returncode == 0, f"exit {proc.returncode}\n{out}\n{proc.stderr[-3000:]}"
@@ -38,6 +38,7 @@ def test_softphone_demo_runs_every_step_and_writes_the_report(tmp_path):
     assert f"softphone demo: OK, {len(STEPS)} steps in" in out
     assert "TURN through coturn" in _step_line(out, "lab")  # TURN when turnserver is installed (it is on the test box)
     assert "customer heard 1000 Hz" in out and "agent heard 600 Hz" in out
+    assert "REGISTER sip:" in proc.stderr and 'response="***"' in proc.stderr  # --debug: the SIP trace
     assert "lab-system-key" not in out + proc.stderr and "agent1pass" not in out + proc.stderr
     page = report.read_text()
     assert page.count("<svg") == 2  # both audio directions
