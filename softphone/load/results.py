@@ -176,6 +176,8 @@ class Session:
     ok: bool
     started: float
     cause: str | None = None
+    logged_out: bool | None = None    # the User Logout API answered (None: never logged in)
+    unregistered: bool | None = None  # the registrar confirmed the unregister (None: never registered)
 
 
 @dataclass(frozen=True)

@@ -195,6 +195,8 @@ class AgentRun:
         self.state_at: dict[str, float] = {}
         self.setup_ok = False
         self.session_cause: str | None = None
+        self.logged_out: bool | None = None
+        self.unregistered: bool | None = None
 
     def at(self) -> float:
         return time.time() - self.w.cfg.started_at
@@ -253,8 +255,10 @@ class AgentRun:
                 self.w.active -= 1
             self._end_legs()
             ok = self.setup_ok and self.bridge_leg is not None and self.session_cause is None
-            self.w.results.sessions.append(Session(self.n, ok, started, None if ok else
-                                                   (self.session_cause or "no bridge call")))
+            self.w.results.sessions.append(Session(
+                self.n, ok, started, None if ok else (self.session_cause or "no bridge call"),
+                logged_out=self.logged_out, unregistered=self.unregistered if self.registered or
+                self.unregistered else None))
 
     def _failed_step(self, default: str) -> str:
         return {"authorizing": "authorize", "provisioning": "extension", "registering": "register",
@@ -262,12 +266,22 @@ class AgentRun:
 
     def _listen(self, agent: Any) -> None:
         agent.on("state", self._on_state)
-        agent.on("registered", lambda ev: setattr(self, "registered", True) or self._registered())
-        agent.on("unregistered", lambda ev: setattr(self, "registered", False))
+        agent.on("registered", self._on_registered)
+        agent.on("unregistered", self._on_unregistered)
+        agent.on("logged_in", lambda ev: setattr(self, "logged_out", False))
+        agent.on("logged_out", self._on_logged_out)
         agent.on("call_incoming", self._on_incoming)
         agent.on("call_answered", self._on_answered)
         agent.on("call_ended", self._on_ended)
         agent.on("error", lambda ev: None)  # failures are recorded where they surface
+
+    def _on_unregistered(self, ev: Any) -> None:
+        self.registered = False
+        self.unregistered = True
+
+    def _on_logged_out(self, ev: Any) -> None:
+        if not getattr(ev, "stale", False):
+            self.logged_out = True
 
     def _on_state(self, ev: Any) -> None:
         now = time.monotonic()
@@ -275,6 +289,11 @@ class AgentRun:
         self.state_at[ev.state] = now
         if ev.previous == "authorizing":
             self.w.results.latency("authorize", now - self.state_at["authorizing"], at=self.at(), agent=self.n)
+
+    def _on_registered(self, ev: Any) -> None:
+        self.registered = True
+        self.unregistered = False
+        self._registered()
 
     def _registered(self) -> None:
         t = self.state_at.get("registering")

@@ -1,0 +1,182 @@
+"""``softphone load`` end to end against the embedded lab (its SIP edge, dialer and coturn).
+
+Each run is a real process tree: the CLI's parent (with the lab inside it) and spawned
+worker processes of agents.  Conditions are waited for with generous deadlines; no
+timing is asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import pytest
+
+from softphone.load.results import EXIT_THRESHOLD_FAILED
+from softphone.load.runner import AgentSpec, _plan, specs_from_csv, specs_from_template
+from softphone.load.scenario import ScenarioError
+
+pytestmark = [pytest.mark.peer, pytest.mark.slow]
+
+CLI = [sys.executable, "-c", "from softphone.cli import main; main()", "load"]
+
+
+def _scenario(tmp_path: Path, thresholds: list[str], talk: int = 3600) -> Path:
+    path = tmp_path / "scenario.yaml"
+    path.write_text(
+        "name: lab-steady\ncodec: opus\nplay: tone:440\naudio: {check: true, gap: 1s}\niterations: 1\n"
+        f"loop:\n  - wait_bridge: {{timeout: 20s}}\n  - talk: {{seconds: {talk}}}\n"
+        "thresholds:\n" + "".join(f"  - {t}\n" for t in thresholds))
+    return path
+
+
+def _results(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+def test_three_agents_on_the_lab_in_two_workers(tmp_path):
+    out = tmp_path / "out"
+    scenario = _scenario(tmp_path, ["setup_success >= 100%", "audio_heard >= 100%", "p95(login_to_bridge) < 30s"])
+    proc = subprocess.run([*CLI, "--lab", "-n", "3", "--ramp", "5/s", "--duration", "10s", "-k", "2",
+                           "--scenario", str(scenario), "--out", str(out), "--quiet"],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = _results(out)
+    assert doc["agents"] == 3 and doc["workers"] == 2 and not doc["interrupted"]
+    assert [s["ok"] for s in doc["sessions"]] == [True] * 3
+    assert [(s["logged_out"], s["unregistered"]) for s in doc["sessions"]] == [(True, True)] * 3
+    assert doc["failures_by_cause"] == {}
+    legs = [leg for leg in doc["legs"] if leg["kind"] == "bridge"]
+    assert len(legs) == 3
+    for leg in legs:
+        assert leg["audio"]["status"] == "heard" and leg["audio"]["packets"] > 100
+        assert leg["sip"][0]["summary"].startswith("INVITE") and leg["sip"][1]["summary"] == "200 OK"
+        # the lab ended the bridge call after the agent's logout (the Agent logs out first)
+        assert leg["sip"][-1]["summary"].startswith("ended: remote hangup")
+    for metric in ("authorize", "register", "login_to_bridge", "ice_connected", "first_audio", "login_to_audio"):
+        assert doc["latency"][metric]["count"] == 3, metric
+    assert {r["worker"] for r in doc["resources"]} == {0, 1}
+    assert doc["summary"]["cpu_per_agent_second"] is not None and doc["snapshots"]
+    assert all(t["passed"] for t in doc["thresholds"])
+    suite = ET.parse(out / "junit.xml").getroot()
+    assert suite.get("failures") == "0" and suite.get("tests") == "4"
+    assert "uPlot" in (out / "report.html").read_text()
+    assert (out / "csv" / "legs.csv").is_file()
+
+
+def _wait_for_line(proc: subprocess.Popen, needle: str, deadline: float) -> list[str]:
+    lines = []
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            if proc.poll() is not None:
+                break
+            continue
+        lines.append(line)
+        if needle in line:
+            return lines
+    raise AssertionError(f"no {needle!r} in the progress lines:\n{''.join(lines)[-3000:]}")
+
+
+def test_ctrl_c_logs_everyone_out_writes_the_report_and_a_failed_threshold_sets_the_exit_status(tmp_path):
+    out = tmp_path / "out"
+    scenario = _scenario(tmp_path, ["setup_success >= 100%", "p95(login_to_bridge) < 0.001ms"])
+    proc = subprocess.Popen([*CLI, "--lab", "-n", "2", "--ramp", "10", "--duration", "120", "-k", "1",
+                             "--scenario", str(scenario), "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_line(proc, "in call 2", time.monotonic() + 90)
+        os.kill(proc.pid, signal.SIGINT)  # the first Ctrl-C: graceful
+        stdout, stderr = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == EXIT_THRESHOLD_FAILED, stderr[-3000:]
+    assert "p95(login_to_bridge) < 0.001ms: FAILED" in stdout + stderr
+    doc = _results(out)
+    assert doc["interrupted"] is True and doc["duration"] < 100
+    assert [s["ok"] for s in doc["sessions"]] == [True, True]
+    # every agent logged out and unregistered on the way out
+    assert [(s["logged_out"], s["unregistered"]) for s in doc["sessions"]] == [(True, True)] * 2
+    assert len(doc["legs"]) == 2 and all(leg["ended"] is not None and leg["failure"] is None for leg in doc["legs"])
+    assert [t["passed"] for t in doc["thresholds"]] == [True, False]
+    assert (out / "report.html").is_file()
+
+
+def test_second_ctrl_c_aborts_and_still_writes_the_report(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen([*CLI, "--lab", "-n", "1", "--duration", "120", "-k", "1", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_line(proc, "in call 1", time.monotonic() + 90)
+        os.kill(proc.pid, signal.SIGINT)
+        time.sleep(0.05)  # two presses, not one: the second must find the stop under way
+        os.kill(proc.pid, signal.SIGINT)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    doc = _results(out)
+    assert doc["interrupted"] is True
+    assert (out / "report.html").is_file()
+
+
+# --- pure parts -----------------------------------------------------------------------
+
+
+def test_credentials_from_template_and_csv(tmp_path):
+    specs = specs_from_template("https://h/p.html?user_id=10{n:02d}&username=agent{n}", 3)
+    assert [s.url for s in specs][-1] == "https://h/p.html?user_id=1003&username=agent3"
+    with pytest.raises(Exception, match="needs \\{n\\}"):
+        specs_from_template("https://h/p.html", 2)
+    path = tmp_path / "agents.csv"
+    path.write_text("username,password,user_id\nagent1,pw1,1001\nagent2,pw2,1002\n")
+    specs = specs_from_csv(path, 2)
+    assert specs[1] == AgentSpec(2, None, {"username": "agent2", "password": "pw2", "user_id": "1002"})
+    with pytest.raises(Exception, match="2 row\\(s\\) for 3 agents"):
+        specs_from_csv(path, 3)
+
+
+def test_plan_spreads_agents_over_workers_on_the_ramp():
+    specs = [AgentSpec(n) for n in range(1, 6)]
+    plan = _plan(specs, 2, ramp=2.0)
+    assert [[s.n for s, _ in part] for part in plan] == [[1, 3, 5], [2, 4]]
+    assert [t for _, t in plan[0]] == [0.0, 1.0, 2.0]
+
+
+def test_cli_rejects_bad_input(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nloop:\n  - talk: {seconds: forever}\n")
+    proc = subprocess.run([*CLI, "--lab", "-n", "1", "--scenario", str(bad)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and "bad.yaml:3: loop[0].talk.seconds" in proc.stderr
+    proc = subprocess.run([*CLI, "-n", "1"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "exactly one of" in proc.stderr
+    proc = subprocess.run([*CLI, "--lab", "-n", "1", "--ramp", "fast"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "agents per second" in proc.stderr
+    assert ScenarioError  # the type the CLI reports as bad input
+
+
+def test_nothing_below_the_load_package_imports_it():
+    import ast
+
+    root = Path(__file__).resolve().parent.parent / "softphone"
+    offenders = []
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root)
+        if rel.parts[0] == "load" or rel.name in ("cli.py",):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{rel}: {n}" for n in names if n.startswith("softphone.load")]
+    assert offenders == []
