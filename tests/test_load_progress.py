@@ -23,7 +23,7 @@ def test_plain_lines_when_not_a_terminal():
     lines = out.getvalue().splitlines()
     assert len(lines) == 3  # first update, after 5 s, and the final line on stop
     assert lines[0].startswith("t=1/60s agents 10/10 registered 9 in call 8 calls 10")
-    assert "failures 4" in lines[1] and "SIP 503: 3, timeout: dial: 1" in lines[1]
+    assert "failures 4" in lines[1] and "[SIP 503: 3, timeout: dial: 1]" in lines[1]  # brackets are not markup
     assert "(3.2/s)" in lines[1]  # calls rate between the last two updates: 16 calls in 5 s
     assert "w1[5a 14% 82MB lag 61ms]" in lines[1]
     assert "\x1b[" not in out.getvalue()  # no terminal escapes in logs
@@ -46,3 +46,10 @@ def test_quiet_prints_nothing():
     with LiveProgress(file=out, quiet=True, force_terminal=True) as p:
         p.update(_status(1, 10), now=1.0)
     assert out.getvalue() == ""
+
+
+def test_plain_final_line_is_not_repeated():
+    out = io.StringIO()
+    with LiveProgress(file=out, interval=5.0) as p:
+        p.update(_status(1, 10), now=1.0)
+    assert len(out.getvalue().splitlines()) == 1

@@ -49,7 +49,9 @@ def test_outbound_example_has_the_steps_of_a_campaign():
 
 def test_inbound_example_expects_the_menu_prompt_and_sends_dtmf():
     s = load_scenario(next(p for p in EXAMPLES if p.stem == "inbound_dtmf_menu"))
-    assert s.codec == "pcmu" and s.audio.expect == "tone:660"
+    assert s.codec == "pcmu" and s.audio.check
+    menu = next(step for step in s.loop if step.kind is StepKind.EXPECT_AUDIO)
+    assert menu.expect == "tone:600" and menu.name == "menu_prompt"
     dtmf = next(step for step in s.loop if step.kind is StepKind.DTMF)
     assert dtmf.digits == "2#" and dtmf.interval == pytest.approx(0.15)
     wait = next(step for step in s.loop if step.kind is StepKind.WAIT_CALL)

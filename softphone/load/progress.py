@@ -73,6 +73,7 @@ class LiveProgress:
         self._last_time: float | None = None
         self._rates = (0.0, 0.0)
         self._last_line = -1e9
+        self._last_printed = False
 
     def __enter__(self) -> LiveProgress:
         self.start()
@@ -96,8 +97,8 @@ class LiveProgress:
                 self._live.update(self._render(self._last))
             self._live.stop()
             self._live = None
-        elif self.mode == "plain" and self._last is not None:
-            self.console.print(self.line(self._last), soft_wrap=True)
+        elif self.mode == "plain" and self._last is not None and not self._last_printed:
+            self.console.print(self.line(self._last), soft_wrap=True, markup=False)
 
     def update(self, status: RunStatus, now: float | None = None) -> None:
         """Record a new status; redraws (live) or prints a line every ``interval`` (plain)."""
@@ -114,7 +115,10 @@ class LiveProgress:
             self._live.update(self._render(status))
         elif self.mode == "plain" and now - self._last_line >= self.interval:
             self._last_line = now
-            self.console.print(self.line(status), soft_wrap=True)
+            self.console.print(self.line(status), soft_wrap=True, markup=False)
+            self._last_printed = True
+            return
+        self._last_printed = False
 
     @property
     def rates(self) -> tuple[float, float]:

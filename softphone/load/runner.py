@@ -165,15 +165,17 @@ def _failure_from(exc: BaseException, step: str, at: float, agent: int, leg: str
 
 
 def _ice_pair(handler: Any) -> str | None:
-    """"local-type host:port <-> remote-type host:port (proto)" of the nominated pair (aioice internals)."""
+    """"local-type host:port <-> remote-type host:port (proto)" of the nominated pair."""
+    from softphone.media.peer import selected_candidate_pair  # aioice's internals stay in media.aiortc_seam
+
     try:
-        transport = handler.sender.transport.transport  # RTCDtlsTransport -> RTCIceTransport
-        connection = transport._connection
-        pair = next(iter(connection._nominated.values()))
-        lc, rc = pair.local_candidate, pair.remote_candidate
-        return f"{lc.type} {lc.host}:{lc.port} <-> {rc.type} {rc.host}:{rc.port} ({lc.transport.lower()})"
+        pair = selected_candidate_pair(handler.pc)
     except Exception:
         return None
+    if pair is None:
+        return None
+    (lh, lp), (rh, rp) = pair.local_address, pair.remote_address
+    return f"{pair.local_type} {lh}:{lp} <-> {pair.remote_type} {rh}:{rp} ({pair.local_protocol.lower()})"
 
 
 class AgentRun:
@@ -485,6 +487,7 @@ class AgentRun:
                 await self._inject_inbound(agent, iteration)
             call_id = await self._wait_inbound(agent, timeout)
             self.last_call_id = call_id
+            self.w.calls += 1
             del t0
         elif kind is StepKind.DTMF:
             call = agent.call
