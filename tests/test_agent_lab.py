@@ -74,13 +74,16 @@ async def test_full_session_bridge_call_audio_dtmf_hold_and_stop_order(lab):
         platform_side = lab.telephony.bridge_calls[1001]
         await platform_side.wait_for_tone(1000, timeout=BOUND)
         # DTMF both ways: INFO and RFC 4733 from the platform arrive as one stream
+        # (one way at a time: RTP through the relay and SIP through Kamailio may overtake each other)
         await platform_side.send_dtmf("4", method="info")
+        assert await call.wait_for_dtmf(1, timeout=BOUND) == "4"
         await platform_side.send_dtmf("2", method="rfc4733")
-        assert await call.wait_for_dtmf(2, timeout=BOUND) == "42"
+        assert await call.wait_for_dtmf(1, timeout=BOUND) == "2"
         assert [e.via for e in call.digits] == ["info", "rfc4733"]
         await call.send_dtmf("7", method="rfc4733")
+        assert await platform_side.wait_for_dtmf(1, timeout=BOUND) == "7"
         await call.send_dtmf("#", method="info")
-        assert await platform_side.wait_for_dtmf(2, timeout=BOUND) == "7#"
+        assert await platform_side.wait_for_dtmf(1, timeout=BOUND) == "#"
         await call.hold()
         assert call.state is CallState.HELD
         await call.unhold()

@@ -38,14 +38,18 @@ async def test_two_phones_talk_dtmf_both_ways_hold_and_hang_up(kamailio_factory,
         await into.wait_for_tone(1000, timeout=BOUND)
         await out.wait_for_tone(440, timeout=BOUND)
         # DTMF both ways, by RFC 4733 and by SIP INFO, into one DtmfEvent stream
+        # (one way at a time: RTP through the relay and SIP through Kamailio may overtake each other)
         assert await asyncio.wait_for(out.send_dtmf("12", method="rfc4733"), BOUND) == "rfc4733"
+        assert await into.wait_for_dtmf(2, timeout=BOUND) == "12"
         assert await asyncio.wait_for(out.send_dtmf("#", method="info"), BOUND) == "info"
-        assert await into.wait_for_dtmf(3, timeout=BOUND) == "12#"
+        assert await into.wait_for_dtmf(1, timeout=BOUND) == "#"
         assert [e.via for e in into.digits] == ["rfc4733", "rfc4733", "info"]
         assert all(isinstance(e, DtmfEvent) for e in into.digits)
         await asyncio.wait_for(into.send_dtmf("9", method="info"), BOUND)
+        assert await out.wait_for_dtmf(1, timeout=BOUND) == "9"
         await asyncio.wait_for(into.send_dtmf("7", method="rfc4733"), BOUND)
-        assert await out.wait_for_dtmf(2, timeout=BOUND) == "97"
+        assert await out.wait_for_dtmf(1, timeout=BOUND) == "7"
+        assert [e.via for e in out.digits] == ["info", "rfc4733"]
         # in-band: tones in the audio reach the same stream
         out.play("dtmf:9")  # the digit as dual tones in the audio
         got = await asyncio.wait_for(_next_inband(into), BOUND)
