@@ -20,11 +20,13 @@ def test_plain_lines_when_not_a_terminal():
         p.update(_status(1, 10), now=1.0)
         p.update(_status(2, 14, {"SIP 503": 2}), now=2.0)   # within the interval: no line
         p.update(_status(7, 30, {"SIP 503": 3, "timeout: dial": 1}), now=7.0)
+        p.update(_status(8, 31, {"SIP 503": 3, "timeout: dial": 1}), now=8.0)
     lines = out.getvalue().splitlines()
-    assert len(lines) == 3  # first update, after 5 s, and the final line on stop
+    assert len(lines) == 3  # first update, 5 s later, and the final state on stop
     assert lines[0].startswith("t=1/60s agents 10/10 registered 9 in call 8 calls 10")
     assert "failures 4" in lines[1] and "[SIP 503: 3, timeout: dial: 1]" in lines[1]  # brackets are not markup
     assert "(3.2/s)" in lines[1]  # calls rate between the last two updates: 16 calls in 5 s
+    assert lines[2].startswith("t=8/60s") and "calls 31" in lines[2]
     assert "w1[5a 14% 82MB lag 61ms]" in lines[1]
     assert "\x1b[" not in out.getvalue()  # no terminal escapes in logs
 
