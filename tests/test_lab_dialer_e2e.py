@@ -8,6 +8,7 @@ behind the lab's SIP trunk as documented.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Any
 
@@ -173,3 +174,45 @@ async def test_a_phone_that_goes_away_ends_its_calls_and_logs_the_agent_out(how)
             with pytest.raises(PlatformError, match="not logged in"):
                 await api.logout()
         await ua.stop()
+
+
+def lean_phone(lab: Any, i: int) -> UserAgent:
+    """A phone on the lean media path: a pre-encoded tone out, RTP counted (not decoded) in."""
+    from softphone.media.lean import PreEncodedAudioTrack, Tone
+
+    factory = WebRtcDescriptionHandlerFactory(MediaConfig(decode=False),
+                                              source_factory=lambda _s: PreEncodedAudioTrack(Tone(AGENT_TONE)))
+    return UserAgent(UserAgentConfig(
+        ws_url=lab.sip_ws_url, aor=f"sip:{extension(i)}@{lab.domain}", password=password(i),
+        description_handler_factory=factory, reconnect=Reconnect(enabled=False),
+        keep_alive=KeepAlive(mode=KeepAliveMode.NONE)))
+
+
+def received(handler: Any) -> int:
+    return handler.receiver.report().received if handler is not None and not handler.closed else 0
+
+
+async def test_fifty_agents_registered_and_bridged_at_once_with_audio_both_ways():
+    n = 50
+    async with await start_lab(seed=seed_with_phones(n), turn=False,
+                               telephony_options={"decode": False, "answer_timeout": 60.0}) as lab:
+        phones = [lean_phone(lab, i) for i in range(n)]
+        clients = [PlatformClient(lab.url, lab.api_key, username=f"phone{i}", password=password(i),
+                                  allow_http=True, timeout=60) for i in range(n)]
+        try:
+            await asyncio.gather(*(ua.start() for ua in phones))
+            assert sorted(lab.endpoint.registered_extensions()) == sorted(extension(i) for i in range(n))
+            await asyncio.gather(*(api.login(1, extension(i)) for i, api in enumerate(clients)))
+            tel = lab.lab.telephony
+            assert len(tel.bridges) == n
+            start_phone = [received(next(iter(ua.sessions))._handler) for ua in phones]
+            start_lab_rx = {u: received(b.handler) for u, b in tel.bridges.items()}
+            # every bridge call carries audio both ways: a second's worth more on each side
+            await wait_until(lambda: all(received(next(iter(ua.sessions))._handler) >= start_phone[i] + 50
+                                         for i, ua in enumerate(phones)), 30, "audio at every phone")
+            await wait_until(lambda: all(received(b.handler) >= start_lab_rx[u] + 50
+                                         for u, b in tel.bridges.items()), 30, "audio from every phone")
+        finally:
+            await asyncio.gather(*(api.logout() for api in clients), return_exceptions=True)
+            await asyncio.gather(*(api.close() for api in clients), return_exceptions=True)
+            await asyncio.gather(*(ua.stop() for ua in phones), return_exceptions=True)
