@@ -153,11 +153,13 @@ class LabServer:
             return
         self.state = ServerState.CLOSING
         try:
+            # Calls end first (their BYEs go out over the phones' WebSockets), then the
+            # WebSockets close (aiohttp would otherwise wait for them), then HTTP stops.
+            await self.lab.telephony.close()
             if self.endpoint is not None:
                 await self.endpoint.close()
             await self._runner.cleanup()
             await self.lab.notifier.close()
-            await self.lab.telephony.close()
         finally:
             for closer in reversed(self._closers):
                 try:

@@ -351,7 +351,7 @@ class SipEndpoint(AsyncIOEventEmitter):
                         len(self.connections))
             return web.Response(status=503, text="too many SIP connections\n", headers={"Retry-After": "5"})
         ws = web.WebSocketResponse(protocols=(SUBPROTOCOL,), max_msg_size=self.limits.max_frame_bytes,
-                                   autoping=True)
+                                   autoping=True, timeout=5.0)
         if not ws.can_prepare(request).ok:
             return web.Response(status=400, text="expected a WebSocket upgrade\n")
         await ws.prepare(request)
@@ -402,11 +402,14 @@ class SipEndpoint(AsyncIOEventEmitter):
     async def close(self) -> None:
         """Close every WebSocket (bindings end with "lab stopping")."""
         await self.registrar.close()
-        for conn in list(self.connections):
+
+        async def close_one(conn: SipConnection) -> None:
             try:
                 await asyncio.wait_for(conn.transport.close(), 2.0)
             except (TimeoutError, Exception) as exc:
                 log.debug("closing %s: %s", conn.name, exc)
+
+        await asyncio.gather(*(close_one(conn) for conn in list(self.connections)))
 
     # --- PhoneDirectory -------------------------------------------------------------------
 
