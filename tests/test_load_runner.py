@@ -70,6 +70,25 @@ def test_three_agents_on_the_lab_in_two_workers(tmp_path):
     assert (out / "csv" / "legs.csv").is_file()
 
 
+def test_outbound_steps_against_the_lab(tmp_path):
+    """dial (voice API) -> talk -> hold/retrieve -> hangup -> dispose -> think, twice per agent."""
+    out = tmp_path / "out"
+    scenario = tmp_path / "outbound.yaml"
+    scenario.write_text(
+        "name: lab-outbound\ncodec: opus\naudio: {check: true}\niterations: 2\nloop:\n"
+        "  - wait_bridge: {timeout: 20s}\n  - dial: {number: \"+1555{agent:04d}\", timeout: 20s}\n"
+        "  - talk: {seconds: 1.5, record: 1}\n  - hold: {seconds: 0.5}\n  - hangup\n"
+        "  - dispose: {code: SALE}\n  - think: {seconds: 0.5}\n"
+        "thresholds:\n  - call_success >= 100%\n  - p95(outbound_answered) < 30s\n")
+    proc = subprocess.run([*CLI, "--lab", "-n", "2", "--duration", "16", "-k", "1", "--scenario", str(scenario),
+                           "--out", str(out), "--quiet"], capture_output=True, text=True, timeout=180)
+    doc = _results(out)
+    assert proc.returncode == 0, (doc["failures"], proc.stderr[-3000:])
+    assert doc["failures_by_cause"] == {}
+    assert doc["latency"]["outbound_answered"]["count"] == 4  # 2 agents x 2 passes
+    assert all(t["passed"] for t in doc["thresholds"])
+
+
 def _wait_for_line(proc: subprocess.Popen, needle: str, deadline: float) -> list[str]:
     lines = []
     while time.monotonic() < deadline:
