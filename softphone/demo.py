@@ -115,10 +115,16 @@ async def wait_until(condition: Callable[[], Any], what: str, timeout: float, in
         await asyncio.sleep(interval)
 
 
-#: Steps marked on the level charts, with their short labels.
-CHART_MARKS = {"prompt heard": "prompt", "outbound call": "customer", "DTMF agent -> lab": "DTMF out",
-               "DTMF customer -> agent": "DTMF in", "hold": "hold", "retrieve": "retrieve",
-               "hang-up": "hang-up"}
+#: Steps marked on the level charts: short label, and whether the mark is where the step began (an
+#: action: what follows is its effect) or where it ended (a detection: when it was heard).
+CHART_MARKS = {"prompt heard": ("prompt heard", "ended"), "outbound call": ("dial", "started"),
+               "DTMF agent -> lab": ("DTMF out", "started"), "DTMF customer -> agent": ("DTMF in", "started"),
+               "hold": ("hold", "started"), "retrieve": ("retrieve", "started"),
+               "hang-up": ("hang-up", "started")}
+
+
+#: A pause longer than this between two received frames is drawn as a gap in the level chart.
+GAP_SECONDS = 0.1
 
 
 def wall_clock_levels(clock: Callable[[], float], name: str) -> Any:
@@ -137,13 +143,20 @@ def wall_clock_levels(clock: Callable[[], float], name: str) -> Any:
 
         def _write(self, frame: Any) -> None:
             x = frame_to_mono(frame)
-            self.history.append(LevelSample(clock(), tones.rms_dbfs(x), tones.peak_dbfs(x)))
+            now = clock()
+            if self.history and now - self.history[-1].t > GAP_SECONDS:
+                # no audio came (RFC 4733 digits replace it, or the stream stalled): show a gap, not a ramp
+                floor = tones.DB_FLOOR
+                self.history.append(LevelSample(self.history[-1].t + 0.001, floor, floor))
+                self.history.append(LevelSample(now - 0.001, floor, floor))
+            self.history.append(LevelSample(now, tones.rms_dbfs(x), tones.peak_dbfs(x)))
 
     return WallClockLevels()
 
 
 def chart_marks(runner: StepRunner) -> list[tuple[float, str]]:
-    return [(r.ended, CHART_MARKS[r.name]) for r in runner.records if r.name in CHART_MARKS]
+    return [(getattr(r, CHART_MARKS[r.name][1]), CHART_MARKS[r.name][0]) for r in runner.records
+            if r.name in CHART_MARKS]
 
 
 def _dbfs(value: float) -> str:
