@@ -182,12 +182,17 @@ async def test_conference_and_connect(tmp_path):
         first, second = tel.calls[1].winner.customer, tel.calls[2].winner.customer
         await first.tones.wait_for(AGENT_TONE, timeout=10)
         await second.tones.wait_for(AGENT_TONE, timeout=10)
+        await first.tones.wait_for(850.0, timeout=10)  # the customers hear each other too
+        await second.tones.wait_for(750.0, timeout=10)
+        assert not tel.gateway.messages("BYE")
 
         await tel.connect(call_info(1, "0821000001"), call_info(2, "0821000002"))
+        await wait_until(lambda: AGENT_TONE not in first.tones.present() + second.tones.present(), 10,
+                         "the agent gone from both customers")
         assert await tel.hangup(call_info(1, "0821000001")) == 200  # the agent leaves, the customers stay
         assert await tel.hangup(call_info(2, "0821000002")) == 200
-        await first.tones.wait_for(850.0, timeout=10)
-        await second.tones.wait_for(750.0, timeout=10)
+        await first.tones.wait_for(850.0, timeout=10, include_past=False)
+        await second.tones.wait_for(750.0, timeout=10, include_past=False)
         assert not tel.gateway.messages("BYE")
         await hears(agent.ear, PROMPT)
         await first.hangup()

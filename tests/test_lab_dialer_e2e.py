@@ -25,8 +25,8 @@ from softphone.lab.server import start_lab
 from softphone.media.config import MediaConfig
 from softphone.media.handler import WebRtcDescriptionHandlerFactory
 from softphone.media.sinks import ToneDetector
-from softphone.media.sources import ToneSource
-from softphone.media.tones import frequencies_close
+from softphone.media.sources import ToneSource, decode_file
+from softphone.media.tones import frequencies_close, pcm16_to_float, tone_levels
 from softphone.platform.client import PlatformClient
 from softphone.sip.timers import Timers
 from softphone.sip.transport import KeepAlive, KeepAliveMode, Reconnect
@@ -126,6 +126,10 @@ async def test_login_call_hold_customer_hangup_cdr_recording_busy_and_inbound(tm
             assert cdr["recording_url"] == recording.recording_url
             async with aiohttp.ClientSession() as http, http.get(cdr["recording_url"]) as resp:
                 assert resp.status == 200 and len(await resp.read()) > 1000
+            # both sides are in the recording: the agent's tone and the customer's
+            samples = pcm16_to_float(decode_file(tmp_path / f"call-{call.call_id}.wav", 8000))
+            agent_level, customer_level = tone_levels(samples, (AGENT_TONE, CUSTOMER_TONE), 8000)
+            assert agent_level > -40 and customer_level > -40, (agent_level, customer_level)
             await dominates(ear, PROMPT)
 
             busy = await api.call("0821110486", outbound_cli="27110001111", unique_id="e2e-2")

@@ -179,6 +179,8 @@ class AgentBridge:
         self._ear = _Ear(self)
         self._playing: str | None = None
         self._echo: dict[Any, EchoSource] = {}
+        self._parties: dict[Any, Listener] = {}
+        self._mix_sources: dict[tuple[Any, Any], AudioSource] = {}
 
     def handler_factory(self) -> WebRtcDescriptionHandlerFactory:
         def source(_session: Any) -> MediaStreamTrack:
@@ -203,31 +205,61 @@ class AgentBridge:
     # --- what the agent hears -------------------------------------------------------------
 
     def add_party(self, key: Any, voice: str, listener: Listener | None) -> None:
-        """A customer joins: the agent hears ``voice``; ``listener`` gets the agent's frames."""
+        """A customer joins: the agent hears ``voice``; ``listener`` gets what the customer hears.
+
+        That is the agent's audio, plus, in a conference, the other customers' voices
+        (mixed in at the pace of the agent's frames).
+        """
         if voice == "echo":
-            echo = EchoSource()
-            self._echo[key] = echo
-            inner = listener
-
-            def listener(frame: av.AudioFrame, _inner=inner, _echo=echo) -> None:
-                if _inner is not None:
-                    _inner(frame)
-                if key not in self.held:
-                    _echo.write(frame)
-
+            self._echo[key] = EchoSource()
         self.voices[key] = voice
         if listener is not None:
-            self.listeners[key] = listener
+            self._parties[key] = listener
+            self.listeners[key] = lambda frame, k=key: self._to_party(k, frame)
         self.update()
 
     def remove_party(self, key: Any) -> None:
         self.voices.pop(key, None)
         self.listeners.pop(key, None)
+        self._parties.pop(key, None)
         self.held.discard(key)
+        for pair in [p for p in self._mix_sources if key in p]:
+            self._mix_sources.pop(pair).stop()
         echo = self._echo.pop(key, None)
         if echo is not None:
             echo.close()
         self.update()
+
+    def _to_party(self, key: Any, frame: av.AudioFrame) -> None:
+        echo = self._echo.get(key)
+        if echo is not None and key not in self.held:
+            echo.write(frame)
+        listener = self._parties.get(key)
+        if listener is None:
+            return
+        others = [k for k in self.voices if k != key and k not in self.held and self.voices[k] != "echo"]
+        listener(self.mixed(frame, others, key) if others and key not in self.held else frame)
+
+    def mixed(self, frame: av.AudioFrame, keys: list[Any], consumer: Any) -> av.AudioFrame:
+        """``frame`` (the agent) plus the voices of ``keys``, as one s16 mono frame."""
+        from softphone.media.sinks import frame_to_mono
+
+        n, rate = frame.samples, frame.sample_rate
+        total = frame_to_mono(frame) * 32768.0
+        for k in keys:
+            source = self._mix_sources.get((consumer, k))
+            if source is None:
+                source = self._mix_sources[(consumer, k)] = pcm_source(self.voices[k])
+            if source.sample_rate != rate or source.channels != 1:
+                source.set_format(rate, 1)
+            data = source.read(n)
+            if data:
+                pcm = np.frombuffer(data, dtype="<i2")
+                total[: len(pcm)] += pcm
+        out = av.AudioFrame(format="s16", layout="mono", samples=n)
+        out.planes[0].update(np.clip(total, -32768, 32767).astype("<i2").tobytes())
+        out.sample_rate, out.pts, out.time_base = rate, frame.pts, frame.time_base
+        return out
 
     def set_held(self, key: Any, held: bool) -> None:
         (self.held.add if held else self.held.discard)(key)

@@ -390,7 +390,14 @@ class SipTelephony:
         self._recorders[call.call_id] = recorder
         lab_call.recording = recorder
         bridge = self._bridge(call.user_id)
-        bridge.add_listener(("recording", call.call_id), recorder.write)
+        key = call.call_id
+
+        def record(frame: Any) -> None:
+            # both sides: the agent's audio with the customer's voice mixed in (not while held)
+            live = [key] if key in bridge.voices and key not in bridge.held and bridge.voices[key] != "echo" else []
+            recorder.write(bridge.mixed(frame, live, ("recording", key)) if live else frame)
+
+        bridge.add_listener(("recording", key), record)
         return f"{opts.recording_base_url}/{name}"
 
     async def stop_recording(self, call: CallInfo) -> None:
