@@ -23,6 +23,7 @@ import importlib
 import importlib.util
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -40,7 +41,7 @@ from softphone.lab.office_hours import OfficeHours
 from softphone.lab.registrar import Registrar, RegistrarOptions
 from softphone.lab.seed import Seed, apply_seed, load_seed
 from softphone.lab.sip_endpoint import WS_PATH, EdgeLimits, SipEndpoint
-from softphone.lab.status_page import STATUS_PATH, StatusBoard
+from softphone.lab.status_page import STATUS_PATH, ObservedNotifier, StatusBoard
 from softphone.lab.telephony import InMemoryTelephony, Telephony
 from softphone.lab.turn import LabTurn, start_turn
 from softphone.log import Secret, get_logger, register_secret
@@ -329,6 +330,9 @@ async def start_lab(
         options_kw: dict[str, Any] = {}
         if clock is not None:
             options_kw["clock"] = clock
+        events: deque = deque(maxlen=200)
+        if "notifier" not in lab_options:
+            options_kw["notifier"] = ObservedNotifier(events, timeout=notification_timeout)
         if "supervisor_ids" not in lab_options:  # the seed's users with "role": "supervisor"
             options_kw["supervisor_ids"] = seed_obj.supervisor_ids
         lab = Lab(db=db, api_key=key_value, telephony=telephony or InMemoryTelephony(), office_hours=hours,
@@ -339,7 +343,7 @@ async def start_lab(
             log.info("start: %d agent(s) logged out and %d call(s) ended from a previous run", agents, calls)
         lab.notifier.url = await lab.store.setting(NOTIFICATION_SETTING)
         app = build_app(lab)
-        board = StatusBoard(lab, endpoint)
+        board = StatusBoard(lab, endpoint, events)
         board.add_routes(app)
         if endpoint is not None:
             endpoint.add_routes(app)

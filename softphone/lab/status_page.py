@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import inspect
 import json
+import time
+from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
 from softphone.lab.telephony import CallState
+from softphone.lab.webhooks import Notifier
 from softphone.log import get_logger
 
 log = get_logger(__name__)
@@ -26,6 +29,34 @@ log = get_logger(__name__)
 STATUS_PATH = "/lab/status"
 MAX_CALLS = 200
 RECENT_ENDED = 10
+#: Fields of a platform notification shown in its one-line description, in this order.
+_EVENT_FIELDS = ("call_id", "user_id", "campaign_id", "status", "phone_number", "call_direction", "sip_code",
+                 "ring_time", "talk_time", "hold_time", "dispostion_code", "recording_url")
+EventLog = deque  # of (epoch seconds, kind, text), newest last
+
+
+def describe_event(payload: dict[str, Any]) -> str:
+    """``call_id=3 user_id=1001 sip_code=200 talk_time=5230`` from a notification payload."""
+    return " ".join(f"{name}={payload[name]}" for name in _EVENT_FIELDS if payload.get(name) is not None)
+
+
+class ObservedNotifier(Notifier):
+    """The lab's webhook sender, which also logs one line per platform event and keeps the last ones.
+
+    Every call and agent event the platform reports (``user_status``, ``call``,
+    ``call_end`` with real ring/talk/hold times) passes here, whether or not a
+    notification URL is set: the lab's log and status page show them all.
+    """
+
+    def __init__(self, events: EventLog, timeout: float = 5.0) -> None:
+        super().__init__(timeout)
+        self.events = events
+
+    def notify(self, kind: str, payload: dict[str, Any]) -> None:
+        text = describe_event(payload)
+        self.events.append((time.time(), kind, text))
+        log.info("event %s: %s", kind, text)
+        super().notify(kind, payload)
 
 
 def _iso(ts: float | None) -> str | None:
@@ -40,9 +71,11 @@ def _json_safe(value: Any) -> Any:
 class StatusBoard:
     """Collects the lab's state for the status page."""
 
-    def __init__(self, lab: Any, endpoint: Any | None) -> None:
+    def __init__(self, lab: Any, endpoint: Any | None, events: EventLog | None = None) -> None:
         self.lab = lab
         self.endpoint = endpoint
+        self.events: EventLog = events if events is not None else deque(maxlen=200)
+        """Platform events (see :class:`ObservedNotifier`)."""
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/", self.page, name="status_page")
@@ -78,10 +111,11 @@ class StatusBoard:
             "events": [],
             "telephony": type(self.lab.telephony).__name__,
         }
+        recorded = list(self.events)[-50:]
         if self.endpoint is not None:
             out.update(self.endpoint.status())
-            out["events"] = [{"time": _iso(t), "kind": kind, "text": text}
-                             for t, kind, text in list(self.endpoint.events)[-50:]]
+            recorded += list(self.endpoint.events)[-50:]
+        out["events"] = [{"time": _iso(t), "kind": kind, "text": text, "ts": t} for t, kind, text in recorded]
         telephony = self.lab.telephony
         for name, key in (("live_calls", "telephony_calls"), ("recent_events", "telephony_events")):
             method = getattr(telephony, name, None)
@@ -94,7 +128,7 @@ class StatusBoard:
                 except Exception as exc:  # the page must render even if the telephony cannot say
                     log.warning("status page: telephony %s() failed: %s", name, exc)
         events = out["events"] + [e for e in out.get("telephony_events", []) if isinstance(e, dict)]
-        out["events"] = sorted(events, key=lambda e: str(e.get("time", "")))[-50:]
+        out["events"] = sorted(events, key=lambda e: (e.get("ts") or 0, str(e.get("time", ""))))[-50:]
         out["generated_ms"] = round((self.lab.clock() - now) * 1000, 1)
         return out
 
