@@ -220,3 +220,47 @@ async def test_fifty_agents_registered_and_bridged_at_once_with_audio_both_ways(
             await asyncio.gather(*(api.logout() for api in clients), return_exceptions=True)
             await asyncio.gather(*(api.close() for api in clients), return_exceptions=True)
             await asyncio.gather(*(ua.stop() for ua in phones), return_exceptions=True)
+
+
+async def test_shotgun_conference_connect_and_dispose_through_the_api():
+    customers = CustomerTable().with_numbers({
+        "0821000001": Behaviour(answer_after=30), "0821000002": Behaviour(answer_after=0.2, play="tone:750"),
+        "0821000003": Behaviour(answer_after=30), "0821000004": Behaviour(answer_after=0, play="tone:850"),
+    })
+    async with hook_server() as hooks, \
+            await start_lab(seed=seed_with_phones(1), turn=False, customers=customers,
+                            telephony_options={"ring_wait": 0.5}) as lab:
+        lab.lab.notifier.url = hooks.url
+        ear = ToneDetector((PROMPT, 750.0, 850.0))
+        async with agent_phone(lab, 0, ear), \
+                PlatformClient(lab.url, lab.api_key, username="phone0", password=password(0),
+                               allow_http=True) as api:
+            await api.login(1, extension(0))
+            first = await api.shotgun(["0821000001", "0821000002", "0821000003"], outbound_cli="2711",
+                                      unique_id="shot-1")
+            gateway = lab.lab.telephony.gateway
+            await wait_until(lambda: len(gateway.messages("CANCEL", source="trunk")) == 2, 10, "two CANCELs")
+            assert {m.uri.user for m in gateway.messages("CANCEL")} == {"0821000001", "0821000003"}
+            await wait_until(lambda: lab.lab.telephony.calls[first.call_id].winner is not None, 10, "the winner")
+            await dominates(ear, 750.0)
+            live = await api.active_calls()
+            assert [(c.call_id, c.phone_number, c.call_state) for c in live] == [
+                (first.call_id, "0821000002", "answered")]
+
+            second = await api.call("0821000004", outbound_cli="2711", unique_id="conf-1")  # a conference
+            await ear.wait_for(850.0, timeout=15, include_past=False)
+            await ear.wait_for(750.0, timeout=15, include_past=False)
+            assert len(await api.active_calls()) == 2
+
+            await api.connect_calls(first.call_id, second.call_id)
+            assert await api.active_calls() == []
+            await dominates(ear, PROMPT)
+            a = lab.lab.telephony.calls[first.call_id].winner.customer
+            b = lab.lab.telephony.calls[second.call_id].winner.customer
+            assert not a.ended.is_set() and not b.ended.is_set()  # the customers stay connected
+            await api.dispose(first.call_id, "SALE")
+            await wait_until(lambda: len(hooks.of("call_end")) == 2, 10, "both CDRs")
+            assert {c["call_type"] for c in hooks.of("call_end")} == {"connected"}
+            await b.hangup()
+            await wait_until(lambda: a.ended.is_set(), 10, "the other customer hung up by the lab")
+            await api.logout()

@@ -23,7 +23,9 @@ YAML or JSON)::
 
 Fields: ``outcome`` (answer | busy | no_answer | reject), ``answer_after``
 (seconds ringing before the answer / busy / reject), ``status`` (reject code,
-default 603), ``ring_timeout`` (no_answer: 480 after this), ``play``
+default 603), ``ring_timeout`` (no_answer: the customer side gives up with 480
+after it, 45 s by default; the lab CANCELs first, 487, if its own
+``no_answer_timeout`` is shorter), ``play``
 ("tone:HZ", "silence", "echo" or an audio file), ``dtmf`` (digits sent after
 the answer, as SIP INFO on the customer leg; the lab relays them to the agent
 as RFC 4733), ``dtmf_after``, ``hangup_after`` (the customer sends BYE),
@@ -77,7 +79,7 @@ class Behaviour:
     outcome: Outcome = Outcome.ANSWER
     answer_after: float = 1.0
     status: int = 603
-    ring_timeout: float = 60.0
+    ring_timeout: float = 45.0
     play: str = "tone:600"
     dtmf: str = ""
     dtmf_after: float = 1.0
