@@ -17,8 +17,9 @@ from lab_sip_support import (
     wait_until,
 )
 
-from softphone.errors import AuthenticationError, RegistrationError, TransportError
+from softphone.errors import AuthenticationError, ConfigurationError, RegistrationError, TransportError
 from softphone.lab.registrar import RegistrarOptions
+from softphone.lab.sip_endpoint import EdgeLimits
 from softphone.sip.message import parse_message
 
 
@@ -252,3 +253,15 @@ async def test_sip_false_serves_no_edge():
         async with aiohttp.ClientSession() as session:
             async with session.get(lab.url + "/ws") as resp:
                 assert resp.status == 404
+
+
+@pytest.mark.parametrize(("make", "field"), [
+    (lambda: RegistrarOptions(algorithms=("MD4",)), "algorithms"),
+    (lambda: RegistrarOptions(min_expires=700), "min_expires"),
+    (lambda: RegistrarOptions(realm='a"b'), "realm"),
+    (lambda: EdgeLimits(rate=0), "rate"),
+    (lambda: EdgeLimits(max_frame_bytes=0), "max_frame_bytes"),
+])
+def test_bad_limits_and_options_name_the_field(make, field):
+    with pytest.raises(ConfigurationError, match=field):
+        make()

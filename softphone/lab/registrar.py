@@ -38,10 +38,11 @@ from typing import Any
 
 from pyee.asyncio import AsyncIOEventEmitter
 
-from softphone.errors import SipParseError
+from softphone.errors import ConfigurationError, SipParseError
 from softphone.lab.db import Database
 from softphone.log import Secret, get_logger, register_secret
 from softphone.sip.digest import (
+    ALGORITHM_STRENGTH,
     NonceCounter,
     NonceState,
     NonceStore,
@@ -70,6 +71,23 @@ class RegistrarOptions:
     nonce_ttl: float = 300.0
     expiry_check_interval: float = 15.0
     """How often every bound extension's ``expire_date`` is re-read from the database."""
+
+    def __post_init__(self) -> None:
+        if not self.realm or any(c in self.realm for c in '"\\\r\n'):
+            raise ConfigurationError(f"RegistrarOptions.realm must be a non-empty plain string, got {self.realm!r}")
+        if not self.algorithms:
+            raise ConfigurationError("RegistrarOptions.algorithms: offer at least one (MD5, SHA-256)")
+        for algorithm in self.algorithms:
+            if algorithm.upper() not in ALGORITHM_STRENGTH:
+                raise ConfigurationError(f"RegistrarOptions.algorithms: {algorithm!r} is not a digest algorithm "
+                                         f"({', '.join(ALGORITHM_STRENGTH)})")
+        if not 0 <= self.min_expires <= self.default_expires <= self.max_expires:
+            raise ConfigurationError(
+                f"RegistrarOptions: need 0 <= min_expires ({self.min_expires}) <= default_expires "
+                f"({self.default_expires}) <= max_expires ({self.max_expires})")
+        for name in ("nonce_ttl", "expiry_check_interval"):
+            if not getattr(self, name) > 0:
+                raise ConfigurationError(f"RegistrarOptions.{name} must be > 0 seconds, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from aiohttp import web
 from pyee.asyncio import AsyncIOEventEmitter
 
 from softphone import __version__
-from softphone.errors import TelephonyError, TransportError
+from softphone.errors import ConfigurationError, TelephonyError, TransportError
 from softphone.lab.registrar import Binding, Registrar
 from softphone.log import get_logger
 from softphone.sip.core import CoreConfig, UserAgentCore
@@ -77,6 +77,15 @@ class EdgeLimits:
     """Dropped (over-rate) messages after which the connection is closed with 1008."""
     max_pending_registers: int = 8
     max_outbox: int = 1000
+
+    def __post_init__(self) -> None:
+        for name in ("max_connections", "max_frame_bytes", "burst", "abuse_drops", "max_pending_registers",
+                     "max_outbox"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigurationError(f"EdgeLimits.{name} must be a positive integer, got {value!r}")
+        if not self.rate > 0:
+            raise ConfigurationError(f"EdgeLimits.rate must be > 0 messages per second, got {self.rate!r}")
 
 
 class TokenBucket:
