@@ -56,9 +56,11 @@ def test_three_agents_on_the_lab_in_two_workers(tmp_path):
     assert len(legs) == 3
     for leg in legs:
         assert leg["audio"]["status"] == "heard" and leg["audio"]["packets"] > 100
-        assert leg["sip"][0]["summary"].startswith("INVITE") and leg["sip"][1]["summary"] == "200 OK"
-        # the lab ended the bridge call after the agent's logout (the Agent logs out first)
-        assert leg["sip"][-1]["summary"].startswith("ended: remote hangup")
+        ladder = [(line["direction"], line["summary"]) for line in leg["sip"]]
+        assert ladder[0] == ("<-", "INVITE")
+        assert ("->", "200 OK (INVITE)") in ladder and ("<-", "ACK") in ladder
+        assert ("<-", "BYE") in ladder or ("->", "BYE") in ladder
+        assert ladder[-1][1].startswith("ended: ")
     for metric in ("authorize", "register", "login_to_bridge", "ice_connected", "first_audio", "login_to_audio"):
         assert doc["latency"][metric]["count"] == 3, metric
     assert {r["worker"] for r in doc["resources"]} == {0, 1}

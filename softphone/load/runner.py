@@ -72,6 +72,9 @@ EXIT_ABORTED = 130
 STATUS_INTERVAL = 1.0
 QUALITY_INTERVAL = 5.0
 STOP_GRACE = 30.0  # seconds a worker may take to log everyone out after the stop
+MAX_LADDER = 60  # SIP messages kept per call for the report's ladder
+_CALL_ID = re.compile(r"^(?:Call-ID|i)[ \t]*:[ \t]*(\S+)", re.IGNORECASE | re.MULTILINE)
+_CSEQ = re.compile(r"^CSeq[ \t]*:[ \t]*\d+[ \t]+(\S+)", re.IGNORECASE | re.MULTILINE)
 
 DEFAULT_SCENARIO = """\
 name: steady-bridge
@@ -199,6 +202,8 @@ class AgentRun:
         self.session_cause: str | None = None
         self.logged_out: bool | None = None
         self.unregistered: bool | None = None
+        self.ladders: dict[str, list[SipLine]] = {}  # SIP Call-ID -> the call's messages
+        self._sip_tapped = False
 
     def at(self) -> float:
         return time.time() - self.w.cfg.started_at
@@ -275,7 +280,13 @@ class AgentRun:
         agent.on("call_incoming", self._on_incoming)
         agent.on("call_answered", self._on_answered)
         agent.on("call_ended", self._on_ended)
-        agent.on("error", lambda ev: None)  # failures are recorded where they surface
+        agent.on("error", self._on_error)
+
+    def _on_error(self, ev: Any) -> None:
+        """Agent errors are recorded where they surface (the step that failed); a handler of
+        ours raising shows here as an exception, which must not go unseen."""
+        if isinstance(ev, BaseException):
+            log.error("agent %d: event handler failed: %r", self.n, ev)
 
     def _on_unregistered(self, ev: Any) -> None:
         self.registered = False
@@ -296,6 +307,56 @@ class AgentRun:
         self.registered = True
         self.unregistered = False
         self._registered()
+        if not self._sip_tapped and self.agent is not None and self.agent.ua is not None:
+            self._sip_tapped = True
+            self._tap_sip(self.agent.ua.transport)
+
+    # -- the SIP ladder of each call (messages are few: a regex per message is cheap)
+
+    def _tap_sip(self, transport: Any) -> None:
+        """Both directions as text, before the stack handles them (so the ladder is in wire order)."""
+        send, receive = transport.send_text, transport.receive_text
+
+        def send_text(text: str) -> None:
+            self._sip_text(text, "->")
+            send(text)
+
+        def receive_text(text: str) -> None:
+            self._sip_text(text, "<-")
+            receive(text)
+
+        transport.send_text = send_text
+        transport.receive_text = receive_text
+
+    def _ladder_line(self, call_id: str | None, summary: str, direction: str, invite: bool) -> None:
+        if not call_id:
+            return
+        ladder = self.ladders.get(call_id)
+        if ladder is None:
+            if not invite:
+                return  # REGISTER and other dialogs: not a call
+            ladder = self.ladders[call_id] = []
+        if len(ladder) < MAX_LADDER:
+            ladder.append(SipLine(self.at(), direction, summary))
+
+    def _sip_text(self, text: str, direction: str) -> None:
+        if len(text) < 16:
+            return  # keep-alive CRLFs
+        try:
+            first = text.split("\r\n", 1)[0]
+            m = _CALL_ID.search(text)
+            if first.startswith("SIP/2.0 "):
+                summary = first[8:]
+                cseq = _CSEQ.search(text)
+                if cseq:
+                    summary += f" ({cseq.group(1)})"
+                invite = False
+            else:
+                summary = first.split(" ", 1)[0]
+                invite = summary == "INVITE"
+            self._ladder_line(m.group(1) if m else None, summary[:80], direction, invite)
+        except Exception:  # the ladder is a report nicety: never break the SIP path
+            log.debug("agent %d: ladder line failed", self.n, exc_info=True)
 
     def _registered(self) -> None:
         t = self.state_at.get("registering")
@@ -306,7 +367,7 @@ class AgentRun:
     def _on_incoming(self, ev: Any) -> None:
         leg = Leg(leg=f"a{self.n}-{ev.call_id[:12]}", agent=self.n, kind="bridge" if ev.bridge else "inbound",
                   started=self.at(), codec=self.w.cfg.scenario.codec)
-        leg.sip.append(SipLine(self.at(), "<-", f"INVITE from {ev.remote}"))
+        leg.sip = self.ladders.setdefault(ev.call_id, [SipLine(self.at(), "<-", "INVITE")])
         self.legs[ev.call_id] = (leg, None)
         if ev.bridge:
             self.bridge_leg = ev.call_id
@@ -350,7 +411,6 @@ class AgentRun:
             return
         leg, _ = entry
         leg.answered = self.at()
-        leg.sip.append(SipLine(self.at(), "->", "200 OK"))
         self.in_call = True
         if ev.bridge and "logging_in" in self.state_at:
             self.w.results.latency("login_to_bridge", time.monotonic() - self.state_at["logging_in"],
@@ -405,6 +465,7 @@ class AgentRun:
             return
         leg, check = entry
         leg.sip.append(SipLine(self.at(), "--", f"ended: {ev.cause}" + (f" ({ev.sip_code})" if ev.sip_code else "")))
+        self.ladders.pop(ev.call_id, None)  # the leg keeps its list
         self._finish_leg(leg, check)
         self.in_call = any(e[0].answered is not None for e in self.legs.values())
 
@@ -424,7 +485,11 @@ class AgentRun:
         self.w.results.legs.append(leg)
 
     def _end_legs(self) -> None:
-        for leg, check in list(self.legs.values()):
+        calls = {c.call_id: c for c in (self.agent.calls if self.agent is not None else [])}
+        for call_id, (leg, check) in list(self.legs.items()):
+            call = calls.get(call_id)
+            cause = getattr(call, "end_cause", None) or "session ended"
+            leg.sip.append(SipLine(self.at(), "--", f"ended: {cause}"))
             self._finish_leg(leg, check)
         self.legs.clear()
 
