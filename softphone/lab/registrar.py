@@ -427,10 +427,13 @@ class Registrar(AsyncIOEventEmitter):
         """Re-read every bound extension's expire_date; drop the expired ones (returned)."""
         if not self.bindings:
             return []
-        dates = await self._expiry_dates(list(self.bindings))
+        snapshot = list(self.bindings.items())
+        dates = await self._expiry_dates([ext for ext, _ in snapshot])
         now = self.clock()
         dropped = []
-        for ext, binding in list(self.bindings.items()):
+        for ext, binding in snapshot:
+            if self.bindings.get(ext) is not binding:
+                continue  # registered (or dropped) while the dates were read: not in this check
             expire = dates.get(ext)
             if expire is None or expire.timestamp() <= now:
                 self._drop(ext, "provisioning expired")
