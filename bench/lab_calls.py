@@ -70,6 +70,11 @@ async def serve_lab(n: int) -> None:
     """Child process: a lab for ``n`` phones; prints its URLs as one JSON line, stops when stdin closes."""
     from softphone.lab.customers import Behaviour, CustomerTable
     from softphone.lab.server import start_lab
+    if os.environ.get("LAB_CALLS_LOG"):
+        import logging
+
+        logging.basicConfig(filename=os.environ["LAB_CALLS_LOG"], level=logging.INFO,
+                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
     with loopback_candidates():
         customers = CustomerTable(default=Behaviour(answer_after=0.0, play="tone:600"))
         async with await start_lab(seed=bench_seed(n), turn=False, customers=customers,
@@ -258,13 +263,14 @@ async def bridged_calls(n: int, seconds: float = 10.0, warmup: float = 2.0,
     return result
 
 
-def bench_bridged_calls(ns: list[int], seconds: float, warmup: float = 2.0) -> list[BridgedCallsResult]:
+def bench_bridged_calls(ns: list[int], seconds: float, warmup: float = 2.0,
+                        concurrency: int = 25) -> list[BridgedCallsResult]:
     """Run each N in turn and print the table (what bench/lab.py calls for its "bridged calls" part)."""
     results = []
     print(f"{'calls':>6} {'verified':>9} {'answered':>9} {'lab rx/exp':>11} {'phone rx/exp':>13} "
           f"{'lab CPU s':>10} {'lab CPU ms/call-s':>18} {'phones CPU s':>13} {'setup s':>8}")
     for n in ns:
-        r = asyncio.run(bridged_calls(n, seconds, warmup))
+        r = asyncio.run(bridged_calls(n, seconds, warmup, concurrency))
         results.append(r)
         exp = max(1, r.expected_packets_each_way * max(1, n))
         print(f"{r.n:>6} {r.verified_both:>9} {r.answered:>9} {r.lab_rx_packets / exp:>11.2f} "
@@ -279,13 +285,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", default="50,150", help="comma-separated numbers of concurrent calls")
     parser.add_argument("--seconds", type=float, default=10.0, help="measuring window")
     parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--concurrency", type=int, default=25, help="agents starting at the same time")
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
     parser.add_argument("--serve-lab", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_lab is not None:
         asyncio.run(serve_lab(args.serve_lab))
         return 0
-    results = bench_bridged_calls([int(x) for x in args.n.split(",") if x.strip()], args.seconds, args.warmup)
+    results = bench_bridged_calls([int(x) for x in args.n.split(",") if x.strip()], args.seconds, args.warmup,
+                                  args.concurrency)
     if args.json:
         print(json.dumps([asdict(r) for r in results], indent=2))
     return 0

@@ -193,6 +193,9 @@ class SipTelephony:
                                          extra_headers=[("X-Campaign-Id", str(campaign_id))])
         inviter.no_answer_timeout = opts.answer_timeout
         bridge.bind(inviter)
+        if bridge.handler is not None:
+            bridge.handler.on("connection_state", lambda state: state == "failed" and log.warning(
+                "bridge call to extension %s: media connection failed (ICE/DTLS)", extension))
         if opts.recordings_dir is not None and opts.decode:
             from softphone.media.recorder import Recorder
 
