@@ -198,11 +198,15 @@ async def test_a_re_provisioning_before_the_timer_keeps_the_binding():
 async def test_one_lab_holds_a_thousand_registrations():
     n = 1000
     async with running_lab(phones=n) as lab:
+        events = Events(lab.endpoint)
         uas = [phone(lab, i) for i in range(n)]
         try:
             await start_all(uas)
             assert len(lab.endpoint.registered_extensions()) == n
             assert len(lab.endpoint.connections) == n
+            # the phones vanish without un-REGISTERing: every binding goes with its WebSocket
+            await asyncio.gather(*(ua.transport.close() for ua in uas))
+            await wait_until(lambda: not lab.endpoint.registered_extensions(), timeout=60, what="all unbound")
+            assert sorted(events.unregistered) == [(extension(i), "websocket closed") for i in range(n)]
         finally:
             await asyncio.gather(*(ua.stop() for ua in uas))
-        await wait_until(lambda: not lab.endpoint.registered_extensions(), what="all unregistered")
