@@ -201,3 +201,32 @@ def test_nothing_below_the_load_package_imports_it():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             offenders += [f"{rel}: {n}" for n in names if n.startswith("softphone.load")]
     assert offenders == []
+
+
+async def test_credentials_csv_against_a_running_lab(tmp_path):
+    """--credentials: one CSV row of launch parameters per agent, the lab started by the test."""
+    import asyncio
+    import csv
+
+    from softphone.lab.server import start_lab
+
+    server = await start_lab(db_url="sqlite:///:memory:", turn=True, relay_only=True)
+    try:
+        rows = [server.launch_params(uid, secure=False) for uid in (1001, 1002)]
+        path = tmp_path / "agents.csv"
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=sorted({k for row in rows for k in row}))
+            writer.writeheader()
+            writer.writerows(rows)
+        out = tmp_path / "out"
+        proc = await asyncio.create_subprocess_exec(
+            *CLI, "--credentials", str(path), "-n", "2", "--duration", "8", "-k", "1", "--relay-only",
+            "--out", str(out), "--quiet", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        _stdout, stderr = await asyncio.wait_for(proc.communicate(), 120)
+    finally:
+        await server.close()
+    assert proc.returncode == 0, stderr.decode()[-3000:]
+    doc = _results(out)
+    assert [s["ok"] for s in doc["sessions"]] == [True, True]
+    assert all(leg["audio"]["status"] == "heard" and leg["ice_pair"] and leg["ice_pair"].startswith("relay")
+               for leg in doc["legs"])

@@ -311,7 +311,8 @@ _SCRIPT = r"""
     var ladder = document.createElement("pre");
     ladder.className = "ladder";
     ladder.textContent = leg.sip.length ? leg.sip.map(function (l) {
-      return l.at.toFixed(3).padStart(9) + "  agent " + (l.direction === "->" ? "──▶ " : "◀── ") + l.summary;
+      var arrow = l.direction === "->" ? "agent ──▶ " : l.direction === "<-" ? "agent ◀── " : "          ";
+      return l.at.toFixed(3).padStart(9) + "  " + arrow + l.summary;
     }).join("\n") : "(no SIP ladder recorded)";
     d.appendChild(ladder);
     if (leg.quality.length) {
