@@ -210,3 +210,32 @@ async def test_one_lab_holds_a_thousand_registrations():
             assert sorted(events.unregistered) == [(extension(i), "websocket closed") for i in range(n)]
         finally:
             await asyncio.gather(*(ua.stop() for ua in uas))
+
+
+async def test_a_peer_that_does_not_read_is_closed_once_its_queue_is_full():
+    class StuckWebSocket:
+        """A WebSocket whose peer never reads: every send waits forever."""
+
+        closed = False
+        close_code = None
+
+        async def send_str(self, text: str) -> None:
+            await asyncio.Event().wait()
+
+        async def close(self, code: int, message: bytes) -> None:
+            self.closed, self.close_code = True, code
+
+    from softphone.errors import TransportError
+    from softphone.lab.sip_endpoint import WebSocketServerTransport
+
+    ws = StuckWebSocket()
+    transport = WebSocketServerTransport(ws, secure=False, name="stuck", max_outbox=5)
+    transport.send_text("frame 0")
+    await wait_until(lambda: transport._outbox.empty(), what="the writer taking the first frame")
+    for n in range(1, 6):  # the writer is stuck on frame 0: five wait
+        transport.send_text(f"frame {n}")
+    with pytest.raises(TransportError, match="does not read"):
+        transport.send_text("one too many")
+    await wait_until(lambda: ws.closed, what="the close")
+    assert ws.close_code == WS_POLICY_VIOLATION and transport.aborting
+    transport.lost("closed")

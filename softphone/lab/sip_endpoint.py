@@ -120,6 +120,7 @@ class WebSocketServerTransport(Transport):
         self.name = name
         self.max_outbox = max_outbox
         self._outbox: asyncio.Queue[str] = asyncio.Queue()
+        self._closing: asyncio.Task | None = None
         self._set_state(TransportState.CONNECTED)
         self._writer = asyncio.get_running_loop().create_task(self._write())
 
@@ -161,10 +162,16 @@ class WebSocketServerTransport(Transport):
             log.info("connection %s: send failed (%s)", self.name, exc)
             self.abort(f"send failed: {exc}")
 
+    @property
+    def aborting(self) -> bool:
+        """The lab decided to close this WebSocket (what arrives meanwhile is ignored)."""
+        return self._closing is not None
+
     def abort(self, reason: str, code: int = aiohttp.WSCloseCode.GOING_AWAY) -> None:
-        """Close the WebSocket from inside a callback (the reader then sees the end)."""
-        if not self.ws.closed:
-            asyncio.get_running_loop().create_task(self.ws.close(code=code, message=reason[:100].encode()))
+        """Close the WebSocket from inside a callback, once (the reader then sees the end)."""
+        if self._closing is None and not self.ws.closed:
+            self._closing = asyncio.get_running_loop().create_task(
+                self.ws.close(code=code, message=reason[:100].encode()))
 
     def lost(self, reason: str) -> None:
         """The reader saw the end of the WebSocket: tell the core, stop writing."""
@@ -216,6 +223,8 @@ class SipConnection:
 
     def receive_frame(self, text: str) -> None:
         """One frame from the phone: rate-limited, then parsed and dispatched; never raises."""
+        if self.transport.aborting:
+            return
         if not self.bucket.take():
             self.dropped += 1
             if not self._flooding:
