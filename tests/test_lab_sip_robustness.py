@@ -239,3 +239,23 @@ async def test_a_peer_that_does_not_read_is_closed_once_its_queue_is_full():
     await wait_until(lambda: ws.closed, what="the close")
     assert ws.close_code == WS_POLICY_VIOLATION and transport.aborting
     transport.lost("closed")
+
+
+async def test_registers_in_progress_per_connection_are_bounded():
+    async with running_lab(edge_limits=EdgeLimits(max_pending_registers=2)) as lab:
+        release = asyncio.Event()
+        lookup = lab.registrar.lookup
+
+        async def slow_lookup(ext):
+            await release.wait()
+            return await lookup(ext)
+
+        lab.registrar.lookup = slow_lookup
+        async with raw_ws(lab.sip_ws_url) as ws:
+            for n in range(3):
+                await ws.send_str(register_text("7000", lab.domain, call_id=f"pending-{n}"))
+            third = parse_message(await receive_text(ws))
+            assert third.status == 503 and third.call_id == "pending-2" and third.headers.get("Retry-After")
+            release.set()
+            answers = {parse_message(await receive_text(ws)).call_id: None for _ in range(2)}
+            assert set(answers) == {"pending-0", "pending-1"}
