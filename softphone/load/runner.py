@@ -877,7 +877,7 @@ async def _run(options: LoadOptions, scenario: Scenario) -> int:
         loop.add_signal_handler(signal.SIGINT, on_sigint)
     progress = LiveProgress(quiet=options.quiet, file=options.progress_file, force_terminal=options.force_terminal,
                             title=f"softphone load: {scenario.name}")
-    last_cpu: dict[int, tuple[float, float]] = {}
+    last_cpu: dict[int, tuple[float, float, float]] = {}
     try:
         with progress:
             next_snapshot = time.time()
@@ -935,16 +935,17 @@ async def _run(options: LoadOptions, scenario: Scenario) -> int:
 
 
 def _snapshot(at: float, statuses: dict[int, dict[str, Any]],
-              last_cpu: dict[int, tuple[float, float]]) -> tuple[Snapshot, list[dict[str, Any]]]:
+              last_cpu: dict[int, tuple[float, float, float]]) -> tuple[Snapshot, list[dict[str, Any]]]:
+    """The run now, from each worker's latest status; CPU % between a worker's last two statuses."""
     cores = 0.0
     wstat = []
     for w, s in sorted(statuses.items()):
         prev = last_cpu.get(w)
-        pct = 0.0
-        if prev is not None and s["at"] > prev[0]:
-            pct = (s["cpu_s"] - prev[1]) / (s["at"] - prev[0]) * 100.0
+        pct = prev[2] if prev is not None else 0.0  # no newer status yet: the last figure stands
         if prev is None or s["at"] > prev[0]:
-            last_cpu[w] = (s["at"], s["cpu_s"])
+            if prev is not None:
+                pct = (s["cpu_s"] - prev[1]) / (s["at"] - prev[0]) * 100.0
+            last_cpu[w] = (s["at"], s["cpu_s"], pct)
         cores += pct / 100.0
         wstat.append({"worker": w, "agents": s["active"], "cpu_percent": pct,
                       "memory_mb": (s["pss_bytes"] or 0) / 1024 ** 2, "loop_lag_ms": s["loop_lag_ms"]})
