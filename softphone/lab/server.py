@@ -356,10 +356,12 @@ async def start_lab(
         except OSError as exc:
             raise LabError(f"lab: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         bound = runner.addresses[0]
-        url = f"http://{_url_host(bound[0])}:{bound[1]}"
+        # Listening on every interface: URLs name the lab's domain, which clients can reach.
+        reach = lab_domain if bound[0] in ("0.0.0.0", "::") else bound[0]
+        url = f"http://{_url_host(reach)}:{bound[1]}"
         ws_url = wss_url = None
         if endpoint is not None:
-            ws_url = f"ws://{_url_host(bound[0])}:{bound[1]}{WS_PATH}"
+            ws_url = f"ws://{_url_host(reach)}:{bound[1]}{WS_PATH}"
             if certificate is not None:
                 tls_site = web.TCPSite(runner, host, wss_port or 0, ssl_context=certificate.server_context())
                 try:
@@ -367,7 +369,7 @@ async def start_lab(
                 except OSError as exc:
                     raise LabError(f"lab: cannot listen on {host}:{wss_port} (wss): {exc.strerror or exc}") from None
                 tls_bound = runner.addresses[-1]
-                wss_url = f"wss://{_url_host(tls_bound[0])}:{tls_bound[1]}{WS_PATH}"
+                wss_url = f"wss://{_url_host(reach)}:{tls_bound[1]}{WS_PATH}"
             endpoint.registrar.start()
         if hasattr(lab.telephony, "recording_base_url"):
             lab.telephony.recording_base_url = f"{url}/recordings"
