@@ -91,6 +91,14 @@ def test_outbound_steps_against_the_lab(tmp_path):
     assert all(t["passed"] for t in doc["thresholds"])
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _wait_for_line(proc: subprocess.Popen, needle: str, deadline: float) -> list[str]:
     lines = []
     while time.monotonic() < deadline:
@@ -108,11 +116,19 @@ def _wait_for_line(proc: subprocess.Popen, needle: str, deadline: float) -> list
 def test_ctrl_c_logs_everyone_out_writes_the_report_and_a_failed_threshold_sets_the_exit_status(tmp_path):
     out = tmp_path / "out"
     scenario = _scenario(tmp_path, ["setup_success >= 100%", "p95(login_to_bridge) < 0.001ms"])
+    port = _free_port()
     proc = subprocess.Popen([*CLI, "--lab", "-n", "2", "--ramp", "10", "--duration", "120", "-k", "1",
-                             "--scenario", str(scenario), "--out", str(out)],
+                             "--scenario", str(scenario), "--out", str(out), "--prometheus", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_line(proc, "in call 2", time.monotonic() + 90)
+        # the live counters, as Prometheus scrapes them
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            metrics = resp.read().decode()
+        assert "softphone_load_agents_in_call 2" in metrics and "softphone_load_agents_target 2" in metrics
+        assert 'softphone_load_worker_agents{worker="0"} 2' in metrics
         os.kill(proc.pid, signal.SIGINT)  # the first Ctrl-C: graceful
         stdout, stderr = proc.communicate(timeout=90)
     finally:

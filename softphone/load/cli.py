@@ -59,9 +59,11 @@ def _duration(value: str) -> float:
               show_default=True, help="Where results.json, csv/, junit.xml, report.html and clips/ go.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the scenarios' draws.")
 @click.option("--quiet", "-q", is_flag=True, help="No live progress (the summary is still printed).")
+@click.option("--prometheus", metavar="[HOST:]PORT", default=None,
+              help="Serve the live counters at http://HOST:PORT/metrics (host default 127.0.0.1).")
 def load_command(agents: int, ramp: str, duration: str, workers: int | None, scenario: Path | None,
                  url_template: str | None, credentials: Path | None, lab: bool, campaign_id: int,
-                 relay_only: bool, out_dir: Path, seed: int, quiet: bool) -> None:
+                 relay_only: bool, out_dir: Path, seed: int, quiet: bool, prometheus: str | None) -> None:
     """Run N agent sessions (full Webphone flow, then the scenario) and report on them."""
     from softphone.load.runner import LoadOptions, run_load, specs_from_csv, specs_from_template
     from softphone.load.scenario import load_scenario
@@ -82,8 +84,12 @@ def load_command(agents: int, ramp: str, duration: str, workers: int | None, sce
         options = LoadOptions(agents=agents, ramp=ramp_rate, duration=seconds, workers=workers,
                               scenario=load_scenario(scenario) if scenario else None, specs=specs, lab=lab,
                               campaign_id=campaign_id, relay_only=relay_only, out_dir=out_dir, quiet=quiet,
-                              seed=seed)
+                              seed=seed, prometheus=prometheus)
         options.validate()
+        if prometheus:
+            from softphone.load.prometheus import parse_listen
+
+            parse_listen(prometheus)
     except ConfigurationError as exc:
         click.echo(f"softphone load: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)

@@ -761,6 +761,7 @@ class LoadOptions:
     progress_file: Any = None
     force_terminal: bool | None = None
     seed: int = 0
+    prometheus: str | None = None  # "[HOST:]PORT" for the live metrics
 
     def validate(self) -> None:
         if self.agents < 1:
@@ -843,6 +844,17 @@ async def _run(options: LoadOptions, scenario: Scenario) -> int:
         raise ConfigurationError(f"credentials: {len(specs)} agent(s) given for --agents {options.agents}")
     workers = options.workers or max(1, min(os.cpu_count() or 1, len(specs)))
     workers = min(workers, len(specs))
+    exporter = None
+    if options.prometheus:
+        from softphone.load.prometheus import PrometheusExporter, parse_listen
+
+        exporter = PrometheusExporter(*parse_listen(options.prometheus))
+        try:
+            log.warning("prometheus metrics at %s", await exporter.start())
+        except ConfigurationError:
+            if lab is not None:
+                await lab.close()
+            raise
     ctx = mp.get_context("spawn")
     out_q = ctx.Queue()
     stop = ctx.Event()
@@ -904,11 +916,14 @@ async def _run(options: LoadOptions, scenario: Scenario) -> int:
                     causes: Counter[str] = Counter()
                     for s in statuses.values():
                         causes.update(s["failures"])
-                    progress.update(RunStatus(elapsed=max(0.0, now - started_at), duration=options.duration,
-                                              target_agents=len(specs), active=snap.active_agents,
-                                              registered=snap.registered, in_call=snap.in_call, calls=snap.calls,
-                                              failures=dict(causes), stopping=stop.is_set(),
-                                              workers=tuple(WorkerStatus(**w) for w in wstat)))
+                    run_status = RunStatus(elapsed=max(0.0, now - started_at), duration=options.duration,
+                                           target_agents=len(specs), active=snap.active_agents,
+                                           registered=snap.registered, in_call=snap.in_call, calls=snap.calls,
+                                           failures=dict(causes), stopping=stop.is_set(),
+                                           workers=tuple(WorkerStatus(**w) for w in wstat))
+                    progress.update(run_status)
+                    if exporter is not None:
+                        exporter.update(run_status, cpu_cores=snap.cpu_cores, pss_bytes=snap.pss_mb * 1024 ** 2)
     finally:
         for p in procs:
             p.join(timeout=STOP_GRACE if not aborted else 5)
@@ -918,6 +933,8 @@ async def _run(options: LoadOptions, scenario: Scenario) -> int:
             loop.remove_signal_handler(signal.SIGINT)
         if lab is not None:
             await lab.close()
+        if exporter is not None:
+            await exporter.close()
     results.interrupted = results.interrupted or interrupts > 0
     results.duration = max(results.duration, time.time() - started_at)
     outcomes = scenario.evaluate(results)
