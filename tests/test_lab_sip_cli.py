@@ -112,3 +112,27 @@ async def test_cert_without_key_is_refused(tmp_path):
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     _out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 2 and "--cert and --key go together" in err.decode()
+
+
+async def test_coturn_does_not_outlive_a_killed_lab():
+    proc, banner, _ = await start("--port", "0")
+    if not banner["turn"].startswith("turn:"):
+        proc.kill()
+        await proc.wait()
+        pytest.fail(f"coturn is installed here, the lab must start it: {banner['turn']}")
+    coturn_pid = int(banner["turn"].split("coturn pid ")[1].split(",")[0])
+    proc.kill()  # SIGKILL: no cleanup of its own runs
+    await proc.wait()
+
+    def gone() -> bool:
+        try:
+            os.kill(coturn_pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    for _ in range(500):
+        if gone():
+            break
+        await asyncio.sleep(0.02)
+    assert gone(), f"coturn (pid {coturn_pid}) still runs after its lab was killed"

@@ -17,6 +17,7 @@ lab then offers host candidates only.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import importlib.util
 import ipaddress
 import os
@@ -27,6 +28,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +43,18 @@ log = get_logger(__name__)
 LAUNCHER = Path(__file__).resolve().parents[2] / "turn" / "launch.py"
 LAB_TURN_USER = "softphone-lab"
 DEFAULT_REALM = "softphone.lab"
+_PR_SET_PDEATHSIG = 1
+
+try:  # loaded now, not in the forked child (dlopen after fork can deadlock)
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+except OSError:
+    _LIBC = None
+
+
+def _die_with_the_lab() -> None:
+    """In coturn's process before exec: SIGTERM it if the lab dies without stopping it (SIGKILL)."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def load_launcher(path: Path = LAUNCHER) -> ModuleType | None:
@@ -175,8 +189,11 @@ async def start_turn(db: Database, *, port: int = 0, listen: str = "127.0.0.1", 
         shutil.rmtree(state_dir, ignore_errors=True)
         log.warning("TURN: cannot configure coturn (%s): host candidates only", exc)
         return None
+    # PR_SET_PDEATHSIG fires when the forking *thread* ends: only from the main thread.
+    main_thread = threading.current_thread() is threading.main_thread()
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+                            stderr=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=_die_with_the_lab if main_thread else None)
     turn = LabTurn(host=probe_host, port=chosen, realm=realm, lab_username=LAB_TURN_USER,
                    lab_password=Secret(password), users=[n for n, _ in users], state_dir=state_dir, process=proc)
     loop = asyncio.get_running_loop()
