@@ -18,6 +18,7 @@ from aiohttp import web
 from lab_dialer_support import loopback_media  # noqa: F401
 from lab_sip_support import extension, password, seed_with_phones
 from media_support import wait_until
+from test_lab_webhooks import check_against_openapi
 
 from softphone.errors import PlatformError
 from softphone.lab.customers import Behaviour, CustomerTable
@@ -150,6 +151,8 @@ async def test_login_call_hold_customer_hangup_cdr_recording_busy_and_inbound(tm
 
             await api.logout()
             await wait_until(lambda: not ua.sessions, 10, "the BYE of the bridge call")
+            for notification in hooks.received:  # every field as the contract documents it
+                check_against_openapi(notification)
             await wait_until(lambda: len(hooks.of("user_status")) == 2, 10, "the logout notification")
             assert [s["status"] for s in hooks.of("user_status")] == ["Available", "Logged Out"]
 
