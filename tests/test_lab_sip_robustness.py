@@ -259,3 +259,29 @@ async def test_registers_in_progress_per_connection_are_bounded():
             release.set()
             answers = {parse_message(await receive_text(ws)).call_id: None for _ in range(2)}
             assert set(answers) == {"pending-0", "pending-1"}
+
+
+async def test_a_phone_registering_during_the_provisioning_check_keeps_its_binding():
+    async with running_lab() as lab:
+        events = Events(lab.endpoint)
+        first = phone(lab, 0)
+        await first.start()
+        reading, release = asyncio.Event(), asyncio.Event()
+        dates = lab.registrar._expiry_dates
+
+        async def slow_dates(extensions):
+            reading.set()
+            await release.wait()
+            return await dates(extensions)
+
+        lab.registrar._expiry_dates = slow_dates
+        check = asyncio.get_running_loop().create_task(lab.registrar.check_provisioning())
+        await reading.wait()
+        second = phone(lab, 1)
+        await second.start()  # registers while the check reads the dates of the bindings it knew
+        release.set()
+        assert await check == []
+        assert lab.endpoint.registered_extensions() == [extension(0), extension(1)]
+        assert events.unregistered == []
+        await first.stop()
+        await second.stop()
