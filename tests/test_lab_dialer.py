@@ -213,6 +213,9 @@ async def test_inbound_call_is_bridged_and_customer_dtmf_reaches_the_agent(tmp_p
         await customer.tones.wait_for(AGENT_TONE, timeout=10)
         await wait_until(lambda: "".join(agent.dtmf) == "12#", 10, "the customer's DTMF at the agent")
         assert len(tel.gateway.messages("INFO", source="pstn")) == 3
+        assert await agent.session.send_dtmf("5#", method="rtp") == "rtp"  # the agent answers an IVR
+        await wait_until(lambda: "".join(customer.digits_received) == "5#", 10, "the agent's DTMF at the customer")
+        assert len(tel.gateway.messages("INFO", source="trunk")) == 2
         assert await tel.hangup(info) == 200
         assert tel.gateway.messages("BYE", source="trunk")
 

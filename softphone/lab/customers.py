@@ -324,6 +324,9 @@ class Customer(AsyncIOEventEmitter):
         self.dtmf = None
         self.answered = asyncio.Event()
         self.ended = asyncio.Event()
+        #: digits the agent sent (RFC 4733 on the bridge call, relayed by the lab as SIP INFO)
+        self.digits_received: list[str] = []
+        session.on("dtmf", lambda event, *_: self.digits_received.append(getattr(event, "digit", event)))
         self._tasks: set[asyncio.Task] = set()
         if behaviour.listen:
             from softphone.media.sinks import DtmfDetector, ToneDetector

@@ -196,6 +196,9 @@ class SipTelephony:
         if bridge.handler is not None:
             bridge.handler.on("connection_state", lambda state: state == "failed" and log.warning(
                 "bridge call to extension %s: media connection failed (ICE/DTLS)", extension))
+            bridge.handler.on("dtmf", lambda event: self._spawn(self._agent_dtmf(bridge, event.digit)))
+        inviter.on("dtmf", lambda event, *_: self._spawn(
+            self._agent_dtmf(bridge, getattr(event, "digit", event))))
         if opts.recordings_dir is not None and opts.decode:
             from softphone.media.recorder import Recorder
 
@@ -312,6 +315,19 @@ class SipTelephony:
         bridge.add_party(call.call_id, voice, customer.hear if customer is not None else None)
         leg.session.on("dtmf", lambda event, *_: self._spawn(
             self._relay_dtmf(bridge, call, getattr(event, "digit", event))))
+
+    async def _agent_dtmf(self, bridge: AgentBridge, digit: str) -> None:
+        """The agent pressed a key (RFC 4733 or INFO on the bridge call): every customer on the
+        line (not held) gets it as SIP INFO, as a gateway would pass it on."""
+        for call in list(self.calls.values()):
+            leg = call.winner
+            if leg is None or call.call_id not in bridge.voices or call.call_id in bridge.held:
+                continue
+            if leg.session.state is SessionState.ESTABLISHED:
+                try:
+                    await leg.session.send_dtmf(digit, method="info")
+                except SipError as exc:
+                    log.info("call %d: DTMF %s not passed to the customer: %s", call.call_id, digit, exc)
 
     async def _relay_dtmf(self, bridge: AgentBridge, call: LabCall, digit: str) -> None:
         if call.call_id in bridge.voices and not await bridge.send_dtmf(digit):
