@@ -14,8 +14,8 @@ Scenarios (``--only`` picks some; all by default):
   the time and rate, the lab's CPU seconds per registration and its memory
   (RSS) with them all bound.  Goal: at least 1,000.
 
-Other scenarios (e.g. the dialer's concurrent bridged calls with audio) register
-themselves in :data:`SCENARIOS` (name -> ``async def run(args) -> dict``).
+Concurrent bridged calls with audio are ``bench/lab_calls.py``; more scenarios
+can join :data:`SCENARIOS` (name -> ``async def run(args) -> dict``).
 
 Prints a table and writes the figures to ``bench/out/lab-<time>.json``.  No
 asserts: this measures.
