@@ -62,12 +62,17 @@ class KamailioTelephony(InMemoryTelephony):
                                       turn_password=coturn.password, relay_only=True, play=prompt)
         self.bridge_calls: dict[int, Call] = {}
         self.bridge_errors: list[BaseException] = []
+        self.login_delay = 0.0
+        """Seconds the login takes before it bridges (to interrupt an agent while it logs in)."""
         self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
         await self.platform.start()
 
     async def on_login(self, user_id: int, extension: str, campaign_id: int) -> None:
+        if self.login_delay:
+            self.journal.add("login started", user_id)
+            await asyncio.sleep(self.login_delay)
         await super().on_login(user_id, extension, campaign_id)
         self.journal.add("login", user_id)
         task = asyncio.get_running_loop().create_task(self._bridge(user_id, extension))

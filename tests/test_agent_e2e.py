@@ -100,6 +100,7 @@ async def test_softphone_run_with_the_labs_launch_url_and_ctrl_c():
                                 "--tone", f"{AGENT_HZ:g}", "--events", "json")
         answered = await proc.wait_event("call_answered")
         assert answered["bridge"] is True
+        await proc.wait_event("logged_in")
         registered = next(e for e in proc.events() if e["event"] == "registered")
         assert server.endpoint.is_registered(registered["extension"])
         proc.proc.send_signal(signal.SIGINT)
@@ -108,4 +109,5 @@ async def test_softphone_run_with_the_labs_launch_url_and_ctrl_c():
         assert (await server.lab.store.user(1002)).status is AgentStatus.LOGGED_OUT
         await wait_until(lambda: not server.endpoint.is_registered(registered["extension"]), what="unregistered")
         names = [e["event"] for e in proc.events()]
+        assert "logged_out" in names and "unregistered" in names, " | ".join(proc.lines[5:]) + err
         assert names.index("logged_out") < names.index("unregistered")

@@ -14,6 +14,7 @@ from agent_support import PROMPT_HZ, start_agent_lab
 from softphone import Agent, AgentState, CallState, load_params
 from softphone.agent.agent import expiry_lead
 from softphone.errors import (
+    AgentError,
     AuthenticationError,
     IceGatheringError,
     PlatformAuthError,
@@ -200,3 +201,26 @@ async def test_repr_has_no_secret(lab):
     text = repr(agent) + repr(agent.params) + repr(agent.api)
     for secret in ("agent1pass", lab.server.api_key.reveal(), lab.coturn.password):
         assert secret not in text
+
+
+async def test_stop_while_the_login_is_in_flight_still_logs_out(lab):
+    lab.telephony.login_delay = 1.0
+    agent = make_agent(lab)
+    tasks: list[asyncio.Task] = []
+
+    def stop_once_the_lab_has_the_login(ev) -> None:
+        if ev.state == "logging_in":
+            async def later() -> None:
+                while "login started" not in lab.telephony.journal.names():
+                    await asyncio.sleep(0.02)
+                agent.request_stop("interrupted while logging in")
+
+            tasks.append(asyncio.ensure_future(later()))
+
+    agent.on("state", stop_once_the_lab_has_the_login)
+    with pytest.raises(AgentError, match="stopped while starting: interrupted while logging in"):
+        async with agent:
+            raise AssertionError("not reached: the start was interrupted")
+    assert agent.state is AgentState.STOPPED
+    assert await lab.agent_status() is AgentStatus.LOGGED_OUT
+    assert not await lab.registered("9001")

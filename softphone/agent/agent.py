@@ -109,6 +109,7 @@ class Agent(Phone):
         self.api = client or PlatformClient.from_params(params, ca_file=ca_file, insecure=insecure,
                                                         timeout=api_timeout)
         self.logged_in = False
+        self._login_sent = False
         self.stale_session_logged_out = False
         self._extension: str | None = params.derived.extension
         self._bridge: Invitation | None = None
@@ -183,6 +184,7 @@ class Agent(Phone):
 
     async def _login(self) -> None:
         assert self._extension is not None and self.campaign_id is not None
+        self._login_sent = True  # from here on the platform may count us logged in
         try:
             await self.api.login(self.campaign_id, self._extension)
         except PlatformConflictError as exc:
@@ -225,7 +227,8 @@ class Agent(Phone):
     # --- stop -------------------------------------------------------------------------
 
     async def _teardown(self) -> None:
-        if self.logged_in:
+        if self.logged_in or self._login_sent:
+            # also when the login was cut short (Ctrl-C, an error): it may have reached the platform
             await self._logout()
         await super()._teardown()
         with contextlib.suppress(Exception):
@@ -234,11 +237,18 @@ class Agent(Phone):
     async def _logout(self) -> None:
         try:
             await asyncio.wait_for(self.api.logout(), self.logout_timeout)
-            self.logged_in = False
-            self._emit(LoggedOut(self.params.user_id, self.stop_reason or "stop"))
-            log.info("%s: logged out", self.name)
+        except PlatformConflictError as exc:
+            if not self.logged_in and "not logged in" in exc.message:
+                log.info("%s: the interrupted login had not reached the platform", self.name)
+                return
+            log.error("%s: logout failed: %s", self.name, exc)
+            return
         except (PlatformError, TimeoutError) as exc:
             log.error("%s: logout failed: %s", self.name, exc)
+            return
+        self.logged_in = self._login_sent = False
+        self._emit(LoggedOut(self.params.user_id, self.stop_reason or "stop"))
+        log.info("%s: logged out", self.name)
 
     def _after_block(self) -> None:
         if self.stop_reason == "expired":

@@ -194,7 +194,9 @@ class Phone(AsyncIOEventEmitter):
             self.failure = exc if isinstance(exc, Exception) else None
             if isinstance(exc, SoftphoneError):
                 self._emit(ErrorEvent(self._step_name(), str(exc), type(exc).__name__, fatal=True))
-            await self._shutdown(failed=True)
+            # asked to stop while starting (Ctrl-C): an orderly stop, not a failure
+            interrupted = isinstance(exc, asyncio.CancelledError) and self.stop_reason is not None
+            await self._shutdown(failed=not interrupted)
             raise
 
     def _step_name(self) -> str:
@@ -380,7 +382,15 @@ class Phone(AsyncIOEventEmitter):
 
     async def __aenter__(self):
         self._block_task = asyncio.current_task()
-        await self.start()
+        try:
+            await self.start()
+        except asyncio.CancelledError:
+            if not self._cancelled_block or self._block_task is None:
+                raise
+            # request_stop() during the start: the session stopped in order; say so as an error
+            self._block_task.uncancel()
+            self._block_task = None
+            raise AgentError(f"stopped while starting: {self.stop_reason}") from None
         return self
 
     async def __aexit__(self, exc_type, exc, tb) -> bool:
