@@ -15,7 +15,7 @@ import pytest
 from lab_dialer_support import HubDirectory, RecordingSink, call_info, loopback_media, make_agent  # noqa: F401
 from media_support import wait_until
 
-from softphone.errors import TelephonyError
+from softphone.errors import ConfigurationError, TelephonyError
 from softphone.lab.customers import Behaviour, CustomerTable, Outcome
 from softphone.lab.dialer import SipTelephony, TelephonyOptions
 from softphone.lab.telephony import CallState, Telephony
@@ -238,3 +238,29 @@ async def test_agent_phone_hanging_up_ends_the_bridge(tmp_path, delay):
         await agent.session.bye()
         await wait_until(lambda: sink.bridges_ended, 10, "the bridge end to be reported")
         assert sink.bridges_ended[0][0] == 1001 and 1001 not in tel.bridges
+
+
+async def test_hold_music_reaches_the_held_customer(tmp_path):
+    customers = table(n0821234567=Behaviour(answer_after=0, listen=(AGENT_TONE, 500.0)))
+    async with lab(tmp_path, customers, hold_music="tone:500") as (tel, _agent, sink, _hub):
+        await tel.on_login(1001, "9001", 1)
+        await answered(tel, sink, 1, await tel.place_call(call_info(1, "0821234567")))
+        customer = tel.calls[1].winner.customer
+        await customer.tones.wait_for(AGENT_TONE, timeout=10)
+        await tel.hold(call_info(1, "0821234567"))
+        await customer.tones.wait_for(500.0, timeout=10)
+        await wait_until(lambda: customer.tones.present() == [500.0], 10, "only the hold music")
+        await tel.retrieve(call_info(1, "0821234567"))
+        await wait_until(lambda: customer.tones.present() == [AGENT_TONE], 10, "the agent instead of the music")
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"prompt": "echo"}, "prompt: must be"), ({"prompt": "tone:5"}, "prompt: tone frequency"),
+    ({"hold_music": "nope.wav"}, "hold_music: audio file 'nope.wav' does not exist"),
+    ({"ring_wait": 0}, "ring_wait: must be > 0"),
+])
+def test_bad_options_name_the_field(tmp_path, options, message):
+    with pytest.raises(ConfigurationError, match=message):
+        TelephonyOptions(**options)
+    with pytest.raises(ConfigurationError, match=r"recordings_dir: .* is not a directory"):
+        TelephonyOptions(recordings_dir=tmp_path / "missing")

@@ -15,7 +15,8 @@ rtcp-mux, RFC 4733) and two directions of audio:
   and the customers on the line (their tone/DTMF detectors, echo).
 
 Hold: the customer's leg gets a re-INVITE (``a=sendonly`` from the lab) and
-hears silence; the agent's bridge call is *not* re-INVITEd (as Asterisk
+hears silence, or the hold music (``TelephonyOptions.hold_music``: a tone or a
+file); the agent's bridge call is *not* re-INVITEd (as Asterisk
 parks a customer while the agent's WebRTC leg stays up) and hears silence.
 """
 
@@ -164,8 +165,9 @@ class AgentBridge:
     """The lab's side of one agent's bridge call (see the module docstring)."""
 
     def __init__(self, user_id: int, extension: str, *, prompt: str, media: MediaConfig,
-                 decode: bool = True) -> None:
+                 decode: bool = True, hold_music: str = "silence") -> None:
         self.user_id = user_id
+        self.hold_music = hold_music
         self.extension = extension
         self.prompt = prompt
         self.decode = decode
@@ -237,8 +239,27 @@ class AgentBridge:
         listener = self._parties.get(key)
         if listener is None:
             return
+        if key in self.held:
+            listener(self._hold_frame(key, frame))
+            return
         others = [k for k in self.voices if k != key and k not in self.held and self.voices[k] != "echo"]
         listener(self.mixed(frame, others, key) if others and key not in self.held else frame)
+
+    def _hold_frame(self, key: Any, frame: av.AudioFrame) -> av.AudioFrame:
+        """What a held customer hears instead of the agent: the hold music, or silence."""
+        n, rate = frame.samples, frame.sample_rate
+        data = b""
+        if self.hold_music != "silence":
+            source = self._mix_sources.get(("hold", key))
+            if source is None:
+                source = self._mix_sources[("hold", key)] = pcm_source(self.hold_music)
+            if source.sample_rate != rate or source.channels != 1:
+                source.set_format(rate, 1)
+            data = source.read(n)
+        out = av.AudioFrame(format="s16", layout="mono", samples=n)
+        out.planes[0].update(data.ljust(2 * n, b"\0")[: 2 * n])
+        out.sample_rate, out.pts, out.time_base = rate, frame.pts, frame.time_base
+        return out
 
     def mixed(self, frame: av.AudioFrame, keys: list[Any], consumer: Any) -> av.AudioFrame:
         """``frame`` (the agent) plus the voices of ``keys``, as one s16 mono frame."""

@@ -348,9 +348,7 @@ class Customer(AsyncIOEventEmitter):
         return bool(self.session.remote_hold)
 
     def hear(self, frame: Any) -> None:
-        """A decoded frame of what reaches the customer (silence while the lab holds the leg)."""
-        if self.on_hold:
-            frame = _silent_like(frame)
+        """A decoded frame of what reaches the customer (the bridge sends hold music or silence on hold)."""
         for sink in self.ear:
             sink.write(frame)
 
@@ -514,19 +512,6 @@ class PstnGateway:
         self.customers[invitation.call_id] = customer
         customer.on("ended", lambda *_: self.customers.pop(invitation.call_id, None))
         return customer, invitation
-
-
-def _silent_like(frame: Any) -> Any:
-    """A silent s16 frame as long as ``frame`` (what a held customer hears)."""
-    import av
-
-    silent = av.AudioFrame(format="s16", layout=frame.layout.name, samples=frame.samples)
-    for plane in silent.planes:
-        plane.update(bytes(plane.buffer_size))
-    silent.sample_rate = frame.sample_rate
-    silent.pts = frame.pts
-    silent.time_base = frame.time_base
-    return silent
 
 
 async def _invite_quietly(inviter: Any) -> None:

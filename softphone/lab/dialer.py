@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from softphone.errors import SessionError, SipError, TelephonyError
+from softphone.errors import ConfigurationError, SessionError, SipError, TelephonyError
 from softphone.lab.bridge import AgentBridge, pcm_source
 from softphone.lab.customers import Customer, CustomerTable, PstnGateway
 from softphone.lab.telephony import CallInfo, CallState, PhoneDirectory, TelephonyEvents
@@ -48,7 +48,8 @@ class TelephonyOptions:
     """How the lab's phone system behaves.
 
     ``prompt``: what an agent hears on the bridge call with no customer
-    ("tone:HZ" or an audio file).  ``recordings_dir``: where bridge-call and
+    ("tone:HZ" or an audio file); ``hold_music``: what a held customer hears
+    ("silence", the default, "tone:HZ" or an audio file).  ``recordings_dir``: where bridge-call and
     call recordings go (None: nothing is recorded); ``recording_base_url``:
     the URL prefix they are served under.  ``decode``: decode what the agents
     send (needed for recordings and customers that listen or echo; a load run
@@ -59,6 +60,7 @@ class TelephonyOptions:
     """
 
     prompt: str = "tone:440"
+    hold_music: str = "silence"
     recordings_dir: Path | None = None
     recording_base_url: str = "http://127.0.0.1/recordings"
     customers: CustomerTable = field(default_factory=CustomerTable)
@@ -75,16 +77,19 @@ class TelephonyOptions:
         from softphone.lab.customers import parse_play
 
         if self.prompt in ("echo",):
-            raise TelephonyError("prompt: must be \"tone:HZ\", \"silence\" or an audio file, not echo")
+            raise ConfigurationError("prompt: must be \"tone:HZ\", \"silence\" or an audio file, not echo")
         self.prompt = parse_play("prompt", self.prompt)
+        if self.hold_music == "echo":
+            raise ConfigurationError("hold_music: must be \"silence\", \"tone:HZ\" or an audio file, not echo")
+        self.hold_music = parse_play("hold_music", self.hold_music)
         if self.recordings_dir is not None:
             self.recordings_dir = Path(self.recordings_dir)
             if not self.recordings_dir.is_dir():
-                raise TelephonyError(f"recordings_dir: {self.recordings_dir} is not a directory")
+                raise ConfigurationError(f"recordings_dir: {self.recordings_dir} is not a directory")
         self.recording_base_url = self.recording_base_url.rstrip("/")
         for name in ("answer_timeout", "ring_wait", "no_answer_timeout"):
             if not getattr(self, name) > 0:
-                raise TelephonyError(f"{name}: must be > 0 seconds, got {getattr(self, name)!r}")
+                raise ConfigurationError(f"{name}: must be > 0 seconds, got {getattr(self, name)!r}")
 
 
 @dataclass
@@ -187,7 +192,8 @@ class SipTelephony:
         old = self.bridges.pop(user_id, None)
         if old is not None:
             await self._end_bridge(old)
-        bridge = AgentBridge(user_id, extension, prompt=opts.prompt, media=opts.media, decode=opts.decode)
+        bridge = AgentBridge(user_id, extension, prompt=opts.prompt, media=opts.media, decode=opts.decode,
+                             hold_music=opts.hold_music)
         inviter = self.directory.inviter(extension, bridge.handler_factory(), caller_id=opts.caller_id,
                                          display_name=opts.display_name,
                                          extra_headers=[("X-Campaign-Id", str(campaign_id))])
