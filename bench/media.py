@@ -286,7 +286,8 @@ class TurnServer:
             url, user, password = self.args.turn_url, self.args.turn_user, self.args.turn_password
         ice = IceConfig(turn_urls=(url,), username=user, credential=Secret(password or ""), relay_only=True,
                         gathering_timeout=10.0)
-        return MediaConfig(ice=ice, codecs=(self.codec,), fast_path="on", fast_path_options=options_of(self.args))
+        return MediaConfig(ice=ice, codecs=(self.codec,), fast_path="on", fast_path_options=options_of(self.args),
+                           telephone_event=getattr(self.args, "rfc4733", True))
 
     def cpu_seconds(self) -> float | None:
         """The private coturn's CPU time so far (``/proc``), None for a server elsewhere."""
@@ -643,7 +644,7 @@ async def main(args: argparse.Namespace) -> None:
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpus": os.cpu_count(), "python": platform.python_version(),
         "aiortc": aiortc.__version__, "codec": args.codec, "seconds": args.seconds, "uvloop": args.uvloop,
         "lean_sender": options.lean_sender, "light_parse": options.light_parse,
-        "spread": options.spread, "repeat": args.repeat,
+        "spread": options.spread, "rfc4733": args.rfc4733, "repeat": args.repeat,
         "loadavg": list(os.getloadavg()), "scenarios": scenarios,
     }
     results: list[Result] = []
@@ -698,6 +699,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="send pre-encoded tracks through aiortc's own RTP loop (A/B of softphone.media.lean_sender)")
     p.add_argument("--no-light-parse", dest="light_parse", action="store_false",
                    help="parse received RTP with aiortc's RtpPacket.parse (A/B of the fast path's light parse)")
+    p.add_argument("--no-rfc4733", dest="rfc4733", action="store_false",
+                   help="turn scenarios without telephone-event (no DTMF tap or hook per packet: A/B of their cost)")
     p.add_argument("--no-spread", dest="spread", action="store_false",
                    help="start every lean stream at once instead of in a slot of the send driver's choosing (A/B)")
     args = p.parse_args(argv)
