@@ -102,6 +102,7 @@ async def test_login_of_an_unregistered_or_refusing_extension_fails_naming_why(t
         with pytest.raises(TelephonyError, match="extension 9001 is busy"):
             await tel.on_login(1001, "9001", 1)
         assert 1001 not in tel.bridges
+        assert not list(tmp_path.iterdir())  # no recording of a bridge call that never was
 
 
 async def test_customer_and_agent_hear_each_other_hold_silences_and_hangup_is_reported(tmp_path):

@@ -217,6 +217,9 @@ class SipTelephony:
             await inviter.invite()
         except SipError as exc:
             self._close_recorder(-user_id)
+            stray = self.bridge_recordings.pop(user_id, None)
+            if stray is not None:
+                stray.unlink(missing_ok=True)  # no bridge call, no recording
             status = getattr(exc, "status_code", None)
             why = {408: "did not answer", 480: "is unavailable", 486: "is busy", 603: "declined"}.get(
                 status or 0, "refused the bridge call")
