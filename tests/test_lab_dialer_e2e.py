@@ -267,3 +267,18 @@ async def test_shotgun_conference_connect_and_dispose_through_the_api():
             await b.hangup()
             await wait_until(lambda: a.ended.is_set(), 10, "the other customer hung up by the lab")
             await api.logout()
+
+
+async def test_a_phone_that_refuses_the_bridge_call_fails_the_login_naming_why():
+    from softphone.sip.invitation import AnswerPolicy
+
+    async with await start_lab(seed=seed_with_phones(1), turn=False) as lab:
+        ua = UserAgent(UserAgentConfig(ws_url=lab.sip_ws_url, aor=f"sip:{extension(0)}@{lab.domain}",
+                                       password=password(0), answer_policy=AnswerPolicy.reject(486),
+                                       reconnect=Reconnect(enabled=False), keep_alive=KeepAlive(mode=KeepAliveMode.NONE)))
+        async with ua, PlatformClient(lab.url, lab.api_key, username="phone0", password=password(0),
+                                      allow_http=True) as api:
+            with pytest.raises(PlatformError, match=f"extension {extension(0)} is busy") as refused:
+                await api.login(1, extension(0))
+            assert refused.value.status == 409
+            assert lab.lab.telephony.bridges == {}
