@@ -252,7 +252,8 @@ def run_session(make_session, opts: Options, drive) -> int:
                 raise
         except SoftphoneError as exc:
             code, reason = exit_code_for(exc), one_line(exc)
-            click.echo(f"softphone: error: {reason}", err=True)
+            if not interrupted:  # stopped while starting by Ctrl-C: not an error
+                click.echo(f"softphone: error: {reason}", err=True)
         except TimeoutError:
             code, reason = EXIT_FAILED, "no call arrived in time (--wait-call)"
             click.echo(f"softphone: error: {reason}", err=True)
@@ -326,7 +327,8 @@ def phone_run(ws: str, user: str, password: str, domain: str | None, turn: tuple
 
         return Phone.connect(ws, user, password, domain=domain, turn=turn, turn_username=turn_user,
                              turn_password=turn_password, relay_only=relay_only, ca_file=ca_file,
-                             insecure=insecure, answer=opts.answer, play=opts.play, record=opts.record)
+                             insecure=insecure, answer=opts.answer, play=opts.play, record=opts.record,
+                             call_errors_fatal=not opts.keep)
 
     async def drive(phone) -> str:
         if call_target:

@@ -175,3 +175,23 @@ async def test_expire_date_ends_the_run_cleanly_with_expiring_first(lab):
         < names.index("unregistered")
     assert proc.events()[-1]["reason"].startswith("session expired")
     assert await lab.agent_status() is AgentStatus.LOGGED_OUT
+
+
+async def test_phone_whose_turn_is_unreachable_fails_the_call_with_exit_4(kamailio_factory, coturn):
+    kam = kamailio_factory(users=PHONE_USERS)
+    callee = await Proc.start("phone", "--ws", kam.ws_url, "--user", "2042", "--domain", kam.domain,
+                              "--turn", "turn:127.0.0.1:9?transport=udp", "--relay-only", "--events", "json",
+                              env={"SOFTPHONE_PASSWORD": PHONE_USERS["2042"], "SOFTPHONE_TURN_PASSWORD": "x-pw-1"})
+    await callee.wait_event("registered")
+    caller = await Proc.start("phone", "--ws", kam.ws_url, "--user", "2041", "--domain", kam.domain, "--call", "2042",
+                              "--turn", coturn.url, "--turn-user", coturn.username, "--relay-only",
+                              env={"SOFTPHONE_PASSWORD": PHONE_USERS["2041"],
+                                   "SOFTPHONE_TURN_PASSWORD": coturn.password})
+    code, err = await callee.finish()
+    assert code == 4, (err, callee.lines)
+    errors = [line for line in err.splitlines() if line.startswith("softphone: error:")]
+    assert len(errors) == 1 and "media (TURN/ICE)" in errors[0], err
+    names = [e["event"] for e in callee.events()]
+    assert names.index("error") < names.index("unregistered")
+    caller_code, caller_err = await caller.finish()
+    assert caller_code == 1 and "softphone: error:" in caller_err, caller_err

@@ -63,11 +63,16 @@ class Phone(AsyncIOEventEmitter):
     call sends from its start (file, ``"tone:440"``, None for silence).
     ``record``: a file each call's received audio is written to (``{n}`` in the
     name numbers the calls; without it later calls get ``-2``, ``-3``...).
+    ``call_errors_fatal``: a call that cannot be set up (no media path, say) ends the
+    session with that error, as the bridge call does for an Agent (what a one-call
+    command wants).  A ``play`` source object is shared by every call: give a file or
+    a tone string to have one per call.
     """
 
     def __init__(self, ua_config: UserAgentConfig | None = None, media: MediaConfig | None = None, *,
                  answer: str = "auto", play: Any = None, record: str | os.PathLike | None = None,
-                 inband_dtmf: bool = True, stop_timeout: float = STOP_TIMEOUT) -> None:
+                 inband_dtmf: bool = True, stop_timeout: float = STOP_TIMEOUT,
+                 call_errors_fatal: bool = False) -> None:
         super().__init__()
         if answer not in ANSWER_MODES:
             raise ConfigurationError(f"answer: must be one of {', '.join(ANSWER_MODES)}, got {answer!r}")
@@ -86,6 +91,7 @@ class Phone(AsyncIOEventEmitter):
         self.record_spec = record
         self.inband_dtmf = inband_dtmf
         self.stop_timeout = stop_timeout
+        self.call_errors_fatal = call_errors_fatal
         self.state = AgentState.NEW
         self.ua: UserAgent | None = None
         self.calls: list[Call] = []
@@ -255,6 +261,8 @@ class Phone(AsyncIOEventEmitter):
             for fut in self._call_waiters:
                 if not fut.done():
                     fut.set_result(call)
+        if name == "error" and self.call_errors_fatal and not event.fatal:  # type: ignore[attr-defined]
+            event = dataclasses.replace(event, fatal=True)  # type: ignore[type-var]
         self._emit(event)
         self._publish()
         if name == "error" and getattr(event, "fatal", False):
