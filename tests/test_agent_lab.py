@@ -224,3 +224,25 @@ async def test_stop_while_the_login_is_in_flight_still_logs_out(lab):
     assert agent.state is AgentState.STOPPED
     assert await lab.agent_status() is AgentStatus.LOGGED_OUT
     assert not await lab.registered("9001")
+
+
+async def test_voice_api_helpers_on_the_agent(lab):
+    agent = make_agent(lab, outbound_cli="0215550000")
+    async with agent:
+        await agent.wait_for_call(timeout=BOUND)
+        assert (await agent.campaign_status()).status == 1
+        first = await agent.dial("0821110001")
+        second = await agent.dial("0821110002", unique_id="u-2")
+        assert {c.call_id for c in await agent.active_calls()} == {first.call_id, second.call_id}
+        assert (await agent.start_recording(first.call_id)).success
+        assert (await agent.stop_recording(first.call_id)).success
+        assert (await agent.hold_call(first.call_id)).success
+        assert (await agent.retrieve_call(first.call_id)).success
+        assert (await agent.connect_calls(first.call_id, second.call_id)).success
+        for call in (first, second):  # connected to each other, the agent dropped: dispose them
+            assert (await agent.dispose(call.call_id, "DONE")).success
+        shot = await agent.shotgun(["0821110003", "0821110004"])
+        assert shot.call_id and await agent.active_calls()
+        await agent.hangup_call(shot.call_id)
+    with pytest.raises(AgentError, match="not logged in"):
+        await agent.dial("0821110005")

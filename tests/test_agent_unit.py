@@ -137,3 +137,48 @@ def test_html_debug_page_shows_the_live_state_redacted(tmp_path):
     assert "<pre id='state'>" in text and '"state": "ready"' in text and '"note": "***"' in text
     assert text.rindex('"stopped"') > text.rindex('"ready"')  # the latest state wins as the page loads
     assert "very-secret-token-1" not in text
+
+
+def test_status_line_and_event_lines_of_the_cli():
+    """The Reporter's text (the processes' JSON output is tested against real peers in test_agent_cli)."""
+    import io
+
+    from pyee.asyncio import AsyncIOEventEmitter
+
+    from softphone.cli_run import EXIT_AUTH, EXIT_BAD_INPUT, EXIT_NETWORK, Reporter, exit_code_for, one_line
+    from softphone.errors import IceGatheringError, ParameterError, PlatformAuthError, PlatformConnectionError
+    from softphone.media.stats import CallQuality
+
+    class Session(AsyncIOEventEmitter):  # a stand-in: state and call as the Reporter reads them
+        state = AgentState.READY
+        call = None
+
+    class LiveCall:
+        state = type("S", (), {"value": "answered"})()
+        duration = 75.2
+        last_stats = CallQuality(loss_fraction=0.012, mos=4.21)
+        digits = [events.DtmfEvent("1", 100, "info"), events.DtmfEvent("2", 90, "rfc4733")]
+
+        def received_level_dbfs(self) -> float:
+            return -23.4
+
+    session = Session()
+    out = io.StringIO()
+    reporter = Reporter(session, json_events=False, out=out)
+    assert reporter.status_text() == "[ready]  no call"
+    session.call = LiveCall()
+    assert reporter.status_text() == "[ready]  call answered 01:15  rx  -23.4 dBFS  loss 1.2%  MOS 4.2  dtmf 12"
+    session.emit("logged_out", events.LoggedOut(1001, "stale session from an earlier run", stale=True))
+    session.emit("dtmf", events.DtmfEvent("5", 120, "inband"))
+    text = out.getvalue()
+    assert "logged out a stale session of user 1001 left by an earlier run" in text
+    assert "DTMF 5 (120 ms, inband)" in text
+    json_out = io.StringIO()
+    Reporter(session, json_events=True, out=json_out)
+    session.emit("dtmf", events.DtmfEvent("7", 100, "info"))
+    assert json.loads(json_out.getvalue().splitlines()[-1])["digit"] == "7"
+    assert exit_code_for(PlatformAuthError("bad key", 401)) == EXIT_AUTH
+    assert exit_code_for(PlatformConnectionError("refused")) == EXIT_NETWORK
+    assert exit_code_for(IceGatheringError("no relay candidate")) == EXIT_NETWORK
+    assert exit_code_for(ParameterError([])) == EXIT_BAD_INPUT
+    assert one_line(IceGatheringError("no relay\ncandidate")) == "media (TURN/ICE): no relay candidate"
