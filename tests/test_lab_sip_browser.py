@@ -1,7 +1,8 @@
 """The lab's SIP edge against the real client: SIP.js 0.15.11 in headless Chromium; the status page in Chromium.
 
-The browser reaches the lab over ws:// (no certificate to trust; wss:// with the
-lab's CA file is covered by our own user agent's tests).
+The browser reaches the lab over ws:// (no certificate to trust), and over wss:// trusting
+exactly the lab's certificate by its public key (Chromium's SPKI pin flag); verification is
+never switched off.
 """
 
 from __future__ import annotations
@@ -164,3 +165,72 @@ async def _login_and_call(lab) -> str:
                                    "unique_id": "status-page"}) as resp:
             assert resp.status in (200, 201), await resp.text()
     return token
+
+
+WSS_PAGE = """<!doctype html><html><head><meta charset="utf-8"><script src="/sip.min.js"></script></head>
+<body><script>
+const report = (ev, data) => fetch('/event', {method: 'POST', body: JSON.stringify({ev, data: data || ''})});
+window.onerror = (msg) => report('error', String(msg));
+const ua = new SIP.UA({
+  uri: 'sip:%(ext)s@%(domain)s',
+  transportOptions: {wsServers: ['%(ws)s'], traceSip: false},
+  authorizationUser: '%(ext)s', password: '%(password)s',
+  hackIpInContact: true, register: true, userAgentString: 'SIP.js/0.15.11',
+  log: {builtinEnabled: false},
+});
+ua.on('registered', () => report('registered'));
+ua.on('registrationFailed', (r, cause) => report('registrationFailed', String(cause)));
+ua.on('transportError', () => report('transportError'));
+</script></body></html>"""
+
+
+def spki_pin(cert_file) -> str:
+    """Chromium's --ignore-certificate-errors-spki-list value for one certificate: trust it, nothing else."""
+    import base64
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cert = x509.load_pem_x509_certificate(open(cert_file, "rb").read())
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+async def test_sipjs_registers_over_wss_trusting_exactly_the_lab_certificate(chromium):
+    """The Webphone's default transport is wss://; the browser trusts the lab's certificate by its key
+    (SPKI pin), not by turning verification off."""
+    from aiohttp import web
+
+    async with running_lab() as lab:
+        events: asyncio.Queue = asyncio.Queue()
+        page = WSS_PAGE % {"ext": extension(0), "domain": lab.domain, "ws": lab.sip_wss_url, "password": password(0)}
+
+        async def index(_request):
+            return web.Response(text=page, content_type="text/html")
+
+        async def sipjs(_request):
+            return web.FileResponse(chromium.sipjs_path)
+
+        async def event(request):
+            item = json.loads(await request.text())
+            events.put_nowait((item["ev"], item["data"]))
+            return web.Response(text="ok")
+
+        app = web.Application()
+        app.add_routes([web.get("/", index), web.get("/sip.min.js", sipjs), web.post("/event", event)])
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        browser = chromium.launch(f"http://127.0.0.1:{runner.addresses[0][1]}/",
+                                  extra=(f"--ignore-certificate-errors-spki-list={spki_pin(lab.ca_file)}",))
+        try:
+            ev, data = await asyncio.wait_for(events.get(), 60)
+            assert ev == "registered", (ev, data)
+            binding = lab.endpoint.binding(extension(0))
+            assert binding.connection.scheme == "wss" and binding.user_agent == "SIP.js/0.15.11"
+        finally:
+            browser.stop()
+            await runner.cleanup()
