@@ -123,3 +123,18 @@ async def test_request_stop_ends_the_block_cleanly(kamailio_factory, coturn):
         await asyncio.sleep(3600)  # cancelled by request_stop; the exit swallows that cancellation
     assert phone.state is AgentState.STOPPED and phone.stop_reason == "test asked"
     assert not phone.ua.registered
+
+
+async def test_registrar_restart_gives_reconnecting_then_registered_again(kamailio_factory, coturn):
+    kamailio = kamailio_factory(users=USERS)
+    phone = make_phone(kamailio, coturn, "2035")
+    seen: list[str] = []
+    for name in ("registered", "unregistered", "reconnecting"):
+        phone.on(name, lambda ev, _n=name: seen.append(_n))
+    async with phone:
+        kamailio.stop()
+        await _until(lambda: "reconnecting" in seen)
+        kamailio.start()
+        await _until(lambda: seen.count("registered") >= 2, timeout=40.0)
+        assert phone.state is AgentState.READY and phone.ua.registered
+    assert seen[0] == "registered" and seen.index("reconnecting") < len(seen) - 1 - seen[::-1].index("registered")
