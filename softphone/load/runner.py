@@ -942,10 +942,12 @@ async def _run(options: LoadOptions, scenario: Scenario) -> int:
     results.write_csv(out_dir / "csv")
     results.write_junit(out_dir / "junit.xml", outcomes)
     report = write_report(out_dir / "report.html", results, outcomes)
-    if not options.quiet:
-        for o in outcomes:
-            progress.console.print(o.describe())
-        progress.console.print(f"report: {report}")
+    # The summary, also with --quiet (which only silences the live progress).
+    print(f"{len(specs)} agents, {len(results.legs)} call legs, failures: "
+          + (", ".join(f"{c}: {n}" for c, n in results.failures_by_cause().items()) or "none"))
+    for o in outcomes:
+        print(o.describe())
+    print(f"report: {report}")
     if aborted:
         return EXIT_ABORTED
     return exit_code(outcomes)
