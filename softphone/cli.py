@@ -293,6 +293,7 @@ def lab_command(host: str, port: int, db_url: str, api_key: str | None, office_h
             if server.sip_wss_url:
                 click.echo(f"  sip wss:      {server.sip_wss_url}")
                 click.echo(f"  ca file:      {server.ca_file}")
+                click.echo(f"  chromium:     --ignore-certificate-errors-spki-list={server.certificate.spki_pin()}")
             click.echo(f"  sip domain:   {server.domain}")
             if server.turn is not None:
                 turn_line = f"{server.turn.url} (coturn pid {server.turn.pid}, {len(server.turn.users)} user(s))"

@@ -184,20 +184,6 @@ ua.on('transportError', () => report('transportError'));
 </script></body></html>"""
 
 
-def spki_pin(cert_file) -> str:
-    """Chromium's --ignore-certificate-errors-spki-list value for one certificate: trust it, nothing else."""
-    import base64
-    import hashlib
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
-    cert = x509.load_pem_x509_certificate(open(cert_file, "rb").read())
-    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
-                                          serialization.PublicFormat.SubjectPublicKeyInfo)
-    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
-
-
 async def test_sipjs_registers_over_wss_trusting_exactly_the_lab_certificate(chromium):
     """The Webphone's default transport is wss://; the browser trusts the lab's certificate by its key
     (SPKI pin), not by turning verification off."""
@@ -225,7 +211,7 @@ async def test_sipjs_registers_over_wss_trusting_exactly_the_lab_certificate(chr
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         browser = chromium.launch(f"http://127.0.0.1:{runner.addresses[0][1]}/",
-                                  extra=(f"--ignore-certificate-errors-spki-list={spki_pin(lab.ca_file)}",))
+                                  extra=(f"--ignore-certificate-errors-spki-list={lab.certificate.spki_pin()}",))
         try:
             ev, data = await asyncio.wait_for(events.get(), 60)
             assert ev == "registered", (ev, data)

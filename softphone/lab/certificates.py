@@ -40,6 +40,20 @@ class LabCertificate:
         """A self-signed certificate is its own CA; for given files, the certificate (chain) file."""
         return self.cert_file
 
+    def spki_pin(self) -> str:
+        """Base64 SHA-256 of the certificate's public key: Chromium's
+        ``--ignore-certificate-errors-spki-list`` value, which trusts this key and nothing else."""
+        import base64
+        import hashlib
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
+        cert = x509.load_pem_x509_certificate(self.cert_file.read_bytes())
+        spki = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                              serialization.PublicFormat.SubjectPublicKeyInfo)
+        return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
     def server_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         try:
