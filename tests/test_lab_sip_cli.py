@@ -69,6 +69,7 @@ async def test_lab_prints_launch_urls_and_serves_sip_over_ws_and_wss_with_turn_f
         assert banner["sip wss"].startswith("wss://127.0.0.1:")
         ca_file = banner["ca file"]
         assert os.path.isfile(ca_file)
+        assert banner["chromium"].startswith("--ignore-certificate-errors-spki-list=")
         url = next(v for k, v in banner.items() if k.startswith("webphone agent1"))
         params = load_params(url)
         assert params.username == "agent1" and params.user_id == 1001
