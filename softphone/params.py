@@ -257,7 +257,10 @@ def parse_query(query: str, source: str = "URL") -> RawParams:
 def parse_url(url: str) -> RawParams:
     """Read the Webphone's full URL (or a bare query string)."""
     text = url.strip()
-    if "://" in text or text.startswith("/") or ("?" in text and "=" not in text.split("?", 1)[0]):
+    # A URL has its "://" or "?" before the first "="; a bare query string may carry URLs
+    # in its values (api_url=http://..., sip_ws_url=wss://...).
+    head = text.split("=", 1)[0]
+    if "://" in head or text.startswith("/") or ("?" in text and "=" not in text.split("?", 1)[0]):
         parts = urlsplit(text)
         return parse_query(parts.query, "URL")
     return parse_query(text, "query string")

@@ -182,3 +182,13 @@ def test_status_line_and_event_lines_of_the_cli():
     assert exit_code_for(IceGatheringError("no relay candidate")) == EXIT_NETWORK
     assert exit_code_for(ParameterError([])) == EXIT_BAD_INPUT
     assert one_line(IceGatheringError("no relay\ncandidate")) == "media (TURN/ICE): no relay candidate"
+
+
+def test_a_bare_query_string_may_carry_urls_in_its_values():
+    """`softphone run 'auth_key=...&api_url=http://...'`: the query is not mistaken for a URL."""
+    from softphone.params import parse_url
+
+    raw = parse_url("auth_key=k&server=pbx&api_url=http://127.0.0.1:9&sip_ws_url=wss://pbx:8089/ws")
+    assert raw["api_url"] == "http://127.0.0.1:9" and raw["server"] == "pbx" and raw.source == "query string"
+    full = parse_url("https://pbx/TForge-OmniSense-Webphone.html?auth_key=k&api_url=http://x:1")
+    assert full["api_url"] == "http://x:1" and full.source == "URL"
