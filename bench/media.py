@@ -229,13 +229,13 @@ class TurnCall:
         self.caller, self.callee = HandlerLeg(a), HandlerLeg(b)
 
     @classmethod
-    async def open(cls, config, tone: Tone) -> TurnCall:
+    async def open(cls, config, tone: Tone, ptime_ms: int = 20) -> TurnCall:
         from media_support import negotiate, wait_connected  # tests/, on the path with the coturn launcher
 
         from softphone.media.handler import WebRtcDescriptionHandler
 
-        a = WebRtcDescriptionHandler(config, source=PreEncodedAudioTrack(tone), decode=False)
-        b = WebRtcDescriptionHandler(config, source=PreEncodedAudioTrack(tone), decode=False)
+        a = WebRtcDescriptionHandler(config, source=PreEncodedAudioTrack(tone, ptime_ms=ptime_ms), decode=False)
+        b = WebRtcDescriptionHandler(config, source=PreEncodedAudioTrack(tone, ptime_ms=ptime_ms), decode=False)
         try:
             await negotiate(a, b)
             await wait_connected(a, b, timeout=15.0)
@@ -318,7 +318,7 @@ def lean_counts(call: LoopbackCall) -> tuple[int, int]:
 
 async def run_scenario(mode: str, n: int, codec: str, seconds: float, warmup: float,
                        setup_batch: int, turn: TurnServer | None = None,
-                       options: FastPathOptions | None = None) -> Result:
+                       options: FastPathOptions | None = None, ptime_ms: int = 20) -> Result:
     result = Result(mode=mode, calls=n, codec=codec, seconds=seconds)
     gc.collect()
     result.loadavg_before = list(os.getloadavg())
@@ -341,10 +341,11 @@ async def run_scenario(mode: str, n: int, codec: str, seconds: float, warmup: fl
             for leg in (call.caller, call.callee):
                 consumers.append(asyncio.ensure_future(consume(leg.receiver.track, decoded)))
         elif mode == "turn":
-            call = await TurnCall.open(turn_config, Tone(440, 2.0))
+            call = await TurnCall.open(turn_config, Tone(440, 2.0), ptime_ms)
         else:
             tone = Tone(440, 2.0)
-            call = await open_loopback_call(codec, PreEncodedAudioTrack(tone), PreEncodedAudioTrack(tone),
+            call = await open_loopback_call(codec, PreEncodedAudioTrack(tone, ptime_ms=ptime_ms),
+                                            PreEncodedAudioTrack(tone, ptime_ms=ptime_ms),
                                             options=options)
         return call
 
@@ -407,7 +408,7 @@ async def run_scenario(mode: str, n: int, codec: str, seconds: float, warmup: fl
         result.loss_percent = 100.0 * max(0, result.packets_expected - result.packets_received) / result.packets_expected
     # Each call sends 50 packets/s each way: what share of that made it through at all
     # (an overloaded loop sends late and less, which sequence numbers cannot show as loss).
-    nominal = len(calls) * 2 * elapsed / 0.02
+    nominal = len(calls) * 2 * elapsed / (ptime_ms / 1000 if mode in ("lean", "turn") else 0.02)
     result.delivered_percent = 100.0 * result.packets_received / nominal if nominal else 0.0
     # Every packet counted here was also sent by this process: cost of one send + one receive.
     result.cpu_us_per_packet = 1e6 * result.cpu_seconds / max(1, result.packets_received)
@@ -644,7 +645,7 @@ async def main(args: argparse.Namespace) -> None:
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpus": os.cpu_count(), "python": platform.python_version(),
         "aiortc": aiortc.__version__, "codec": args.codec, "seconds": args.seconds, "uvloop": args.uvloop,
         "lean_sender": options.lean_sender, "light_parse": options.light_parse,
-        "spread": options.spread, "rfc4733": args.rfc4733, "repeat": args.repeat,
+        "spread": options.spread, "rfc4733": args.rfc4733, "ptime_ms": args.ptime, "repeat": args.repeat,
         "loadavg": list(os.getloadavg()), "scenarios": scenarios,
     }
     results: list[Result] = []
@@ -658,7 +659,7 @@ async def main(args: argparse.Namespace) -> None:
                 results.append(await run_in_own_process(mode, n, args))
             else:
                 results.append(await run_scenario(mode, n, args.codec, args.seconds, args.warmup, args.setup_batch,
-                                                  turn if mode == "turn" else None, options))
+                                                  turn if mode == "turn" else None, options, args.ptime))
     ratios: dict = {"encoded cache bytes": shared_cache().memory_bytes}
     ratios.update(same_load_ratios(results))
     ratios.update(target_verdicts(results))
@@ -699,6 +700,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="send pre-encoded tracks through aiortc's own RTP loop (A/B of softphone.media.lean_sender)")
     p.add_argument("--no-light-parse", dest="light_parse", action="store_false",
                    help="parse received RTP with aiortc's RtpPacket.parse (A/B of the fast path's light parse)")
+    p.add_argument("--ptime", type=int, choices=(20, 40, 60), default=20,
+                   help="packet duration of the lean and turn scenarios' pre-encoded tracks (G.711/G.722 only; "
+                        "40/60 ms is a load lever that trades realism: browsers send 20 ms)")
     p.add_argument("--no-rfc4733", dest="rfc4733", action="store_false",
                    help="turn scenarios without telephone-event (no DTMF tap or hook per packet: A/B of their cost)")
     p.add_argument("--no-spread", dest="spread", action="store_false",
@@ -706,6 +710,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.repeat < 1:
         p.error("--repeat must be at least 1")
+    if args.ptime != 20 and args.codec.lower() not in ("pcmu", "pcma", "g722"):
+        p.error("--ptime 40/60 needs a sample-based codec (PCMU, PCMA, G722)")
     return args
 
 

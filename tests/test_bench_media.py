@@ -51,14 +51,21 @@ def test_a_tiny_run_writes_every_scenario_with_counts(tmp_path):
 def test_the_a_b_switches_reach_the_fast_path(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(BENCH), "--stock-n", "0", "--n", "1", "--seconds", "0.5", "--warmup", "0.2",
-         "--no-lean-sender", "--no-light-parse", "--no-spread", "--out", str(tmp_path)],
+         "--no-lean-sender", "--no-light-parse", "--no-spread", "--ptime", "40", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (report,) = tmp_path.glob("media-*.json")
     data = json.loads(report.read_text())
-    assert (data["meta"]["lean_sender"], data["meta"]["light_parse"], data["meta"]["spread"]) == (False, False, False)
+    meta = data["meta"]
+    assert (meta["lean_sender"], meta["light_parse"], meta["spread"], meta["ptime_ms"]) == (False, False, False, 40)
     (r,) = data["results"]
     assert r["mode"] == "lean" and r["packets_received"] > 0 and not r["errors"]
+
+
+def test_ptime_needs_a_sample_based_codec():
+    proc = subprocess.run([sys.executable, str(BENCH), "--codec", "opus", "--ptime", "40"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "sample-based" in proc.stderr
 
 
 @pytest.mark.peer

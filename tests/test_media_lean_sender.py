@@ -490,3 +490,42 @@ async def test_the_history_is_bounded_and_keyed_by_the_wire_sequence_number():
         assert lean.retransmitted == 1
     finally:
         await call.close()
+
+
+# --- ptime: longer packets as a load lever -----------------------------------------------------
+
+
+def test_packetized_audio_joins_20_ms_payloads_for_sample_based_codecs_only():
+    from softphone.errors import CodecError
+    from softphone.media.encoded_audio import EncodedAudioCache
+
+    cache = EncodedAudioCache()
+    pcmu = cache.get(Tone(440, 1.0), "PCMU")
+    forty = pcmu.packetized(40)
+    assert forty is pcmu.packetized(40)  # made once, shared by every call
+    assert pcmu.packetized(20) is pcmu
+    assert forty.frames == pcmu.frames // 2 and forty.frame_ticks == 320
+    assert forty.seconds == pytest.approx(0.04 * forty.frames)
+    assert forty.payloads[1] == pcmu.payloads[2] + pcmu.payloads[3]
+    assert pcmu.packetized(60).frame_ticks == 480
+    with pytest.raises(CodecError, match="sample-based"):
+        cache.get(Tone(440, 1.0), "opus").packetized(40)
+    with pytest.raises(CodecError, match="ptime"):
+        pcmu.packetized(30)
+    with pytest.raises(CodecError, match="ptime_ms"):
+        PreEncodedAudioTrack(Tone(440, 1.0), ptime_ms=10)
+
+
+async def test_a_40_ms_track_sends_half_the_packets_with_twice_the_payload():
+    track = PreEncodedAudioTrack(Tone(440, 1.0), ptime_ms=40)
+    call = await open_loopback_call("PCMU", track, None)
+    try:
+        await wait_until(lambda: call.callee.report().received >= 10, what="40 ms packets")
+        (counter,) = call.callee.receiver.counters.values()
+        assert counter.timestamp_step == 320  # 40 ms at 8 kHz, as the RTP timestamps show
+        assert counter.payload_bytes == 320 * counter.packets_received
+        assert call.callee.report().lost == 0
+        # packets due by the clock follow the 40 ms packets, not 20 ms ones
+        assert counter.packets_due() <= counter.packets_due(0.02) // 2 + 1
+    finally:
+        await call.close()

@@ -15,13 +15,13 @@ import os
 import struct
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import av
 from aiortc.codecs import get_encoder
 
-from softphone.errors import AudioFileError
+from softphone.errors import AudioFileError, CodecError
 from softphone.log import get_logger
 from softphone.media.codecs import FRAME_SECONDS, CodecSpec, codec_spec
 
@@ -64,26 +64,62 @@ class Tone:
 AudioSource = str | os.PathLike | Tone
 
 
+#: Packet durations a pre-encoded track can send (``ptime``), in milliseconds.
+PTIMES_MS = (20, 40, 60)
+#: Codecs whose payloads can simply be joined into longer packets (sample-based, RFC 3551).
+_JOINABLE = {"pcmu", "pcma", "g722"}
+
+
 @dataclass(frozen=True, eq=False)
 class EncodedAudio:
-    """One source encoded once for one codec: a tuple of 20 ms RTP payloads."""
+    """One source encoded once for one codec: a tuple of RTP payloads of ``frame_seconds`` each."""
 
     source: str
     codec: CodecSpec
     payloads: tuple[bytes, ...]
+    frame_seconds: float = FRAME_SECONDS
+    _packetized: dict = field(default_factory=dict, repr=False)
 
     @property
     def frames(self) -> int:
         return len(self.payloads)
 
     @property
+    def frame_ticks(self) -> int:
+        """RTP timestamp increment of one packet."""
+        return round(self.codec.clock_rate * self.frame_seconds)
+
+    @property
     def seconds(self) -> float:
-        return len(self.payloads) * FRAME_SECONDS
+        return len(self.payloads) * self.frame_seconds
 
     @property
     def nbytes(self) -> int:
         """Payload bytes held (what the cache costs, give or take object headers)."""
         return sum(len(p) for p in self.payloads)
+
+    def packetized(self, ptime_ms: int) -> EncodedAudio:
+        """The same audio in ``ptime_ms`` packets (20 ms packets joined), made once and kept.
+
+        A load-test lever: 40 or 60 ms packets halve or third the packets per second
+        (and the CPU they cost) at the price of realism: browsers send 20 ms.  Only
+        sample-based codecs (G.711, G.722) can be joined this way; Opus packets would
+        need repacketizing (RFC 6716 code 3), which is not done here.
+        """
+        if ptime_ms not in PTIMES_MS:
+            raise CodecError(f"ptime: {ptime_ms} ms is not one of {PTIMES_MS}")
+        if ptime_ms == round(self.frame_seconds * 1000):
+            return self
+        if self.frame_seconds != FRAME_SECONDS or self.codec.name.lower() not in _JOINABLE:
+            raise CodecError(f"ptime: {ptime_ms} ms packets need a sample-based codec (PCMU, PCMA, G722), "
+                             f"not {self.codec.name}")
+        done = self._packetized.get(ptime_ms)
+        if done is None:
+            k = ptime_ms // 20
+            whole = len(self.payloads) - len(self.payloads) % k or len(self.payloads)
+            joined = tuple(b"".join(self.payloads[i:i + k]) for i in range(0, whole, k))
+            done = self._packetized[ptime_ms] = EncodedAudio(self.source, self.codec, joined, ptime_ms / 1000)
+        return done
 
     def __repr__(self) -> str:
         return f"EncodedAudio({self.source!r}, {self.codec.name}, {self.frames} frames, {self.nbytes} B)"

@@ -183,7 +183,7 @@ class LeanRtpSender:
             return None
         self.state = LeanState.SENDING
         if self._ts_shift is None:
-            self._ts_shift = self._last_rel + track.audio.codec.frame_ticks - pts
+            self._ts_shift = self._last_rel + track.audio.frame_ticks - pts
         rel = (pts + self._ts_shift) & 0xFFFFFFFF
         self._last_rel = rel
         if self._sending_allowed():

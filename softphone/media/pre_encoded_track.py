@@ -17,11 +17,17 @@ import weakref
 from aiortc import RTCRtpTransceiver
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from softphone.errors import MediaError
+from softphone.errors import CodecError, MediaError
 from softphone.log import get_logger
 from softphone.media.aiortc_seam import negotiated_codecs
-from softphone.media.codecs import FRAME_SECONDS, CodecSpec, codec_spec
-from softphone.media.encoded_audio import AudioSource, EncodedAudio, EncodedAudioCache, shared_cache
+from softphone.media.codecs import CodecSpec, codec_spec
+from softphone.media.encoded_audio import (
+    PTIMES_MS,
+    AudioSource,
+    EncodedAudio,
+    EncodedAudioCache,
+    shared_cache,
+)
 from softphone.media.slot_scheduler import slot_scheduler
 
 log = get_logger(__name__)
@@ -57,7 +63,11 @@ class PreEncodedAudioTrack(MediaStreamTrack):
     The codec is taken from ``codec`` or, when the track is :meth:`bind`-ed to a
     transceiver, from the codec negotiated for it (known by the time the sender
     asks for the first packet).  ``repeat`` loops the source; otherwise the track
-    ends after the last packet and the sender stops.
+    ends after the last packet and the sender stops.  ``ptime_ms`` 40 or 60 sends
+    longer packets (G.711/G.722 only: see :meth:`EncodedAudio.packetized`), a
+    load-test lever that trades realism (browsers send 20 ms) for fewer packets;
+    the SDP does not announce it, so use it only with a far end that takes any
+    packet size (G.711 receivers do).
     """
 
     kind = "audio"
@@ -66,8 +76,12 @@ class PreEncodedAudioTrack(MediaStreamTrack):
     MAX_LAG = 0.2
 
     def __init__(self, source: AudioSource, *, codec: str | None = None, repeat: bool = True,
-                 cache: EncodedAudioCache | None = None) -> None:
+                 cache: EncodedAudioCache | None = None, ptime_ms: int = 20) -> None:
         super().__init__()
+        if ptime_ms not in PTIMES_MS:
+            raise CodecError(f"ptime_ms: {ptime_ms} is not one of {PTIMES_MS}")
+        self.ptime_ms = ptime_ms
+        self._frame_seconds = ptime_ms / 1000
         self._source = source
         self._cache = cache or shared_cache()
         self._codec = codec_spec(codec) if codec else None
@@ -107,7 +121,7 @@ class PreEncodedAudioTrack(MediaStreamTrack):
         """Fetch (or encode) the audio and start the playback clock; idempotent."""
         audio = self._audio
         if audio is None:
-            audio = await self._cache.aget(self._source, self._negotiated_codec())
+            audio = (await self._cache.aget(self._source, self._negotiated_codec())).packetized(self.ptime_ms)
             if self._audio is None:
                 self._audio = audio
                 self._start = asyncio.get_running_loop().time()
@@ -128,7 +142,7 @@ class PreEncodedAudioTrack(MediaStreamTrack):
     @property
     def due(self) -> float:
         """Loop time at which the next packet is due (valid once prepared)."""
-        return self._start + self._index * FRAME_SECONDS
+        return self._start + self._index * self._frame_seconds
 
     def take(self, now: float) -> tuple[bytes, int]:
         """The next payload and its pts (RTP ticks from the start), skipping frames if ``now``
@@ -139,11 +153,11 @@ class PreEncodedAudioTrack(MediaStreamTrack):
         audio = self._audio
         if audio is None or self.readyState != "live":
             raise MediaStreamError
-        wait = self._start + self._index * FRAME_SECONDS - now
+        wait = self._start + self._index * self._frame_seconds - now
         if wait < -self.MAX_LAG:
             # Starved loop: drop the frames whose time has passed, as a live source
             # would, instead of flooding the far end; RTP timestamps keep real time.
-            skipped = int(-wait / FRAME_SECONDS)
+            skipped = int(-wait / self._frame_seconds)
             self._index += skipped
             self.frames_skipped += skipped
         index = self._index
@@ -153,7 +167,7 @@ class PreEncodedAudioTrack(MediaStreamTrack):
             raise MediaStreamError
         self._index = index + 1
         self.packets_sent += 1
-        return payloads[index % len(payloads)], index * audio.codec.frame_ticks
+        return payloads[index % len(payloads)], index * audio.frame_ticks
 
     async def recv(self) -> EncodedPacket:
         if self.readyState != "live":
@@ -162,7 +176,7 @@ class PreEncodedAudioTrack(MediaStreamTrack):
         if self._audio is None:
             await self.prepare()
         else:
-            due = self._start + self._index * FRAME_SECONDS
+            due = self._start + self._index * self._frame_seconds
             if due > loop.time():
                 await slot_scheduler(loop).sleep_until(due)
         payload, pts = self.take(loop.time())

@@ -95,6 +95,7 @@ class RtpStreamCounter:
         "_history",
         "_jitter",
         "_last_arrival",
+        "_last_pt",
         "_last_ts",
         "_max_ext",
         "_now",
@@ -106,6 +107,7 @@ class RtpStreamCounter:
         "packets_received",
         "payload_bytes",
         "payload_types",
+        "timestamp_step",
         "unexpected_payload_type",
         "unique_received",
     )
@@ -123,6 +125,8 @@ class RtpStreamCounter:
         self._jitter = 0.0
         self._last_arrival: float | None = None
         self._last_ts = 0
+        self._last_pt = -1
+        self.timestamp_step = 0  # RTP ticks between consecutive packets of one payload type (the ptime)
         self._expected_prior = 0
         self._received_prior = 0
         self.first_arrival: float | None = None  # seconds (``now()``) of the first and latest packet
@@ -163,6 +167,10 @@ class RtpStreamCounter:
             if delta < HALF_SEQ:
                 ext = self._max_ext + delta
                 self._max_ext = ext
+                if delta == 1 and pt == self._last_pt:
+                    step = (packet.timestamp - self._last_ts) & 0xFFFFFFFF
+                    if 0 < step <= self._clock_rate // 5:
+                        self.timestamp_step = step
             else:
                 ext = self._max_ext - (SEQ_MOD - delta)
                 if ext < self._base_ext - HALF_SEQ:
@@ -187,6 +195,7 @@ class RtpStreamCounter:
             self._jitter += (abs(transit_delta) - self._jitter) / 16.0
         self._last_arrival = arrival_ts
         self._last_ts = packet.timestamp
+        self._last_pt = pt
 
     # --- figures -------------------------------------------------------------------
 
@@ -229,12 +238,17 @@ class RtpStreamCounter:
     def extended_max_seq(self) -> int | None:
         return None if self._base_ext is None else self._max_ext
 
-    def packets_due(self, frame_seconds: float = 0.02) -> int:
-        """Packets a stream of ``frame_seconds`` packets was due to deliver between its first and
-        latest packet, by the clock: a sender that drops late frames keeps its sequence
-        numbers gapless (no loss) yet delivers fewer than this.  A pause (hold) counts as due."""
+    def packets_due(self, frame_seconds: float | None = None) -> int:
+        """Packets the stream was due to deliver between its first and latest packet, by the clock.
+
+        A sender that drops late frames keeps its sequence numbers gapless (no loss)
+        yet delivers fewer than this.  A pause (hold) counts as due.  ``frame_seconds``
+        defaults to the packet duration the RTP timestamps show (20 ms until known).
+        """
         if self.first_arrival is None or self.last_arrival is None:
             return 0
+        if frame_seconds is None:
+            frame_seconds = self.timestamp_step / self._clock_rate if self.timestamp_step else 0.02
         return int((self.last_arrival - self.first_arrival) / frame_seconds + 0.5) + 1
 
     @property

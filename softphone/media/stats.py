@@ -93,8 +93,8 @@ class CallQuality:
     what the far end reported about our stream in RTCP receiver reports.
 
     ``packets_due`` is what time says the far end should have delivered: one
-    packet per ``frame_seconds`` (20 ms) between the first and the latest packet
-    received; ``delivered_fraction`` is the distinct packets received over that.
+    packet per packet duration (what the RTP timestamps show, 20 ms until known)
+    between the first and the latest packet received; ``delivered_fraction`` is the distinct packets received over that.
     Loss only counts sequence-number gaps, so a sender that falls behind and
     drops late frames without a gap (an overloaded load generator does) shows
     0% loss and less than 100% delivered.  Known with the fast path's counting
@@ -122,7 +122,7 @@ class CallQuality:
         return asdict(self)
 
 
-def delivered(pc: RTCPeerConnection, frame_seconds: float = 0.02) -> tuple[int, int] | None:
+def delivered(pc: RTCPeerConnection, frame_seconds: float | None = None) -> tuple[int, int] | None:
     """(distinct packets received, packets due by the clock) over ``pc``'s counting receivers."""
     received = due = 0
     counted = False
@@ -137,7 +137,7 @@ def delivered(pc: RTCPeerConnection, frame_seconds: float = 0.02) -> tuple[int, 
     return (received, due) if counted else None
 
 
-async def collect(pc: RTCPeerConnection, frame_seconds: float = 0.02) -> CallQuality:
+async def collect(pc: RTCPeerConnection, frame_seconds: float | None = None) -> CallQuality:
     """Read ``pc.getStats()`` (and the counting receiver's arrival times) into a :class:`CallQuality`."""
     codec_name, clock_rate = None, None
     for transceiver in pc.getTransceivers():
