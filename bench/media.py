@@ -540,19 +540,29 @@ def miss_reason(r: Result) -> str | None:
     return None
 
 
+TURN_TARGET = "cores<0.85, 0% loss, >99.5% delivered, lag p99<20 ms"
+
+
+def meets_turn_target(r: Result) -> bool:
+    """Issue 11's target for relayed agent legs: 200+ peer connections per process through TURN."""
+    return (2 * r.connected >= 200 and r.cores_used < 0.85 and r.loss_percent == 0
+            and r.delivered_percent > 99.5 and r.lag_p99_ms < 20)
+
+
 def target_verdicts(results: list[Result]) -> dict[str, str]:
-    """One line per lean N of 150+ peer connections: met or not, in how many runs, and why not."""
+    """One line per lean N of 150+ and turn N of 200+ peer connections: met or not, in how many runs, why not."""
     verdicts = {}
-    for n in sorted({r.calls for r in results if r.mode == "lean" and 2 * r.calls >= 150}):
-        runs = [r for r in results if r.mode == "lean" and r.calls == n]
-        met = [meets_target(r) for r in runs]
-        verdict = ("met" if all(met) else "NOT met") if len(runs) == 1 else f"met in {sum(met)} of {len(runs)} runs"
-        reasons = [miss_reason(r) for r, ok in zip(runs, met, strict=True) if not ok]
-        if any(reasons):
-            verdict += f" ({'; '.join(x or 'no steal, not saturated' for x in reasons)})"
-        if len(runs) > 1:
-            verdict += f"; lag p99 ms: {', '.join(f'{r.lag_p99_ms:.1f}' for r in runs)}"
-        verdicts[f"lean x{n} ({2 * n} pcs): {TARGET}"] = verdict
+    for mode, least, target, meets in (("lean", 150, TARGET, meets_target), ("turn", 200, TURN_TARGET, meets_turn_target)):
+        for n in sorted({r.calls for r in results if r.mode == mode and 2 * r.calls >= least}):
+            runs = [r for r in results if r.mode == mode and r.calls == n]
+            met = [meets(r) for r in runs]
+            verdict = ("met" if all(met) else "NOT met") if len(runs) == 1 else f"met in {sum(met)} of {len(runs)} runs"
+            reasons = [miss_reason(r) for r, ok in zip(runs, met, strict=True) if not ok]
+            if any(reasons):
+                verdict += f" ({'; '.join(x or 'no steal, not saturated' for x in reasons)})"
+            if len(runs) > 1:
+                verdict += f"; lag p99 ms: {', '.join(f'{r.lag_p99_ms:.1f}' for r in runs)}"
+            verdicts[f"{mode} x{n} ({2 * n} pcs): {target}"] = verdict
     return verdicts
 
 

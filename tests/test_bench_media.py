@@ -108,3 +108,13 @@ def test_verdicts_say_how_many_runs_met_the_target_and_what_stole_the_rest(bench
     # Fewer than 150 peer connections up is never a pass, and small N get no verdict at all.
     assert bench.target_verdicts([result(bench, connected=74)]) == {key: "NOT met"}
     assert bench.target_verdicts([result(bench, calls=8, connected=8)]) == {}
+
+
+def test_the_turn_target_is_200_relayed_pcs_under_085_cores_all_delivered(bench):
+    key = f"turn x100 (200 pcs): {bench.TURN_TARGET}"
+    ok = dict(mode="turn", calls=100, connected=100, cores_used=0.7, delivered_percent=99.9)
+    assert bench.target_verdicts([result(bench, **ok)]) == {key: "met"}
+    assert bench.target_verdicts([result(bench, **{**ok, "cores_used": 0.9})]) == {key: "NOT met"}
+    assert bench.target_verdicts([result(bench, **{**ok, "delivered_percent": 99.0})])[key].startswith("NOT met")
+    assert bench.target_verdicts([result(bench, **{**ok, "loss_percent": 0.01})])[key].startswith("NOT met")
+    assert bench.target_verdicts([result(bench, **{**ok, "calls": 75, "connected": 75})]) == {}
