@@ -149,7 +149,13 @@ class Lab:
         async with self.user_lock(found.user_id):
             current = await self.store.call(call_id)
             user = await self.store.user(found.user_id)
-            if current is None or user is None or not current.call_state.can_move_to(state):
+            if current is None or user is None:
+                return
+            if state is current.call_state and state.live and phone_number:
+                # answered while the dial request waited: only the shotgun winner is news
+                await self.store.update_call(call_id, phone_number=phone_number)
+                return
+            if not current.call_state.can_move_to(state):
                 return  # already ended (hung up through the API) or a move the table does not allow
             if state is CallState.ENDED:
                 await _end_call(self, current, user, sip_code=sip_code or 200)
