@@ -55,7 +55,8 @@ class TelephonyOptions:
     send (needed for recordings and customers that listen or echo; a load run
     turns it off and only counts packets).  ``answer_timeout``: a bridge call
     not answered within it fails the login.  ``ring_wait``: how long a dial
-    request waits for the customer to ring before it answers ``dialing``.
+    request waits for the customer to answer (it then answers ``answered``; a
+    customer still ringing gives ``ringing``, its answer is reported later).
     ``no_answer_timeout``: the lab CANCELs a customer leg still ringing after it.
     """
 
@@ -110,7 +111,7 @@ class LabCall:
     ending: bool = False         # the REST layer hangs it up: report nothing more
     connected_to: LabCall | None = None  # connect: the other customer, agent gone
     recording: Any = None
-    settled: asyncio.Event = field(default_factory=asyncio.Event)  # rang, answered or failed
+    settled: asyncio.Event = field(default_factory=asyncio.Event)  # answered, or every leg failed
     _tasks: set[asyncio.Task] = field(default_factory=set)
 
     @property
@@ -270,7 +271,6 @@ class SipTelephony:
                                         no_answer_timeout=self.options.no_answer_timeout)
             leg = Leg(number, inviter)
             lab_call.legs.append(leg)
-            inviter.on("progress", lambda response, c=lab_call: c.settled.set() if response.status > 100 else None)
             task = asyncio.get_running_loop().create_task(self._run_leg(bridge, lab_call, leg))
             lab_call._tasks.add(task)
             task.add_done_callback(lab_call._tasks.discard)
