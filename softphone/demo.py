@@ -10,7 +10,8 @@ parameters the lab prints for its first seeded agent, exactly as
 authorize, extension, register, login, bridge call answered, prompt heard
 (tone detected), an outbound call to a simulated customer, audio both ways
 (each side detects the other's tone), DTMF both ways (the agent's RFC 4733
-digits reach the lab; the customer's SIP INFO digits reach the agent),
+digits reach the customer as SIP INFO; the customer's SIP INFO digits reach
+the agent as RFC 4733),
 hold and retrieve (the customer leg is re-INVITEd; the agent hears silence,
 then the customer again), hang-up, dispose, logout, unregister.
 
@@ -52,7 +53,7 @@ DISPOSITION = "DEMO"
 
 STEPS: tuple[str, ...] = (
     "lab", "authorize", "extension", "register", "login", "bridge call answered", "prompt heard",
-    "outbound call", "agent hears customer", "customer hears agent", "DTMF agent -> lab",
+    "outbound call", "agent hears customer", "customer hears agent", "DTMF agent -> customer",
     "DTMF customer -> agent", "hold", "retrieve", "hang-up", "dispose", "logout", "unregister",
 )
 
@@ -118,7 +119,7 @@ async def wait_until(condition: Callable[[], Any], what: str, timeout: float, in
 #: Steps marked on the level charts: short label, and whether the mark is where the step began (an
 #: action: what follows is its effect) or where it ended (a detection: when it was heard).
 CHART_MARKS = {"prompt heard": ("prompt heard", "ended"), "outbound call": ("dial", "started"),
-               "DTMF agent -> lab": ("DTMF out", "started"), "DTMF customer -> agent": ("DTMF in", "started"),
+               "DTMF agent -> customer": ("DTMF out", "started"), "DTMF customer -> agent": ("DTMF in", "started"),
                "hold": ("hold", "started"), "retrieve": ("retrieve", "started"),
                "hang-up": ("hang-up", "started")}
 
@@ -378,13 +379,13 @@ async def _call_flow(runner: StepRunner, agent: Any, call: Any, server: Any, lab
 
     async def dtmf_out() -> str:
         used = await call.send_dtmf(AGENT_DIGITS, method="rfc4733")
-        await wait_until(lambda: len(lab_digits) >= len(AGENT_DIGITS), "the lab's RFC 4733 receiver", 5)
-        got = "".join(ev.digit for ev in lab_digits)
-        if got != AGENT_DIGITS:
-            raise SoftphoneError(f"the lab received {got!r}, the agent sent {AGENT_DIGITS!r}")
-        return f"{got!r} sent as {used}, the lab received them ({lab_digits[0].via})"
+        await wait_until(lambda: len(customer.digits_received) >= len(AGENT_DIGITS), "the customer's digits", 5)
+        got = "".join(customer.digits_received)
+        if got != AGENT_DIGITS or "".join(ev.digit for ev in lab_digits) != AGENT_DIGITS:
+            raise SoftphoneError(f"the customer received {got!r}, the agent sent {AGENT_DIGITS!r}")
+        return f"{got!r} sent as {used}, the customer got them (SIP INFO from the lab)"
 
-    await runner.step("DTMF agent -> lab", dtmf_out, detail=str)
+    await runner.step("DTMF agent -> customer", dtmf_out, detail=str)
 
     async def dtmf_in() -> str:
         await customer.session.send_dtmf(CUSTOMER_DIGITS, method="info")
@@ -395,7 +396,7 @@ async def _call_flow(runner: StepRunner, agent: Any, call: Any, server: Any, lab
         return f"{got!r} from the customer (SIP INFO), the agent got them ({'/'.join(vias)})"
 
     await runner.step("DTMF customer -> agent", dtmf_in, detail=str)
-    runner.fact("DTMF", f"agent -> lab {AGENT_DIGITS!r}, customer -> agent {CUSTOMER_DIGITS!r}")
+    runner.fact("DTMF", f"agent -> customer {AGENT_DIGITS!r}, customer -> agent {CUSTOMER_DIGITS!r}")
 
     async def hold() -> str:
         await agent.hold_call(call_id)
