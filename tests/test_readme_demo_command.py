@@ -34,7 +34,23 @@ def test_readme_has_exactly_two_setup_commands_demo_first():
     assert setup_commands() == ["scripts/demo", "scripts/test"]
     readme = (ROOT / "README.md").read_text()
     assert "docs/platform.md" in readme
-    assert "../shared" not in readme and "shared/" not in readme
+    assert "/shared/" not in readme
+
+
+def test_no_project_file_points_outside_the_repository_for_the_platform_contract():
+    """A clone holds only the repository: the platform contract is docs/platform.md, inside it."""
+    if not (ROOT / ".git").exists():  # pragma: no cover - an unpacked source tree
+        pytest.skip("needs the git checkout to list the project's files")
+    names = subprocess.run(["git", "ls-files"], cwd=ROOT, check=True, capture_output=True, text=True).stdout.split()
+    needle = "../" + "shared/"  # spelt apart so that this file does not match itself
+    offenders = []
+    for name in names:
+        path = ROOT / name
+        if path.suffix in {".py", ".md", ".yaml", ".yml", ".toml", ".txt", ".html", ".cfg", ""} and path.is_file():
+            if needle in path.read_text(errors="replace"):
+                offenders.append(name)
+    assert not offenders, f"files linking outside the repository: {offenders}"
+    assert (ROOT / "docs" / "platform.md").is_file()
 
 
 def _fresh_copy(dest: Path) -> Path:
