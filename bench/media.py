@@ -537,6 +537,10 @@ def miss_reason(r: Result) -> str | None:
         return f"saturated: {r.cores_used:.2f} cores"
     if r.steal_percent is not None and r.steal_percent >= 1.0:
         return f"hypervisor steal {r.steal_percent:.1f}%"
+    cpus = os.cpu_count() or 1
+    if r.loadavg_before and r.loadavg_before[0] - r.cores_used >= cpus / 2:
+        # Other processes on this machine wanted half the CPUs or more: the loop waited for a core.
+        return f"machine busy: load {r.loadavg_before[0]:.1f} on {cpus} CPUs"
     return None
 
 

@@ -118,3 +118,6 @@ def test_the_turn_target_is_200_relayed_pcs_under_085_cores_all_delivered(bench)
     assert bench.target_verdicts([result(bench, **{**ok, "delivered_percent": 99.0})])[key].startswith("NOT met")
     assert bench.target_verdicts([result(bench, **{**ok, "loss_percent": 0.01})])[key].startswith("NOT met")
     assert bench.target_verdicts([result(bench, **{**ok, "calls": 75, "connected": 75})]) == {}
+    busy = bench.os.cpu_count() / 2 + 0.7 + 0.1  # others wanted half the CPUs besides our 0.7
+    assert bench.target_verdicts([result(bench, **{**ok, "lag_p99_ms": 40.0, "loadavg_before": [busy, 1, 1]})]) == {
+        key: f"NOT met (machine busy: load {busy:.1f} on {bench.os.cpu_count()} CPUs)"}
