@@ -165,7 +165,7 @@ class Reporter:
         if call is not None:
             minutes, seconds = divmod(int(call.duration), 60)
             parts.append(f"call {call.state.value} {minutes:02d}:{seconds:02d}")
-            parts.append(f"rx {call.received_level_dbfs():6.1f} dBFS")
+            parts.append(f"tx {call.sent_level_dbfs():6.1f} rx {call.received_level_dbfs():6.1f} dBFS")
             quality = call.last_stats
             if quality is not None and quality.loss_fraction is not None:
                 parts.append(f"loss {quality.loss_fraction * 100:.1f}%")

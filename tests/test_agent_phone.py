@@ -62,6 +62,7 @@ async def test_two_phones_talk_dtmf_both_ways_hold_and_hang_up(kamailio_factory,
         await asyncio.wait_for(out.unhold(), BOUND)
         assert out.state is CallState.ANSWERED
         await _until(lambda: not into.on_hold)
+        assert out.sent_level_dbfs() > -30 and into.received_level_dbfs() > -40
         quality = await out.stats()
         assert quality.packets_received > 0 and quality.codec
         await asyncio.wait_for(out.hangup(), BOUND)

@@ -162,12 +162,15 @@ def test_status_line_and_event_lines_of_the_cli():
         def received_level_dbfs(self) -> float:
             return -23.4
 
+        def sent_level_dbfs(self) -> float:
+            return -15.0
+
     session = Session()
     out = io.StringIO()
     reporter = Reporter(session, json_events=False, out=out)
     assert reporter.status_text() == "[ready]  no call"
     session.call = LiveCall()
-    assert reporter.status_text() == "[ready]  call answered 01:15  rx  -23.4 dBFS  loss 1.2%  MOS 4.2  dtmf 12"
+    assert reporter.status_text() == "[ready]  call answered 01:15  tx  -15.0 rx  -23.4 dBFS  loss 1.2%  MOS 4.2  dtmf 12"
     session.emit("logged_out", events.LoggedOut(1001, "stale session from an earlier run", stale=True))
     session.emit("dtmf", events.DtmfEvent("5", 120, "inband"))
     text = out.getvalue()

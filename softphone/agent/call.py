@@ -163,6 +163,8 @@ class Call(AsyncIOEventEmitter):
         self.error: BaseException | None = None
         """Why the call could not be answered or set up, if it could not."""
         self.source = SwitchableSource(make_source(play))
+        self.sent_meter = LevelMeter(history_max=3000, name="sent")
+        self.source.add_tap(self._measure_sent)
         self.audio = CallAudio(self._on_dtmf, inband_dtmf)
         self.handler: WebRtcDescriptionHandler | None = None
         self.digits: list[DtmfEvent] = []
@@ -211,8 +213,18 @@ class Call(AsyncIOEventEmitter):
         return self.session.local_hold or self.session.remote_hold
 
     def received_level_dbfs(self, seconds: float = 1.0) -> float:
-        """RMS level of the far end's audio over the last ``seconds`` (dBFS; -120 when silent)."""
+        """RMS level of the far end's audio over the last ``seconds`` (dBFS; very low when silent)."""
         return self.audio.meter.recent_rms_dbfs(seconds)
+
+    def sent_level_dbfs(self, seconds: float = 1.0) -> float:
+        """RMS level of what we send over the last ``seconds`` (dBFS)."""
+        return self.sent_meter.recent_rms_dbfs(seconds)
+
+    def _measure_sent(self, frame: Any) -> None:
+        try:
+            self.sent_meter.write(frame)
+        except Exception:  # a meter must never stop the audio
+            self.source.remove_tap(self._measure_sent)
 
     # --- the state machine -------------------------------------------------------------
 
