@@ -265,3 +265,14 @@ def test_bad_options_name_the_field(tmp_path, options, message):
         TelephonyOptions(**options)
     with pytest.raises(ConfigurationError, match=r"recordings_dir: .* is not a directory"):
         TelephonyOptions(recordings_dir=tmp_path / "missing")
+
+
+async def test_a_customer_who_hangs_up_at_once_ends_the_call(tmp_path):
+    customers = table(n0821000007=Behaviour(answer_after=0, hangup_after=0))
+    async with lab(tmp_path, customers) as (tel, agent, sink, _hub):
+        await tel.on_login(1001, "9001", 1)
+        await tel.place_call(call_info(1, "0821000007"))
+        await wait_until(lambda: CallState.ENDED in sink.states(1), 10, "the hang-up to be reported")
+        assert sink.events[-1][:3] == (1, CallState.ENDED, 200) and tel.calls == {}
+        assert tel.bridges[1001].voices == {}
+        await hears(agent.ear, PROMPT)

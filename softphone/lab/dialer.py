@@ -303,6 +303,7 @@ class SipTelephony:
             return
         call.winner = leg
         call.settled.set()
+        inviter.on("terminated", lambda reason=None, status=None: self._leg_ended(call, leg, reason))
         for other in call.legs:
             if other is not leg and other.session.state is SessionState.ESTABLISHING:
                 await other.session.cancel("answered elsewhere")
@@ -310,10 +311,12 @@ class SipTelephony:
             leg.customer = await self.gateway.customer(inviter.call_id)
         except SessionError as exc:
             log.warning("call %d: %s", call.call_id, exc)
+        if inviter.state is not SessionState.ESTABLISHED:
+            return  # the customer hung up at once: _leg_ended has reported it
+        if self.bridges.get(call.info.user_id) is not bridge or call.ending:
+            await _quiet_hangup(inviter)  # the agent went away (or hung up) while the customer answered
+            return
         self._join(bridge, call, leg)
-        inviter.on("terminated", lambda reason=None, status=None: self._leg_ended(call, leg, reason))
-        if self.bridges.get(call.info.user_id) is not bridge:
-            return  # the agent went away while the customer answered
         phone = leg.number if leg.number != call.info.phone_number else None
         self._report(call, CallState.ANSWERED, phone_number=phone)
 
