@@ -42,6 +42,7 @@ def run_args(lab, *extra: str, launch: dict | None = None, user_id: int = 1001, 
 async def test_signal_during_a_call_logs_out_and_unregisters(lab, sig):
     proc = await Proc.start(*run_args(lab, "--tone", "1000"))
     await proc.wait_event("call_answered")
+    await proc.wait_event("logged_in")  # (the bridge call may be answered before the login returns)
     assert await lab.agent_status() is AgentStatus.LOGGED_IN
     proc.proc.send_signal(sig)
     code, err = await proc.finish()
@@ -57,6 +58,7 @@ async def test_signal_during_a_call_logs_out_and_unregisters(lab, sig):
 async def test_sigkill_then_a_new_run_logs_the_stale_session_out_first(lab):
     first = await Proc.start(*run_args(lab))
     await first.wait_event("call_answered")
+    await first.wait_event("logged_in")
     first.proc.kill()
     await first.finish()
     assert await lab.agent_status() is AgentStatus.LOGGED_IN  # the crashed run never logged out
