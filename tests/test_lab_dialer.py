@@ -276,3 +276,14 @@ async def test_a_customer_who_hangs_up_at_once_ends_the_call(tmp_path):
         assert sink.events[-1][:3] == (1, CallState.ENDED, 200) and tel.calls == {}
         assert tel.bridges[1001].voices == {}
         await hears(agent.ear, PROMPT)
+
+
+def test_phase_moves_table():
+    from softphone.lab.dialer import PHASE_MOVES, LabCall, Phase
+
+    assert set(PHASE_MOVES) == set(Phase) and not PHASE_MOVES[Phase.ENDED]
+    call = LabCall(call_info(1, "0821234567"))
+    assert call.move(Phase.ANSWERED) and not call.move(Phase.DIALING) and call.phase is Phase.ANSWERED
+    assert call.move(Phase.CONNECTED) and not call.ending
+    assert call.move(Phase.ENDING) and call.ending and call.move(Phase.ENDED)
+    assert not call.move(Phase.ANSWERED) and call.phase is Phase.ENDED

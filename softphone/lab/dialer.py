@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,20 +104,55 @@ class Leg:
     status: int | None = None
 
 
+class Phase(enum.Enum):
+    """Where one lab call is, as the phone system sees it."""
+
+    DIALING = "dialing"      # its legs ring (several for a shotgun)
+    ANSWERED = "answered"    # one customer is bridged to the agent
+    CONNECTED = "connected"  # joined to another customer, the agent gone
+    ENDING = "ending"        # the REST layer hangs it up: nothing more is reported
+    ENDED = "ended"
+
+
+#: The one table of phase moves.
+PHASE_MOVES: dict[Phase, frozenset[Phase]] = {
+    Phase.DIALING: frozenset({Phase.ANSWERED, Phase.ENDING, Phase.ENDED}),
+    Phase.ANSWERED: frozenset({Phase.CONNECTED, Phase.ENDING, Phase.ENDED}),
+    Phase.CONNECTED: frozenset({Phase.ENDING, Phase.ENDED}),
+    Phase.ENDING: frozenset({Phase.ENDED}),
+    Phase.ENDED: frozenset(),
+}
+
+
 @dataclass
 class LabCall:
     info: CallInfo
     legs: list[Leg] = field(default_factory=list)
     winner: Leg | None = None
-    ending: bool = False         # the REST layer hangs it up: report nothing more
-    connected_to: LabCall | None = None  # connect: the other customer, agent gone
-    recording: Any = None
+    phase: Phase = Phase.DIALING
+    connected_to: LabCall | None = None  # CONNECTED: the other customer's call
     settled: asyncio.Event = field(default_factory=asyncio.Event)  # answered, or every leg failed
     _tasks: set[asyncio.Task] = field(default_factory=set)
 
     @property
     def call_id(self) -> int:
         return self.info.call_id
+
+    @property
+    def ending(self) -> bool:
+        """The REST layer ended it (or it is over): report nothing more."""
+        return self.phase in (Phase.ENDING, Phase.ENDED)
+
+    def move(self, phase: Phase) -> bool:
+        """Move to ``phase`` if :data:`PHASE_MOVES` allows it; whether it moved."""
+        if phase is self.phase:
+            return False
+        if phase not in PHASE_MOVES[self.phase]:
+            log.debug("call %d: %s -> %s ignored", self.call_id, self.phase.value, phase.value)
+            return False
+        log.debug("call %d: %s -> %s", self.call_id, self.phase.value, phase.value)
+        self.phase = phase
+        return True
 
 
 class SipTelephony:
@@ -296,12 +332,14 @@ class SipTelephony:
                 failed = next((lg for lg in call.legs if lg.number == call.info.phone_number), leg)
                 self._forget(call)
                 self._report(call, CallState.ENDED, failed.status)
+                call.move(Phase.ENDED)
             return
         leg.status = 200
         if call.winner is not None or call.ending:
             await inviter.bye("another number answered first" if call.winner else "call ended")
             return
         call.winner = leg
+        call.move(Phase.ANSWERED)
         call.settled.set()
         inviter.on("terminated", lambda reason=None, status=None: self._leg_ended(call, leg, reason))
         for other in call.legs:
@@ -353,7 +391,7 @@ class SipTelephony:
         partner = call.connected_to
         if partner is not None:
             # connected customers: when one hangs up, the lab hangs the other up
-            partner.ending = True
+            partner.move(Phase.ENDING)
             partner.connected_to = None
             if partner.winner is not None:
                 self._spawn(_quiet_hangup(partner.winner.session))
@@ -362,6 +400,7 @@ class SipTelephony:
         if partner is None:
             log.info("call %d: customer %s hung up (%s)", call.call_id, leg.number, reason)
             self._report(call, CallState.ENDED, 200)
+        call.move(Phase.ENDED)
 
     def _forget(self, call: LabCall) -> None:
         self.calls.pop(call.call_id, None)
@@ -371,7 +410,7 @@ class SipTelephony:
         lab_call = self.calls.get(call.call_id)
         if lab_call is None:
             return 200
-        lab_call.ending = True
+        lab_call.move(Phase.ENDING)
         if lab_call.connected_to is not None:
             return 200  # the agent leaves; the two customers stay connected
         self._forget(lab_call)
@@ -383,6 +422,7 @@ class SipTelephony:
         for leg in lab_call.legs:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(leg.session.terminated_event.wait(), 5.0)
+        lab_call.move(Phase.ENDED)
         return code
 
     async def hold(self, call: CallInfo) -> None:
@@ -408,7 +448,7 @@ class SipTelephony:
             bridge.set_held(call.call_id, held)
 
     async def start_recording(self, call: CallInfo) -> str | None:
-        lab_call = self._call(call)
+        self._call(call)  # a call the phone system knows, or TelephonyError
         opts = self.options
         if opts.recordings_dir is None or not opts.decode:
             log.info("call %d: not recorded (the lab has no recordings directory or does not decode)",
@@ -419,7 +459,6 @@ class SipTelephony:
         name = f"call-{call.call_id}.wav"
         recorder = Recorder(opts.recordings_dir / name)
         self._recorders[call.call_id] = recorder
-        lab_call.recording = recorder
         bridge = self._bridge(call.user_id)
         key = call.call_id
 
@@ -452,6 +491,8 @@ class SipTelephony:
                 with contextlib.suppress(SipError):
                     await c.winner.session.unhold()
         a.connected_to, b.connected_to = b, a
+        a.move(Phase.CONNECTED)
+        b.move(Phase.CONNECTED)
         for bridge in self.bridges.values():
             bridge.remove_party(a.call_id)
             bridge.remove_party(b.call_id)
@@ -477,13 +518,14 @@ class SipTelephony:
             self._forget(lab_call)
             raise TelephonyError(f"inbound call from {call.phone_number} could not be answered: {exc}") from None
         lab_call.winner = leg
+        lab_call.move(Phase.ANSWERED)
         self._join(bridge, lab_call, leg)
         invitation.on("terminated", lambda reason=None, status=None: self._leg_ended(lab_call, leg, reason))
         return CallState.ANSWERED
 
     async def close(self) -> None:
         for call in list(self.calls.values()):
-            call.ending = True
+            call.move(Phase.ENDING)
             for leg in call.legs:
                 await _quiet_hangup(leg.session)
         self.calls.clear()
