@@ -4,7 +4,8 @@ Both drive the same :class:`~softphone.agent.call.Call` facade: play a file or
 a tone, record, send DTMF, show a live status line (state, call time, received
 level, loss) on a terminal or plain lines otherwise, and with ``--events json``
 print one JSON object per event on stdout.  SIGINT and SIGTERM stop the session
-in order (log out, hang up, unregister, close) before the process exits.
+in order (log out, hang up, unregister, close) before the process exits; a
+second signal exits at once.
 
 Exit status (also in the commands' help and the README):
 0 the session ended normally (call over, ``--duration`` reached, ``expire_date``),
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -230,6 +232,9 @@ def run_session(make_session, opts: Options, drive) -> int:
         interrupted: list[str] = []
 
         def on_signal(name: str) -> None:
+            if interrupted:  # a second Ctrl-C: the user will not wait for the orderly stop
+                click.echo(f"softphone: {name} again: exiting without logging out or unregistering", err=True)
+                os._exit(EXIT_INTERRUPTED)
             interrupted.append(name)
             session.request_stop(f"interrupted ({name})")
 

@@ -62,6 +62,8 @@ class KamailioTelephony(InMemoryTelephony):
                                       turn_password=coturn.password, relay_only=True, play=prompt)
         self.bridge_calls: dict[int, Call] = {}
         self.bridge_errors: list[BaseException] = []
+        self.bridge = True
+        """False: log agents in without calling them (a platform that never bridges)."""
         self.login_delay = 0.0
         """Seconds the login takes before it bridges (to interrupt an agent while it logs in)."""
         self._tasks: set[asyncio.Task] = set()
@@ -75,6 +77,8 @@ class KamailioTelephony(InMemoryTelephony):
             await asyncio.sleep(self.login_delay)
         await super().on_login(user_id, extension, campaign_id)
         self.journal.add("login", user_id)
+        if not self.bridge:
+            return
         task = asyncio.get_running_loop().create_task(self._bridge(user_id, extension))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

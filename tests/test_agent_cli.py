@@ -197,3 +197,12 @@ async def test_phone_whose_turn_is_unreachable_fails_the_call_with_exit_4(kamail
     assert names.index("error") < names.index("unregistered")
     caller_code, caller_err = await caller.finish()
     assert caller_code == 1 and "softphone: error:" in caller_err, caller_err
+
+
+async def test_no_bridge_call_within_wait_call_is_a_failed_session(lab):
+    lab.telephony.bridge = False
+    proc = await Proc.start(*run_args(lab, "--wait-call", "1"))
+    code, err = await proc.finish()
+    assert code == 1, (err, proc.lines)
+    assert "no call arrived in time (--wait-call)" in err
+    assert await lab.agent_status() is AgentStatus.LOGGED_OUT
