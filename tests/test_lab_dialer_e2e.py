@@ -288,3 +288,14 @@ async def test_a_phone_that_refuses_the_bridge_call_fails_the_login_naming_why()
                 await api.login(1, extension(0))
             assert refused.value.status == 409
             assert lab.lab.telephony.bridges == {}
+
+
+async def test_recordings_are_served_by_name_only(tmp_path):
+    (tmp_path / "call-7.wav").write_bytes(b"RIFF....WAVE")
+    (tmp_path / ".hidden").write_bytes(b"x")
+    async with await start_lab(turn=False, recordings_dir=tmp_path) as lab, aiohttp.ClientSession() as http:
+        async with http.get(f"{lab.url}/recordings/call-7.wav") as resp:
+            assert resp.status == 200 and await resp.read() == b"RIFF....WAVE"
+        for name in ("missing.wav", ".hidden", "..%2Fcall-7.wav", "%2E%2E"):
+            async with http.get(f"{lab.url}/recordings/{name}") as resp:
+                assert resp.status == 404, name
