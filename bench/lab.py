@@ -14,8 +14,12 @@ Scenarios (``--only`` picks some; all by default):
   the time and rate, the lab's CPU seconds per registration and its memory
   (RSS) with them all bound.  Goal: at least 1,000.
 
-Concurrent bridged calls with audio are ``bench/lab_calls.py``; more scenarios
-can join :data:`SCENARIOS` (name -> ``async def run(args) -> dict``).
+* ``bridged_calls``: ``--calls`` agents (150 by default, at most ``--n``) each
+  bridged and on a call to a customer at once, media on the lean path, audio
+  verified both ways per call, the lab's CPU per call-second (goal: 150 calls;
+  ``bench/lab_calls.py``, which also runs on its own).
+
+More scenarios can join :data:`SCENARIOS` (name -> ``async def run(args) -> dict``).
 
 Prints a table and writes the figures to ``bench/out/lab-<time>.json``.  No
 asserts: this measures.
@@ -184,10 +188,25 @@ async def bench_registrations(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+async def bench_bridged_calls(args: argparse.Namespace) -> dict[str, Any]:
+    """Concurrent bridged calls with audio both ways (bench/lab_calls.py)."""
+    import importlib.util
+    from dataclasses import asdict
+
+    spec = importlib.util.spec_from_file_location("lab_calls_bench", Path(__file__).with_name("lab_calls.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["lab_calls_bench"] = module  # dataclasses look the module up by name
+    spec.loader.exec_module(module)
+    calls = args.calls if args.calls is not None else min(150, args.n)
+    result = await module.bridged_calls(calls, args.call_seconds, concurrency=min(args.concurrency, 25))
+    return asdict(result)
+
+
 #: name -> scenario; other parts of the lab add theirs (e.g. bridged calls with audio).
 SCENARIOS: dict[str, Callable[[argparse.Namespace], Awaitable[dict[str, Any]]]] = {
     "start": bench_start,
     "registrations": bench_registrations,
+    "bridged_calls": bench_bridged_calls,
 }
 
 
@@ -211,8 +230,15 @@ def print_table(results: dict[str, Any]) -> None:
         print(f"  the phones' side (this process) used {reg['phones_cpu_s']:.2f} CPU-s registering")
         for failure in reg["failures"]:
             print(f"  failed: {failure}")
+    calls = results.get("bridged_calls")
+    if calls:
+        print("concurrent bridged calls, lean media, audio verified both ways (goal >= 150)")
+        print(f"  {calls['verified_both']}/{calls['n']} verified ({calls['answered']} answered) over "
+              f"{calls['seconds']:g} s; lab CPU {calls['lab_cpu_seconds']:.2f} s = "
+              f"{calls['lab_cpu_per_call_second'] * 1000:.2f} ms per call-second"
+              + (f"; {calls['error']}" if calls.get("error") else ""))
     for name, value in results.items():
-        if name not in ("start", "registrations", "meta"):
+        if name not in ("start", "registrations", "bridged_calls", "meta"):
             print(f"{name}: {json.dumps(value, default=str)}")
 
 
@@ -224,6 +250,9 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--n", type=int, default=1000, help="phones registering")
     parser.add_argument("--concurrency", type=int, default=100, help="registrations in flight")
     parser.add_argument("--hold", type=float, default=5.0, help="seconds to hold the registrations")
+    parser.add_argument("--calls", type=int, default=None,
+                        help="bridged calls at once (default 150, at most --n)")
+    parser.add_argument("--call-seconds", type=float, default=10.0, help="bridged calls' measuring window")
     parser.add_argument("--out", default=str(ROOT / "bench" / "out"), help="where the JSON goes")
     args = parser.parse_args(argv)
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
