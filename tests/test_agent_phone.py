@@ -34,6 +34,8 @@ async def test_two_phones_talk_dtmf_both_ways_hold_and_hang_up(kamailio_factory,
         out = await asyncio.wait_for(caller.invite("2032"), BOUND)
         into = await asyncio.wait_for(callee.wait_for_call(), BOUND)
         assert out.state is CallState.ANSWERED and into.state is CallState.ANSWERED
+        shown = repr(out) + repr(into) + repr(caller) + repr(callee) + str(caller.snapshot())
+        assert USERS["2031"] not in shown and USERS["2032"] not in shown and coturn.password not in shown
         # audio both ways, checked by tone detection on what each side received
         await into.wait_for_tone(1000, timeout=BOUND)
         await out.wait_for_tone(440, timeout=BOUND)
