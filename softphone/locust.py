@@ -30,30 +30,39 @@ Steps cross back through a ``deque`` drained by a greenlet in Locust's hub.
 
 from __future__ import annotations
 
-import _queue
-import asyncio
-import collections
-import csv
-import itertools
-import os
-import time
-from pathlib import Path
-from typing import Any
+import sys
 
-import gevent
-from gevent.monkey import get_original
-from locust import User, constant, task
-
-import softphone.agent.agent  # imported here, in the main thread: see the module docs
-import softphone.media.handler  # noqa: F401
-from softphone.errors import ConfigurationError
-from softphone.load.results import Failure, FailureKind, Results
-from softphone.load.runner import DEFAULT_SCENARIO, AgentRun, AgentSpec, Worker, WorkerConfig
-from softphone.load.scenario import Scenario, load_scenario, parse_scenario
-from softphone.load.verdict import VerdictTicker
 from softphone.log import get_logger
 
 log = get_logger(__name__)
+
+if "locust" not in sys.modules:
+    # Importing locust monkey-patches the whole process with gevent: never as a side effect
+    # (a tool walking the package, a test run).  The locust command imports it first.
+    raise ImportError("softphone.locust is for locustfiles run by the locust command "
+                      "(import locust first; importing it patches the process with gevent)")
+
+import _queue  # noqa: E402
+import asyncio  # noqa: E402
+import collections  # noqa: E402
+import csv  # noqa: E402
+import itertools  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import gevent  # noqa: E402
+from gevent.monkey import get_original  # noqa: E402
+from locust import User, constant, task  # noqa: E402
+
+import softphone.agent.agent  # noqa: E402  (imported here, in the main thread: see the module docs)
+import softphone.media.handler  # noqa: E402, F401
+from softphone.errors import ConfigurationError  # noqa: E402
+from softphone.load.results import Failure, FailureKind, Results  # noqa: E402
+from softphone.load.runner import DEFAULT_SCENARIO, AgentRun, AgentSpec, Worker, WorkerConfig  # noqa: E402
+from softphone.load.scenario import Scenario, load_scenario, parse_scenario  # noqa: E402
+from softphone.load.verdict import VerdictTicker  # noqa: E402
 
 #: request_type of each step Locust shows.
 STEP_TYPES = {
