@@ -43,7 +43,10 @@ def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
             elif isinstance(node, ast.ImportFrom):
                 base = _resolve(module, node, path.name == "__init__.py")
                 if base:
-                    names = [base] + [f"{base}.{a.name}" for a in node.names]
+                    # ``from pkg import submodule`` depends on the submodule (and on pkg's
+                    # __init__ only when a name is not a submodule).
+                    subs = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in files]
+                    names = subs if len(subs) == len(node.names) else [base, *subs]
             for name in names:
                 if name in files and name != module:
                     targets.add(name)
@@ -120,9 +123,11 @@ def test_the_checker_sees_a_cycle(tmp_path):
     (package / "media" / "__init__.py").write_text("")
     (package / "media" / "a.py").write_text("from softphone.media.b import x\n")
     (package / "media" / "b.py").write_text("from . import c\n")
+    (package / "media" / "e.py").write_text("from softphone.media import a\n")  # a submodule: no edge to __init__
     (package / "media" / "c.py").write_text("import softphone.media.a\n\ndef f():\n    import softphone.media.b\n")
     (package / "media" / "d.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
                                             "    from softphone.media import a\n")
     graph = import_graph(package)
     assert find_cycles(graph) == [["softphone.media.a", "softphone.media.b", "softphone.media.c"]]
     assert graph["softphone.media.d"] == set()
+    assert graph["softphone.media.e"] == {"softphone.media.a"}
