@@ -210,7 +210,7 @@ def test_nothing_below_the_load_package_imports_it():
     offenders = []
     for path in root.rglob("*.py"):
         rel = path.relative_to(root)
-        if rel.parts[0] == "load" or rel.name in ("cli.py",):
+        if rel.parts[0] == "load" or str(rel) in ("cli.py", "locust.py"):  # the layers above it
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
