@@ -23,7 +23,9 @@ parks a customer while the agent's WebRTC leg stays up) and hears silence.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -51,6 +53,7 @@ def silence_file() -> Path:
     global _silence_file
     if _silence_file is None or not _silence_file.exists():
         folder = Path(tempfile.mkdtemp(prefix="softphone-lab-"))
+        atexit.register(shutil.rmtree, folder, True)
         _silence_file = write_wav(folder / "silence.wav", bytes(2 * 8000), 8000)
     return _silence_file
 

@@ -169,7 +169,7 @@ class SipTelephony:
         self._started = False
         self._start_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
-        self._recorders: dict[int, Any] = {}
+        self._recorders: dict[tuple[str, int], Any] = {}  # ("bridge", user_id) / ("call", call_id)
         directory.on("unregistered", self._on_unregistered)
 
     # --- plumbing ------------------------------------------------------------------------
@@ -248,12 +248,12 @@ class SipTelephony:
             path = opts.recordings_dir / f"bridge-{extension}-{user_id}-{int(time.time())}.wav"
             recorder = Recorder(path)
             bridge.add_listener("bridge-recording", recorder.write)
-            self._recorders[-user_id] = recorder
+            self._recorders[("bridge", user_id)] = recorder
             self.bridge_recordings[user_id] = path
         try:
             await inviter.invite()
         except SipError as exc:
-            self._close_recorder(-user_id)
+            self._close_recorder(("bridge", user_id))
             stray = self.bridge_recordings.pop(user_id, None)
             if stray is not None:
                 stray.unlink(missing_ok=True)  # no bridge call, no recording
@@ -266,7 +266,7 @@ class SipTelephony:
         log.info("bridge call to extension %s for user %d up", extension, user_id)
 
     def _bridge_terminated(self, bridge: AgentBridge, reason: str | None) -> None:
-        self._close_recorder(-bridge.user_id)
+        self._close_recorder(("bridge", bridge.user_id))
         if bridge.closing or self.bridges.get(bridge.user_id) is not bridge:
             return
         bridge.closing = True
@@ -287,7 +287,7 @@ class SipTelephony:
             await bridge.hangup()
         except SipError as exc:
             log.info("ending the bridge call of user %d: %s", bridge.user_id, exc)
-        self._close_recorder(-bridge.user_id)
+        self._close_recorder(("bridge", bridge.user_id))
 
     async def on_logout(self, user_id: int) -> None:
         bridge = self.bridges.pop(user_id, None)
@@ -387,7 +387,7 @@ class SipTelephony:
         for bridge in self.bridges.values():
             bridge.remove_party(call.call_id)
             bridge.remove_listener(("recording", call.call_id))
-        self._close_recorder(call.call_id)
+        self._close_recorder(("call", call.call_id))
         partner = call.connected_to
         if partner is not None:
             # connected customers: when one hangs up, the lab hangs the other up
@@ -404,7 +404,7 @@ class SipTelephony:
 
     def _forget(self, call: LabCall) -> None:
         self.calls.pop(call.call_id, None)
-        self._close_recorder(call.call_id)
+        self._close_recorder(("call", call.call_id))
 
     async def hangup(self, call: CallInfo) -> int:
         lab_call = self.calls.get(call.call_id)
@@ -458,7 +458,7 @@ class SipTelephony:
 
         name = f"call-{call.call_id}.wav"
         recorder = Recorder(opts.recordings_dir / name)
-        self._recorders[call.call_id] = recorder
+        self._recorders[("call", call.call_id)] = recorder
         bridge = self._bridge(call.user_id)
         key = call.call_id
 
@@ -473,9 +473,9 @@ class SipTelephony:
     async def stop_recording(self, call: CallInfo) -> None:
         for bridge in self.bridges.values():
             bridge.remove_listener(("recording", call.call_id))
-        self._close_recorder(call.call_id)
+        self._close_recorder(("call", call.call_id))
 
-    def _close_recorder(self, key: int) -> None:
+    def _close_recorder(self, key: tuple[str, int]) -> None:
         recorder = self._recorders.pop(key, None)
         if recorder is not None:
             with contextlib.suppress(Exception):
