@@ -50,6 +50,8 @@ class BridgedCallsResult:
     lab_cpu_per_call_second: float = 0.0
     phones_cpu_seconds: float = 0.0
     lab_senders_stopped: int = 0
+    lab_frames_skipped: int = 0    # frames a starved event loop skipped sending (the lab's prompt/customer audio)
+    phone_frames_skipped: int = 0
     error: str | None = None
 
 
@@ -96,7 +98,10 @@ async def serve_lab(n: int) -> None:
                         rx[user_id] = handler.receiver.report().received if handler and not handler.closed else 0
                     answered = sum(1 for c in tel.calls.values() if c.winner is not None)
                     stopped = sum(1 for b in tel.bridges.values() if b.handler and b.handler.sending_stopped)
-                    print(json.dumps({"rx": rx, "answered": answered, "senders_stopped": stopped}), flush=True)
+                    skipped = sum(getattr(b.handler.source, "frames_skipped", 0) for b in tel.bridges.values()
+                                  if b.handler is not None)
+                    print(json.dumps({"rx": rx, "answered": answered, "senders_stopped": stopped,
+                                      "frames_skipped": skipped}), flush=True)
 
             reporter = loop.create_task(report())
             reader = asyncio.StreamReader()
@@ -176,6 +181,12 @@ def lean_phone(ws_url: str, domain: str, i: int) -> Any:
         keep_alive=KeepAlive(mode=KeepAliveMode.NONE), timers=Timers()))
 
 
+def phone_skipped(ua: Any) -> int:
+    session = next(iter(ua.sessions), None)
+    handler = getattr(session, "_handler", None) if session is not None else None
+    return getattr(getattr(handler, "source", None), "frames_skipped", 0) if handler is not None else 0
+
+
 def phone_rx(ua: Any) -> int:
     session = next(iter(ua.sessions), None)
     handler = getattr(session, "_handler", None) if session is not None else None
@@ -233,6 +244,8 @@ async def bridged_calls(n: int, seconds: float = 10.0, warmup: float = 2.0,
             final = await child.stats()
             after_lab = final["rx"]
             result.lab_senders_stopped = final.get("senders_stopped", 0)
+            result.lab_frames_skipped = final.get("frames_skipped", 0)
+            result.phone_frames_skipped = sum(phone_skipped(ua) for ua in phones)
             after_phone = [phone_rx(ua) for ua in phones]
             cpu1, own1, w1 = child.cpu(), time.process_time(), time.monotonic()
             window = w1 - w0
