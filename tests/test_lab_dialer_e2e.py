@@ -299,3 +299,33 @@ async def test_recordings_are_served_by_name_only(tmp_path):
         for name in ("missing.wav", ".hidden", "..%2Fcall-7.wav", "a%2Fb.wav"):
             async with http.get(f"{lab.url}/recordings/{name}") as resp:
                 assert resp.status == 404, name
+
+
+async def test_relay_only_through_the_labs_coturn_on_both_sides():
+    from softphone.media.config import IceConfig
+
+    customers = CustomerTable().with_numbers({"0821234567": Behaviour(answer_after=0, listen=(AGENT_TONE,))})
+    async with await start_lab(seed=seed_with_phones(1), turn=True, relay_only=True, prompt=f"tone:{PROMPT:g}",
+                               customers=customers) as lab:
+        assert lab.turn is not None, "coturn is installed on this machine: the lab must start it"
+        ear = ToneDetector((PROMPT, CUSTOMER_TONE))
+        ice = IceConfig(turn_urls=(lab.turn.url,), username="phone0", credential=password(0), relay_only=True)
+        factory = WebRtcDescriptionHandlerFactory(MediaConfig(ice=ice),
+                                                  source_factory=lambda _s: ToneSource(AGENT_TONE, amplitude=0.3),
+                                                  sinks_factory=lambda _s: [ear])
+        ua = UserAgent(UserAgentConfig(ws_url=lab.sip_ws_url, aor=f"sip:{extension(0)}@{lab.domain}",
+                                       password=password(0), description_handler_factory=factory,
+                                       reconnect=Reconnect(enabled=False),
+                                       keep_alive=KeepAlive(mode=KeepAliveMode.NONE)))
+        async with ua, PlatformClient(lab.url, lab.api_key, username="phone0", password=password(0),
+                                      allow_http=True) as api:
+            await api.login(1, extension(0))
+            invite = next(iter(ua.sessions)).request
+            candidates = [line for line in invite.body.splitlines() if line.startswith("a=candidate")]
+            assert candidates and all(" typ relay" in c for c in candidates)  # the lab offers relay only
+            await dominates(ear, PROMPT)
+            call = await api.call("0821234567", outbound_cli="2711", unique_id="relay-1")
+            await dominates(ear, CUSTOMER_TONE)
+            customer = lab.lab.telephony.calls[call.call_id].winner.customer
+            await customer.tones.wait_for(AGENT_TONE, timeout=15)
+            await api.logout()
