@@ -8,12 +8,10 @@ them to the agent.  The call must keep its audio (the tone still
 measures right), stay connected, let no exception escape to the event loop,
 not count the junk as received media, and keep its memory flat.
 
-Known defect (xfail, strict): ONE empty datagram ends the call's audio.  aiortc
-1.16's ``RTCDtlsTransport._recv_next`` reads ``data[0]``; the IndexError ends its
-receive task and the transport is deaf for the rest of the call.  The guard belongs
-where the media layer already stands between aioice and aiortc
-(``softphone.media.aiortc_seam``: drop empty datagrams before aiortc's queue, on
-every connection, fast path or not).
+An empty datagram once ended the call's audio (aiortc 1.16's
+``RTCDtlsTransport._recv_next`` reads ``data[0]``): the media seam now drops it
+before aiortc's queue, fast path on or off, and counts it
+(``CallQuality.datagrams_discarded``).
 """
 
 from __future__ import annotations
@@ -26,8 +24,17 @@ import struct
 import tracemalloc
 
 import pytest
-from media_support import SineTrack, ToneMeter, negotiate, relay_config, wait_connected
+from media_support import (
+    FAST_PATH_ON_AND_OFF,
+    SineTrack,
+    ToneMeter,
+    negotiate,
+    relay_config,
+    wait_connected,
+    wait_until,
+)
 
+from softphone.media.aiortc_seam import discarded_datagrams
 from softphone.media.handler import WebRtcDescriptionHandler
 
 pytestmark = pytest.mark.peer
@@ -165,6 +172,8 @@ async def test_call_keeps_its_audio_under_bad_input_and_a_flood(coturn):
         # ~50 real packets a second arrived; none of the junk datagrams counted as media
         assert 0 < received < 5_000, received
         assert arrivals.indications > 1000, arrivals.indications  # the junk did reach the agent
+        # the RTP-looking junk failed SRTP authentication and was counted as dropped
+        assert (await b.stats()).datagrams_discarded > 100
         arrivals.remove()
         assert escaped == [], escaped[:3]
     finally:
@@ -183,14 +192,13 @@ async def _call_with(coturn):
     return a, b, meter
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="aiortc's _recv_next indexes data[0]: an empty datagram ends the DTLS receive task; "
-                          "the media seam must drop empty datagrams before aiortc's queue")
-async def test_an_empty_datagram_does_not_end_the_call(coturn):
+@FAST_PATH_ON_AND_OFF
+async def test_an_empty_datagram_does_not_end_the_call(coturn, fast_path):
     a, b, meter = await _call_with(coturn)
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as attacker:
             attacker.sendto(b"", relayed_address_of(b))
+        await wait_until(lambda: discarded_datagrams(b.pc), timeout=10.0)
         meter.reset()
         try:
             await meter.wait_frames(25, timeout=5.0)

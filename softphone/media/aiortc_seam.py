@@ -434,7 +434,7 @@ class FastReceive:
     suspends is finished in a task, with later packets waiting in order behind it.
     """
 
-    __slots__ = ("_backlog", "_task", "connection", "direct", "dtls", "light_parse", "queued")
+    __slots__ = ("_backlog", "_task", "connection", "direct", "discarded", "dtls", "light_parse", "queued")
 
     def __init__(self, dtls: RTCDtlsTransport, *, light_parse: bool = True) -> None:
         self.dtls = dtls
@@ -444,11 +444,15 @@ class FastReceive:
         self._task: asyncio.Task | None = None
         self.direct = 0  # datagrams handled in the callback
         self.queued = 0  # datagrams left to aiortc's queue and task
+        self.discarded = 0  # empty datagrams and SRTP/SRTCP that failed to unprotect
 
     def data_received(self, data: bytes, component: int) -> None:
         """Stands in for ``aioice.ice.Connection.data_received`` on one connection."""
+        if not data:
+            self.discarded += 1  # aiortc's _recv_next reads data[0]: one would end its receive task
+            return
         dtls = self.dtls
-        if data and 127 < data[0] < 192 and dtls._rx_srtp is not None and dtls._state is DtlsState.CONNECTED:
+        if 127 < data[0] < 192 and dtls._rx_srtp is not None and dtls._state is DtlsState.CONNECTED:
             if self._task is not None:
                 self._backlog.append(data)  # behind a handler that is still running
                 return
@@ -474,6 +478,7 @@ class FastReceive:
                 return _handle_rtp_light(dtls, plain)
             return dtls._handle_rtp_data(plain, arrival_time_ms=aiortc_clock.current_ms())
         except pylibsrtp.Error as exc:
+            self.discarded += 1
             log.debug("x SRTP unprotect failed: %s", exc)
             return None
 
@@ -513,6 +518,71 @@ class FastReceive:
         finally:
             self._task = None
             self._backlog.clear()
+
+
+class EmptyDatagramGuard:
+    """Drops empty datagrams before aiortc's queue on the stock receive path.
+
+    aiortc 1.16's ``RTCDtlsTransport._recv_next`` reads ``data[0]``: one empty
+    datagram (anyone who can reach the relayed address can send it) raises
+    IndexError in its receive task and the call is deaf from then on.
+    """
+
+    __slots__ = ("discarded", "stock")
+
+    def __init__(self, stock: Callable[[bytes, int], None]) -> None:
+        self.stock = stock
+        self.discarded = 0
+
+    def data_received(self, data: bytes, component: int) -> None:
+        if not data:
+            self.discarded += 1
+            return
+        self.stock(data, component)
+
+
+def guard_empty_datagrams(pc: RTCPeerConnection) -> None:
+    """Install :class:`EmptyDatagramGuard` on ``pc``'s ICE connections once connected.
+
+    For calls on stock aiortc (fast path off); the fast receive path drops empty
+    datagrams itself.  Skipped, with the stock behaviour, where aioice has no such
+    connection attribute.
+    """
+
+    def on_state() -> None:
+        if pc.connectionState != "connected":
+            return
+        for transceiver in pc.getTransceivers():
+            dtls = transceiver.receiver.transport
+            connection = getattr(getattr(dtls, "transport", None), "_connection", None)
+            if connection is None or "data_received" in connection.__dict__:
+                continue  # no aioice connection here, or already hooked (guard or fast receive)
+            stock = getattr(connection, "data_received", None)
+            if callable(stock):
+                connection.data_received = EmptyDatagramGuard(stock).data_received
+
+    pc.on("connectionstatechange", on_state)
+
+
+def discarded_datagrams(pc: RTCPeerConnection) -> int | None:
+    """Datagrams ``pc``'s receive hooks dropped (empty, or SRTP that failed to unprotect).
+
+    None when no hook of ours is on the connection; stock aiortc drops SRTP
+    failures without counting them.
+    """
+    total, hooked = 0, False
+    seen: set[int] = set()
+    for transceiver in pc.getTransceivers():
+        dtls = transceiver.receiver.transport
+        connection = getattr(getattr(dtls, "transport", None), "_connection", None)
+        if connection is None or id(connection) in seen:
+            continue
+        seen.add(id(connection))
+        hook = getattr(connection.__dict__.get("data_received"), "__self__", None)
+        if isinstance(hook, FastReceive | EmptyDatagramGuard):
+            hooked = True
+            total += hook.discarded
+    return total if hooked else None
 
 
 def install_fast_receive(dtls: RTCDtlsTransport, *, light_parse: bool = True) -> FastReceive:

@@ -83,6 +83,8 @@ class WebRtcDescriptionHandler(SessionDescriptionHandler, AsyncIOEventEmitter):
         if self.fast_path:
             # SRTP straight from the datagram callback once connected (no queue/task hop).
             seam.install_fast_path(self.pc, light_parse=options.light_parse)
+        else:
+            seam.guard_empty_datagrams(self.pc)
         self.transceiver = add_audio_transceiver(self.pc, self.config, source)
         self.sender = self.transceiver.sender
         self.receiver = self.transceiver.receiver

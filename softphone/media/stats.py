@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from aiortc import RTCPeerConnection
 
 from softphone.log import get_logger
-from softphone.media.aiortc_seam import negotiated_codecs
+from softphone.media.aiortc_seam import discarded_datagrams, negotiated_codecs
 
 log = get_logger(__name__)
 
@@ -99,6 +99,10 @@ class CallQuality:
     drops late frames without a gap (an overloaded load generator does) shows
     0% loss and less than 100% delivered.  Known with the fast path's counting
     receiver; None with stock aiortc, which keeps no arrival times.
+
+    ``datagrams_discarded`` counts what the receive hooks dropped before aiortc:
+    empty datagrams and, on the fast path, SRTP/SRTCP that failed to unprotect
+    (junk or an attack at the media port); None without a hook.
     """
 
     codec: str | None = None
@@ -117,6 +121,7 @@ class CallQuality:
     mos: float | None = None
     packets_due: int | None = None
     delivered_fraction: float | None = None
+    datagrams_discarded: int | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -201,4 +206,5 @@ async def collect(pc: RTCPeerConnection, frame_seconds: float | None = None) -> 
         packets_lost=lost, loss_fraction=loss, jitter_ms=jitter_ms, rtt_ms=rtt_ms,
         remote_packets_lost=remote_lost, remote_loss_fraction=remote_loss, remote_jitter_ms=remote_jitter_ms,
         mos=mos, packets_due=packets_due, delivered_fraction=delivered_fraction,
+        datagrams_discarded=discarded_datagrams(pc),
     )
