@@ -36,6 +36,7 @@ customer hears).
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import fnmatch
 import itertools
@@ -405,9 +406,12 @@ class PstnGateway:
     inbound calls); ``pstn`` answers as the customers do per ``table``.
     """
 
+    LOG_SIZE = 20_000
+
     def __init__(self, table: CustomerTable | None = None, *, timers: Timers | None = None) -> None:
         self.table = table or CustomerTable()
-        self.log: list[SipLogEntry] = []
+        #: the trunk's SIP messages, newest last (bounded: a long-running lab keeps the last LOG_SIZE)
+        self.log: collections.deque[SipLogEntry] = collections.deque(maxlen=self.LOG_SIZE)
         self.customers: dict[str, Customer] = {}
         self.keep_log = True
         trunk_t = PipeTransport("trunk", self._record)
