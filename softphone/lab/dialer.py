@@ -507,7 +507,10 @@ class SipTelephony:
     async def place_inbound(self, call: CallInfo) -> CallState:
         bridge = self._bridge(call.user_id)
         await self._ensure_started()
-        customer, invitation = await self.gateway.inbound(call.phone_number, call.outbound_cli)
+        try:
+            customer, invitation = await self.gateway.inbound(call.phone_number, call.outbound_cli)
+        except (TimeoutError, SipError) as exc:
+            raise TelephonyError(f"inbound call from {call.phone_number} did not reach the lab: {exc}") from None
         lab_call = LabCall(call)
         leg = Leg(call.phone_number, invitation, customer)
         lab_call.legs.append(leg)
