@@ -8,12 +8,20 @@ leg, event-loop lag p99 < 50 ms.  Printed per N: setup success, heard, loss, loo
 p99, p95 login -> bridge answered, agent CPU-s per agent-second and PSS per agent.  No
 asserts: this measures.  (The side-by-side with SIP.js pages in Chromium is still to do.)
 
+``--locust`` adds, per N, the same agents as Locust users (``examples/load/locustfile.py``,
+one headless master and one worker process, the lab in this process) and compares the
+worker's CPU-s per agent-second in the steady state (after the ramp) with one
+``softphone load`` worker's over the same window: agents per core = 1 / that figure,
+and the ratio says how many of ``softphone load``'s agents a Locust worker holds.
+
     python bench/load.py --n 10,20,40 --duration 30 --ramp 10 --workers 2
+    python bench/load.py --n 20 --duration 40 --workers 1 --locust
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -68,6 +76,86 @@ def run_step(n: int, args: argparse.Namespace, workdir: Path) -> dict:
     }
 
 
+def steady_cpu(doc: dict, t0: float, t1: float) -> float | None:
+    """CPU-s per agent-second of all workers between t0 and t1 (from the per-second resource samples)."""
+    by_worker: dict[int, list[dict]] = {}
+    for r in doc["resources"]:
+        by_worker.setdefault(r["worker"], []).append(r)
+    cpu = 0.0
+    agents_s = 0.0
+    for samples in by_worker.values():
+        window = [r for r in samples if t0 <= r["at"] <= t1]
+        if len(window) < 2:
+            return None
+        cpu += window[-1]["cpu_s"] - window[0]["cpu_s"]
+        agents_s += sum(a["agents"] * (b["at"] - a["at"]) for a, b in itertools.pairwise(window))
+    return cpu / agents_s if agents_s else None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def _locust_step(n: int, args: argparse.Namespace, workdir: Path) -> dict:
+    import asyncio
+    import csv
+
+    import psutil
+
+    from softphone.lab.server import start_lab
+    from softphone.load.runner import _seed_file
+
+    out = workdir / f"locust-n{n}"
+    out.mkdir(parents=True, exist_ok=True)
+    seed_path, ids = _seed_file(n, out)
+    server = await start_lab(db_url="sqlite:///:memory:", seed=str(seed_path), turn=True, relay_only=True)
+    procs = []
+    try:
+        rows = [server.launch_params(uid, secure=False) for uid in ids]
+        with open(out / "agents.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=sorted({k for row in rows for k in row}))
+            writer.writeheader()
+            writer.writerows(rows)
+        env = {k: v for k, v in os.environ.items() if k != "LOCUST_SKIP_MONKEY_PATCH"}
+        env.update(SOFTPHONE_CREDENTIALS=str(out / "agents.csv"), SOFTPHONE_RELAY_ONLY="1")
+        port = _free_port()
+        base = [sys.executable, "-m", "locust", "-f", str(ROOT / "examples" / "load" / "locustfile.py")]
+        master = await asyncio.create_subprocess_exec(
+            *base, "--master", "--headless", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
+            "--expect-workers", "1", "-u", str(n), "-r", str(args.ramp), "--run-time", f"{int(args.duration)}s",
+            "--csv", "stats", "--stop-timeout", "30", cwd=str(out), env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        procs.append(master)
+        worker = await asyncio.create_subprocess_exec(
+            *base, "--worker", "--master-host", "127.0.0.1", "--master-port", str(port), cwd=str(out), env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        procs.append(worker)
+        ps = psutil.Process(worker.pid)
+        # the steady window: after the ramp (and the agents' set-up), until shortly before the end
+        t0 = n / args.ramp + 5.0
+        t1 = args.duration - 2.0
+        await asyncio.sleep(2.0 + t0)  # the master waits for its worker first (about 2 s)
+        c0, w0 = sum(ps.cpu_times()[:2]), time.monotonic()
+        await asyncio.sleep(max(1.0, t1 - t0))
+        c1, w1 = sum(ps.cpu_times()[:2]), time.monotonic()
+        await asyncio.wait_for(master.wait(), args.duration + 120)
+        await asyncio.wait_for(worker.wait(), 60)
+    finally:
+        for p in procs:
+            if p.returncode is None:
+                p.kill()
+                await p.wait()
+        await server.close()
+    stats = {(r["Type"], r["Name"]): r for r in csv.DictReader((out / "stats_stats.csv").read_text().splitlines())}
+    bridged = int(stats.get(("SIP", "login_to_bridge"), {}).get("Request Count", 0))
+    return {"n": n, "bridged": bridged, "cpu_per_agent_second": (c1 - c0) / (n * (w1 - w0)),
+            "failures": sum(int(r["Failure Count"]) for k, r in stats.items() if k[1] != "Aggregated")}
+
+
 def _f(value, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
@@ -79,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ramp", type=float, default=10.0)
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--out", type=Path, default=None, help="keep each run's results here")
+    ap.add_argument("--locust", action="store_true", help="also run each N as Locust users and compare")
     args = ap.parse_args(argv)
     workdir = args.out or Path(tempfile.mkdtemp(prefix="bench-load-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -95,6 +184,21 @@ def main(argv: list[str] | None = None) -> int:
               f"{_f(r['loop_lag_p99_ms'], '.0f'):>8} {_f(r['login_to_bridge_p95_ms'], '.0f'):>15} ms "
               f"{_f(r['cpu_per_agent_second'], '.4f'):>14} {_f(r['pss_per_agent_mb'], '.1f'):>13}  "
               f"{'ok' if r['passed'] else 'missed: ' + ', '.join(r['failed'])}", flush=True)
+    if args.locust:
+        import asyncio
+
+        print("\nLocust worker vs softphone load (steady state, CPU-s per agent-second; agents per core = 1/x)")
+        print(f"{'N':>5} {'softphone load':>15} {'locust worker':>14} {'bridged':>8} {'failures':>9} "
+              f"{'locust holds':>13}")
+        for r in rows:
+            doc = json.loads((workdir / f"n{r['n']}" / "results.json").read_text())
+            mine = steady_cpu(doc, r["n"] / args.ramp + 5.0, args.duration - 2.0)
+            loc = asyncio.run(_locust_step(r["n"], args, workdir))
+            ratio = mine / loc["cpu_per_agent_second"] if mine and loc["cpu_per_agent_second"] else None
+            r["locust"] = {**loc, "softphone_steady_cpu_per_agent_second": mine, "holds_ratio": ratio}
+            print(f"{r['n']:>5} {_f(mine, '.4f'):>15} {_f(loc['cpu_per_agent_second'], '.4f'):>14} "
+                  f"{loc['bridged']:>4}/{r['n']:<3} {loc['failures']:>9} "
+                  f"{_f(ratio and ratio * 100, '.0f'):>12}%", flush=True)
     held = [r["n"] for r in rows if r["passed"]]
     print(f"largest N holding every bar: {max(held) if held else 'none'}")
     (workdir / "bench-load.json").write_text(json.dumps(rows, indent=1))
