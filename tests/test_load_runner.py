@@ -73,16 +73,18 @@ def test_three_agents_on_the_lab_in_two_workers(tmp_path):
 
 
 def test_outbound_steps_against_the_lab(tmp_path):
-    """dial (voice API) -> talk -> hold/retrieve -> hangup -> dispose -> think, twice per agent."""
+    """dial (voice API) -> talk -> hold/retrieve -> hangup -> dispose -> think, twice per agent.
+
+    The hold (2 s) is longer than the silent-gap bar (1 s): the verdict pauses on hold."""
     out = tmp_path / "out"
     scenario = tmp_path / "outbound.yaml"
     scenario.write_text(
         "name: lab-outbound\ncodec: opus\naudio: {check: true}\niterations: 2\nloop:\n"
         "  - wait_bridge: {timeout: 20s}\n  - dial: {number: \"+1555{agent:04d}\", timeout: 20s}\n"
-        "  - talk: {seconds: 1.5, record: 1}\n  - hold: {seconds: 0.5}\n  - hangup\n"
+        "  - talk: {seconds: 1.5, record: 1}\n  - hold: {seconds: 2}\n  - hangup\n"
         "  - dispose: {code: SALE}\n  - think: {seconds: 0.5}\n"
         "thresholds:\n  - call_success >= 100%\n  - p95(outbound_answered) < 30s\n")
-    proc = subprocess.run([*CLI, "--lab", "-n", "2", "--duration", "16", "-k", "1", "--scenario", str(scenario),
+    proc = subprocess.run([*CLI, "--lab", "-n", "2", "--duration", "20", "-k", "1", "--scenario", str(scenario),
                            "--out", str(out), "--quiet"], capture_output=True, text=True, timeout=180)
     doc = _results(out)
     assert proc.returncode == 0, (doc["failures"], proc.stderr[-3000:])

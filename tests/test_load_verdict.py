@@ -142,6 +142,25 @@ def test_one_way_no_rtp_at_all():
     assert v.status is AudioStatus.ONE_WAY and v.reason == "no RTP from the far end" and v.packets == 0
 
 
+def test_hold_is_not_a_silent_gap(tmp_path):
+    payloads = _payloads(tmp_path, "pcmu", [(440, 2.0), (0, 3.0), (440, 2.0)])
+    check = LegAudioCheck("pcmu", leg="held", gap=1.0, start=0.0)
+    for k, payload in enumerate(payloads):
+        t = (k + 1) * 0.02
+        if k == 100:
+            check.pause(t - 0.02)   # on hold: the far end goes quiet
+        if k == 250:
+            check.resume(t - 0.02)  # retrieved
+        check.on_packet(LightRtpPacket(0, 0, k, k * 160, 1, payload))
+        if (k + 1) % 50 == 0:
+            check.tick(t)
+    v = check.finish(len(payloads) * 0.02)
+    assert v.status is AudioStatus.HEARD and v.gaps == (), v.reason
+    # the same audio without the hold is a gap
+    again = LegAudioCheck("pcmu", leg="not-held", gap=1.0, start=0.0)
+    assert again.finish(_play(again, payloads)).status is AudioStatus.GAPS
+
+
 def test_late_audio_after_the_grace_period_is_a_gap(tmp_path):
     payloads = _payloads(tmp_path, "pcmu", [(0, 3.5), (440, 2.5)])
     check = LegAudioCheck("pcmu", leg="h", grace=2.0, gap=1.0, start=0.0)

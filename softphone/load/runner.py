@@ -570,14 +570,21 @@ class AgentRun:
                 log.warning("agent %d: expect_audio %r: only tone:HZ is checked live; skipped", self.n, step.expect)
         elif kind is StepKind.HOLD:
             seconds = step.seconds.draw(self.rng)
-            if self.customer_call is not None:
-                await asyncio.wait_for(agent.hold_call(self.customer_call.call_id), timeout)
-                await self._sleep(seconds)
-                await asyncio.wait_for(agent.retrieve_call(self.customer_call.call_id), timeout)
-            elif agent.call is not None:
-                await asyncio.wait_for(agent.call.hold(), timeout)
-                await self._sleep(seconds)
-                await asyncio.wait_for(agent.call.unhold(), timeout)
+            check = self._live_check(agent)
+            if check is not None:
+                check.pause()  # silence on hold is expected, not a gap
+            try:
+                if self.customer_call is not None:
+                    await asyncio.wait_for(agent.hold_call(self.customer_call.call_id), timeout)
+                    await self._sleep(seconds)
+                    await asyncio.wait_for(agent.retrieve_call(self.customer_call.call_id), timeout)
+                elif agent.call is not None:
+                    await asyncio.wait_for(agent.call.hold(), timeout)
+                    await self._sleep(seconds)
+                    await asyncio.wait_for(agent.call.unhold(), timeout)
+            finally:
+                if check is not None:
+                    check.resume()
         elif kind is StepKind.HANGUP:
             if self.customer_call is not None:
                 await asyncio.wait_for(agent.hangup_call(self.customer_call.call_id), timeout)
@@ -585,6 +592,12 @@ class AgentRun:
         elif kind is StepKind.DISPOSE:
             if self.last_call_id is not None:
                 await asyncio.wait_for(agent.dispose(self.last_call_id, step.code), timeout)
+
+    def _live_check(self, agent: Any) -> LegAudioCheck | None:
+        """The audio verdict of the agent's live call, if it has one."""
+        call = agent.call
+        entry = self.legs.get(call.call_id) if call is not None else None
+        return entry[1] if entry is not None else None
 
     async def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds

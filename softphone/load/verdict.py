@@ -316,10 +316,12 @@ class LegAudioCheck:
         "_first_audible",
         "_gap_open",
         "_gaps",
+        "_held",
         "_i",
         "_last_count",
         "_last_seq",
         "_owed",
+        "_paused",
         "_pt",
         "_receiver",
         "_ref_hits",
@@ -366,6 +368,8 @@ class LegAudioCheck:
         self._seqs: list[int] = [0] * self._size
         self._last_seq: int | None = None
         self._owed = 0
+        self._paused = False
+        self._held = 0.0  # seconds on hold (not judged)
         self._i = 0
         self._count = 0
         self._last_count = 0
@@ -470,6 +474,14 @@ class LegAudioCheck:
         self._last_count = self._count
         block_start = self._block_start
         self._block_start = now
+        if self._paused:
+            # On hold: silence is expected and not judged; the silent run starts again after.
+            self._last_seq = seqs[-1] if seqs else self._last_seq
+            self._owed = 0
+            self._silence = 0.0
+            self._gap_open = False
+            self._held += elapsed
+            return
         flags = self._timeline(self._audible_flags(payloads), seqs)
         expected = max(len(flags), round(elapsed / PACKET_SECONDS))
         self._owed = expected - len(flags)  # not arrived yet: silence now, not again when seen lost
@@ -480,6 +492,18 @@ class LegAudioCheck:
             self._clip_pending -= len(payloads)
             if self._clip_pending <= 0:
                 self._write_clip()
+
+    def pause(self, now: float | None = None) -> None:
+        """Stop judging (the call goes on hold): what arrived so far is analysed first."""
+        if not self._paused:
+            self.tick(now)
+            self._paused = True
+
+    def resume(self, now: float | None = None) -> None:
+        """Judge again (the call is retrieved); the time on hold is neither heard nor a gap."""
+        if self._paused:
+            self.tick(now)
+            self._paused = False
 
     def _timeline(self, flags: np.ndarray, seqs: list[int]) -> np.ndarray:
         """Place each packet's flag at its sequence position, lost packets as silence between."""
