@@ -287,3 +287,11 @@ def test_phase_moves_table():
     assert call.move(Phase.CONNECTED) and not call.ending
     assert call.move(Phase.ENDING) and call.ending and call.move(Phase.ENDED)
     assert not call.move(Phase.ANSWERED) and call.phase is Phase.ENDED
+
+
+def test_decoding_is_on_only_when_something_needs_the_agents_audio(tmp_path):
+    assert TelephonyOptions().decode is False
+    assert TelephonyOptions(recordings_dir=tmp_path).decode is True
+    assert TelephonyOptions(customers=table(n100=Behaviour(listen=True))).decode is True
+    assert TelephonyOptions(customers=table(n100=Behaviour(play="echo"))).decode is True
+    assert TelephonyOptions(recordings_dir=tmp_path, decode=False).decode is False

@@ -201,6 +201,10 @@ class CustomerTable:
                 return behaviour
         return self.default
 
+    def needs_agent_audio(self) -> bool:
+        """Whether some customer listens to or echoes the agent (the lab must decode what agents send)."""
+        return any(b.listen or b.play == "echo" for b in (self.default, *self.numbers.values()))
+
     def with_numbers(self, numbers: dict[str, Behaviour]) -> CustomerTable:
         """A copy where ``numbers`` come first (tests add their own customers)."""
         return CustomerTable(self.default, {**numbers, **self.numbers})

@@ -53,8 +53,9 @@ class TelephonyOptions:
     ("silence", the default, "tone:HZ" or an audio file).  ``recordings_dir``: where bridge-call and
     call recordings go (None: nothing is recorded); ``recording_base_url``:
     the URL prefix they are served under.  ``decode``: decode what the agents
-    send (needed for recordings and customers that listen or echo; a load run
-    turns it off and only counts packets).  ``answer_timeout``: a bridge call
+    send, needed for recordings and for customers that listen or echo; None (the
+    default) decodes only when there is a recordings directory or such a customer
+    in the table, else the lab only counts the agents' packets (the lean path).  ``answer_timeout``: a bridge call
     not answered within it fails the login.  ``ring_wait``: how long a dial
     request waits for the customer to answer (it then answers ``answered``; a
     customer still ringing gives ``ringing``, its answer is reported later).
@@ -69,7 +70,7 @@ class TelephonyOptions:
     media: MediaConfig = field(default_factory=MediaConfig)
     caller_id: str = "omnisense"
     display_name: str = "OmniSense"
-    decode: bool = True
+    decode: bool | None = None
     answer_timeout: float = 30.0
     ring_wait: float = 2.0
     no_answer_timeout: float = 60.0
@@ -89,6 +90,8 @@ class TelephonyOptions:
             if not self.recordings_dir.is_dir():
                 raise ConfigurationError(f"recordings_dir: {self.recordings_dir} is not a directory")
         self.recording_base_url = self.recording_base_url.rstrip("/")
+        if self.decode is None:
+            self.decode = self.recordings_dir is not None or self.customers.needs_agent_audio()
         for name in ("answer_timeout", "ring_wait", "no_answer_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigurationError(f"{name}: must be > 0 seconds, got {getattr(self, name)!r}")
@@ -229,7 +232,7 @@ class SipTelephony:
         old = self.bridges.pop(user_id, None)
         if old is not None:
             await self._end_bridge(old)
-        bridge = AgentBridge(user_id, extension, prompt=opts.prompt, media=opts.media, decode=opts.decode,
+        bridge = AgentBridge(user_id, extension, prompt=opts.prompt, media=opts.media, decode=bool(opts.decode),
                              hold_music=opts.hold_music)
         inviter = self.directory.inviter(extension, bridge.handler_factory(), caller_id=opts.caller_id,
                                          display_name=opts.display_name,
