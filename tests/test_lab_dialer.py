@@ -295,3 +295,13 @@ def test_decoding_is_on_only_when_something_needs_the_agents_audio(tmp_path):
     assert TelephonyOptions(customers=table(n100=Behaviour(listen=True))).decode is True
     assert TelephonyOptions(customers=table(n100=Behaviour(play="echo"))).decode is True
     assert TelephonyOptions(recordings_dir=tmp_path, decode=False).decode is False
+
+
+async def test_a_bridge_call_nobody_answers_fails_the_login(tmp_path):
+    from softphone.sip.invitation import AnswerPolicy
+
+    async with lab(tmp_path, answer_timeout=0.5) as (tel, agent, _sink, hub):
+        agent.ua.config.answer_policy = AnswerPolicy.manual()  # it rings and rings
+        with pytest.raises(TelephonyError, match=r"extension 9001 did not answer within 0\.5 s"):
+            await tel.on_login(1001, "9001", 1)
+        assert hub.messages("CANCEL", source="lab") and tel.bridges == {}

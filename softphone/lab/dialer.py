@@ -261,8 +261,9 @@ class SipTelephony:
             if stray is not None:
                 stray.unlink(missing_ok=True)  # no bridge call, no recording
             status = getattr(exc, "status_code", None)
-            why = {408: "did not answer", 480: "is unavailable", 486: "is busy", 603: "declined"}.get(
-                status or 0, "refused the bridge call")
+            unanswered = f"did not answer within {opts.answer_timeout:g} s"
+            why = {408: unanswered, 487: unanswered, 480: "is unavailable", 486: "is busy",
+                   603: "declined"}.get(status or 0, "refused the bridge call")
             raise TelephonyError(f"extension {extension} {why} ({exc})") from None
         self.bridges[user_id] = bridge
         inviter.on("terminated", lambda reason=None, status=None: self._bridge_terminated(bridge, reason))
