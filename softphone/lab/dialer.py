@@ -43,6 +43,9 @@ from softphone.sip.timers import Timers
 
 log = get_logger(__name__)
 
+#: recordings are 8 kHz mono WAV, as a phone system keeps them (16 KB a second)
+RECORDING_RATE = 8000
+
 
 @dataclass
 class TelephonyOptions:
@@ -249,7 +252,7 @@ class SipTelephony:
             from softphone.media.recorder import Recorder
 
             path = opts.recordings_dir / f"bridge-{extension}-{user_id}-{int(time.time())}.wav"
-            recorder = Recorder(path)
+            recorder = Recorder(path, rate=RECORDING_RATE)
             bridge.add_listener("bridge-recording", recorder.write)
             self._recorders[("bridge", user_id)] = recorder
             self.bridge_recordings[user_id] = path
@@ -461,7 +464,7 @@ class SipTelephony:
         from softphone.media.recorder import Recorder
 
         name = f"call-{call.call_id}.wav"
-        recorder = Recorder(opts.recordings_dir / name)
+        recorder = Recorder(opts.recordings_dir / name, rate=RECORDING_RATE)
         self._recorders[("call", call.call_id)] = recorder
         bridge = self._bridge(call.user_id)
         key = call.call_id
