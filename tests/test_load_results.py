@@ -225,3 +225,16 @@ def test_clip_written_by_verdict_is_playable(tmp_path):
         assert w.getframerate() == 16000 and w.getnframes() > 4000
         x = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
     assert np.abs(x).max() > 1000
+
+
+def test_pss_per_agent_is_above_the_idle_baseline():
+    r = Results("x", started_at=0.0)
+    mb = 1024 ** 2
+    for worker in (0, 1):
+        r.resources.append(Resource(-0.5, worker, 1.0, 50 * mb, 0.0, 0))       # idle, imports done
+        r.resources.append(Resource(5.0, worker, 2.0, 55 * mb, 1.0, 10))       # 10 agents: +5 MB
+        r.resources.append(Resource(9.0, worker, 3.0, 54 * mb, 1.0, 10))       # latest moment with 20 agents
+    assert r.pss_per_agent() == pytest.approx(2 * 4 * mb / 20)
+    no_baseline = Results("x", started_at=0.0)
+    no_baseline.resources = [x for x in r.resources if x.agents]
+    assert no_baseline.pss_per_agent() == pytest.approx(2 * 54 * mb / 20)

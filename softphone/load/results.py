@@ -330,18 +330,33 @@ class Results:
         return sum(max(r.cpu_s for r in rs) - min(r.cpu_s for r in rs) for rs in by_worker.values())
 
     def pss_per_agent(self) -> float | None:
-        """Peak total PSS over the workers divided by the agents at that moment."""
-        best = None
+        """What an agent costs in memory: the workers' PSS above their idle baseline (a sample
+        with no agent yet, taken before the first agent starts) per agent, at the moment the
+        most agents were up.  Without a baseline: total PSS / agents (interpreter included)."""
+        baseline: dict[int, int] = {}
+        for r in sorted(self.resources, key=lambda r: r.at):
+            if r.agents == 0 and r.pss_bytes is not None and r.worker not in baseline:
+                baseline[r.worker] = r.pss_bytes
+            elif r.agents:
+                baseline.setdefault(r.worker, -1)  # agents came first: no baseline for this worker
         by_time: dict[float, list[Resource]] = {}
         for r in self.resources:
             by_time.setdefault(round(r.at), []).append(r)
-        for rs in by_time.values():
+        best: tuple[int, float] | None = None
+        for at, rs in sorted(by_time.items()):
             agents = sum(r.agents for r in rs)
-            pss = [r.pss_bytes for r in rs if r.pss_bytes is not None]
-            if agents and pss:
-                per = sum(pss) / agents
-                best = per if best is None else max(best, per)
-        return best
+            if not agents or any(r.pss_bytes is None for r in rs):
+                continue
+            if best is None or agents >= best[0]:
+                best = (agents, at)
+        if best is None:
+            return None
+        agents, at = best
+        rs = by_time[at]
+        total = sum(r.pss_bytes or 0 for r in rs)
+        if all(baseline.get(r.worker, -1) >= 0 for r in rs):
+            total -= sum(baseline[r.worker] for r in {r.worker: r for r in rs}.values())
+        return max(0.0, total / agents)
 
     def metric(self, name: str, aggregate_: str | None) -> float | None:
         """A threshold's figure (:class:`softphone.load.scenario.MetricSource`)."""

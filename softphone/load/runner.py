@@ -711,6 +711,9 @@ class Worker:
             self.out.put(("status", self.cfg.worker, s))
 
     async def run(self) -> None:
+        # The idle baseline (imports done, no agent yet): what an agent costs is measured above it.
+        self.results.resources.append(Resource(time.time() - self.cfg.started_at, self.cfg.worker,
+                                               time.process_time(), _pss_bytes(), 0.0, 0))
         probes = [self.spawn(self._lag_probe()), self.spawn(self._report())]
         sessions = [asyncio.create_task(run.run(offset)) for run, (_, offset) in zip(self.runs, self.cfg.agents,
                                                                                        strict=True)]
