@@ -184,6 +184,15 @@ class SessionExpiredError(AgentError):
     """The session reached ``expire_date``."""
 
 
+class ExpectationError(AgentError, AssertionError):
+    """A test expectation (``await call.expect_tone(440)``, ...) was not met in time.
+
+    An :class:`AssertionError`, so pytest reports it as a failed assertion; the
+    message says what was expected and what was observed instead (frequency and
+    level over time, digits seen, the call's SIP ladder).
+    """
+
+
 class LabError(SoftphoneError):
     """The local lab could not start or serve."""
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyee.asyncio import AsyncIOEventEmitter
 
+from softphone.agent.expect import CallExpectations, ReceivedAudio
 from softphone.errors import AgentError, ConfigurationError, SessionError, SipError
 from softphone.events import CallAnswered, CallEnded, DtmfEvent, ErrorEvent, Hold, Unhold
 from softphone.log import get_logger
@@ -141,7 +142,7 @@ class CallAudio:
                 sinks.remove(sink)
 
 
-class Call(AsyncIOEventEmitter):
+class Call(CallExpectations, AsyncIOEventEmitter):
     """One live call; made by :class:`~softphone.agent.phone.Phone` (and so by ``Agent``).
 
     ``bridge`` marks the platform's call to a logged-in agent.  ``state`` is a
@@ -149,7 +150,7 @@ class Call(AsyncIOEventEmitter):
     """
 
     def __init__(self, session: Session, *, bridge: bool = False, play: Any = None,
-                 inband_dtmf: bool = True) -> None:
+                 inband_dtmf: bool = True, keep_audio: float = 0.0) -> None:
         super().__init__()
         self.session = session
         self.direction = session.direction
@@ -166,6 +167,10 @@ class Call(AsyncIOEventEmitter):
         self.sent_meter = LevelMeter(history_max=3000, name="sent")
         self.source.add_tap(self._measure_sent)
         self.audio = CallAudio(self._on_dtmf, inband_dtmf)
+        self._recording: ReceivedAudio | None = None
+        if keep_audio > 0:  # ``call.recording``: the far end's last seconds, for expectations
+            self._recording = ReceivedAudio(keep_audio)
+            self.audio.add(self._recording)
         self.handler: WebRtcDescriptionHandler | None = None
         self.digits: list[DtmfEvent] = []
         self._digits_taken = 0

@@ -30,6 +30,7 @@ from typing import Any
 from pyee.asyncio import AsyncIOEventEmitter
 
 from softphone.agent.call import Call, CallState, make_source
+from softphone.agent.expect import PhoneExpectations
 from softphone.agent.state import AgentState, check_move
 from softphone.errors import AgentError, ConfigurationError, SoftphoneError
 from softphone.events import (
@@ -55,7 +56,7 @@ ANSWER_MODES = ("auto", "manual", "reject")
 STOP_TIMEOUT = 20.0
 
 
-class Phone(AsyncIOEventEmitter):
+class Phone(PhoneExpectations, AsyncIOEventEmitter):
     """One registered SIP user with WebRTC media; calls are :class:`Call` objects.
 
     ``answer``: "auto" (answer every incoming call), "manual" (leave it ringing:
@@ -68,6 +69,10 @@ class Phone(AsyncIOEventEmitter):
     command wants).  A ``play`` source object is shared by every call: give a file or
     a tone string to have one per call.
     """
+
+    keep_audio_seconds: float = 0.0
+    """Seconds of each call's received audio kept for ``call.recording`` and the ``expect_*``
+    failure messages from the call's start (0: only from the first use; the pytest plugin sets it)."""
 
     def __init__(self, ua_config: UserAgentConfig | None = None, media: MediaConfig | None = None, *,
                  answer: str = "auto", play: Any = None, record: str | os.PathLike | None = None,
@@ -233,7 +238,7 @@ class Phone(AsyncIOEventEmitter):
 
     def _new_call(self, session: Session, *, bridge: bool = False, play: Any = None) -> Call:
         call = Call(session, bridge=bridge, play=play if play is not None else self.play_spec,
-                    inband_dtmf=self.inband_dtmf)
+                    inband_dtmf=self.inband_dtmf, keep_audio=self.keep_audio_seconds)
         self._by_session[session] = call
         self.calls.append(call)
         self.call = call

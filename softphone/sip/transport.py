@@ -28,6 +28,7 @@ from pyee import EventEmitter
 
 from softphone.errors import ConfigurationError, SipParseError, TransportError
 from softphone.log import get_logger, redact
+from softphone.sip.ladder import Ladder
 from softphone.sip.message import make_response, parse_message
 
 log = get_logger(__name__)
@@ -123,6 +124,8 @@ class Transport(EventEmitter, abc.ABC):
     def __init__(self) -> None:
         super().__init__()
         self._state = TransportState.DISCONNECTED
+        self.ladder = Ladder()
+        """The last SIP messages both ways (start line, Call-ID, CSeq): see :mod:`softphone.sip.ladder`."""
 
     @property
     def state(self) -> TransportState:
@@ -166,6 +169,7 @@ class Transport(EventEmitter, abc.ABC):
         if log.isEnabledFor(logging.DEBUG):
             log.debug("SIP out:\n%s", trace_text(text))
         self.send_text(text)
+        self.ladder.add_text(text, outgoing=True)
 
     def receive_text(self, text: str) -> None:
         """Turn one incoming frame into a ``message`` event; never raises."""
@@ -173,6 +177,7 @@ class Transport(EventEmitter, abc.ABC):
             return
         if log.isEnabledFor(logging.DEBUG):
             log.debug("SIP in:\n%s", trace_text(text))
+        self.ladder.add_text(text, outgoing=False)
         try:
             message = parse_message(text)
         except SipParseError as exc:
