@@ -264,3 +264,24 @@ def test_snapshot_cpu_between_a_workers_last_two_statuses():
     assert [w["cpu_percent"] for w in workers] == [25.0, 0.0]
     snap, workers = _snapshot(2.4, statuses, last)  # no newer status from worker 0: its figure stands
     assert workers[0]["cpu_percent"] == 25.0 and snap.cpu_cores == 0.25
+
+
+def test_expected_prompt_from_a_tone_or_a_file(tmp_path):
+    import wave as _wave
+
+    import numpy as np
+
+    from softphone.load.runner import expected_prompt
+    from softphone.media.tones import float_to_pcm16, sine_mix
+
+    assert expected_prompt("tone:600", "opus").tone_hz == 600
+    path = tmp_path / "menu.wav"
+    with _wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(float_to_pcm16(np.concatenate([sine_mix([700], 8000, 8000, 0.4),
+                                                      sine_mix([900], 8000, 8000, 0.4)])).tobytes())
+    prompt = expected_prompt(str(path), "pcmu")
+    assert prompt.fingerprints and prompt.label == "menu.wav"
+    assert expected_prompt(str(path), "pcmu") is prompt  # built once per process

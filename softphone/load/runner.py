@@ -427,8 +427,8 @@ class AgentRun:
         handler = call.handler
         receiver = getattr(handler, "receiver", None)
         audio = self.w.cfg.scenario.audio
-        expect = ExpectedPrompt.from_source(audio.expect) if audio.expect else None
         try:
+            expect = expected_prompt(audio.expect, self.w.cfg.scenario.codec) if audio.expect else None
             check = LegAudioCheck(self.w.cfg.scenario.codec, leg=leg.leg, expect=expect, gap=audio.gap,
                                   keep=audio.keep, clip_dir=Path(self.w.cfg.clip_dir) if self.w.cfg.clip_dir else None)
             check.attach(receiver)
@@ -639,6 +639,28 @@ class AgentRun:
                 await asyncio.sleep(0.25)
 
         return await asyncio.wait_for(poll(), timeout)
+
+
+_prompts: dict[tuple[str, str], ExpectedPrompt | None] = {}
+
+
+def expected_prompt(expect: str, codec: str) -> ExpectedPrompt | None:
+    """The scenario's ``audio.expect`` as the verdict checks it (built once per process).
+
+    ``tone:HZ``: a Goertzel check.  A file: the payload fingerprints of that file encoded
+    for ``codec`` by the lean path's encoder (what a far end sending it pre-encoded, as
+    the lab's dialer does, puts on the wire).
+    """
+    key = (expect, codec)
+    if key not in _prompts:
+        prompt = ExpectedPrompt.from_source(expect)
+        if prompt is None:
+            from softphone.media.lean import codec_spec, shared_cache
+
+            audio = shared_cache().get(expect, codec_spec(codec))
+            prompt = ExpectedPrompt.encoded(audio.payloads, codec, label=Path(expect).name)
+        _prompts[key] = prompt
+    return _prompts[key]
 
 
 # --- a worker process -----------------------------------------------------------------
