@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import importlib.util
 import os
 import socket
 import sys
@@ -14,9 +13,7 @@ from pathlib import Path
 import pytest
 
 # Never import locust here: it monkey-patches the whole test process with gevent.
-pytestmark = [pytest.mark.peer, pytest.mark.slow,
-              pytest.mark.skipif(importlib.util.find_spec("locust") is None,
-                                 reason="the optional locust extra is not installed (pip install .[locust])")]
+pytestmark = [pytest.mark.peer, pytest.mark.slow]
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "load" / "locustfile.py"
 
