@@ -40,6 +40,8 @@ class SipWsServer:
         self.pong = pong
         self.ssl_context = ssl_context
         self.frames: list[str] = []
+        self.pings = 0
+        """WebSocket ping frames received (answered with a pong when ``pong``)."""
         self.sockets: list[web.WebSocketResponse] = []
         self.protocols: list[str | None] = []
         self.connections = 0
@@ -47,7 +49,7 @@ class SipWsServer:
         self.port: int | None = None
 
     async def handler(self, request):
-        ws = web.WebSocketResponse(protocols=("sip",))
+        ws = web.WebSocketResponse(protocols=("sip",), autoping=False)  # pings are counted here
         await ws.prepare(request)
         self.connections += 1
         self.protocols.append(ws.ws_protocol)
@@ -57,6 +59,10 @@ class SipWsServer:
                 self.frames.append(msg.data)
                 if msg.data == CRLF_PING and self.pong:
                     await ws.send_str(CRLF_PONG)
+            elif msg.type == WSMsgType.PING:
+                self.pings += 1
+                if self.pong:
+                    await ws.pong(msg.data)
         return ws
 
     async def start(self, port: int = 0):
@@ -222,10 +228,25 @@ async def test_websocket_ping_keepalive(server):
     lost = []
     t.on("disconnected", lost.append)
     await t.connect()
-    await asyncio.sleep(0.15)
+    await until(lambda: server.pings >= 3)  # ping frames reached the server, each answered
     assert lost == [] and t.connected
     assert CRLF_PING not in server.frames
     await t.close()
+
+
+async def test_websocket_ping_without_pong_declares_connection_lost():
+    srv = await SipWsServer(pong=False).start()
+    t = fast(srv.url, keep_alive=KeepAlive(KeepAliveMode.WS_PING, interval=0.02, timeout=0.05),
+             reconnect=Reconnect(enabled=False))
+    lost = []
+    t.on("disconnected", lost.append)
+    try:
+        await t.connect()
+        await until(lambda: lost)
+        assert srv.pings >= 1 and "keep-alive" in lost[0]
+    finally:
+        await t.close()
+        await srv.stop()
 
 
 async def test_partial_request_from_network_gets_400(server):

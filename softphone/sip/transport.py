@@ -275,7 +275,9 @@ class WebSocketTransport(Transport):
             self._session = aiohttp.ClientSession()
         try:
             ws = await asyncio.wait_for(
-                self._session.ws_connect(self.url, protocols=("sip",), ssl=self._ssl, autoping=True),
+                # autoping=False: aiohttp's autoping swallows PONG frames, which the WS_PING
+                # keep-alive must see; PING frames are answered in _reader instead.
+                self._session.ws_connect(self.url, protocols=("sip",), ssl=self._ssl, autoping=False),
                 self.options.connect_timeout,
             )
         except aiohttp.ClientConnectorCertificateError as exc:
@@ -342,6 +344,8 @@ class WebSocketTransport(Transport):
                 elif msg.type == aiohttp.WSMsgType.PONG:
                     if self._pong is not None:
                         self._pong.set()
+                elif msg.type == aiohttp.WSMsgType.PING:
+                    await ws.pong(msg.data)
                 elif msg.type == aiohttp.WSMsgType.ERROR:
                     reason = f"WebSocket error: {_error_cause(ws, msg)}"
                     break
