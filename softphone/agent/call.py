@@ -2,9 +2,14 @@
 
 A :class:`Call` wraps one SIP session (:class:`~softphone.sip.invitation.Invitation`
 or :class:`~softphone.sip.inviter.Inviter`) and its WebRTC description handler.
-What it sends is one :class:`~softphone.media.sources.SwitchableSource` that
-never ends (aiortc's sender cannot restart once its track ends), so
-:meth:`Call.play` swaps content mid-call.  What it receives goes through one
+What it sends (``call.track``) never ends (aiortc's sender cannot restart once
+its track ends), so :meth:`Call.play` swaps content mid-call.  A tone, silence
+or a file goes on the lean path: a :class:`~softphone.media.lean_playback.LeanPlayback`
+encoded once per codec in the process and shared by every call, sent without
+encoding (by the lean RTP sender when the fast path is on).  What needs live
+encoding (in-band DTMF ``"dtmf:..."``, several tones, any source object) plays
+through one :class:`~softphone.media.sources.SwitchableSource` (``call.source``);
+``replace_source`` moves between the two.  What it receives goes through one
 :class:`~softphone.media.sinks.SinkFanout` to a level meter, the in-band DTMF
 detector and whatever :meth:`record` and :meth:`wait_for_tone` add.
 
@@ -29,9 +34,10 @@ from typing import TYPE_CHECKING, Any
 from pyee.asyncio import AsyncIOEventEmitter
 
 from softphone.agent.expect import CallExpectations, ReceivedAudio
-from softphone.errors import AgentError, ConfigurationError, SessionError, SipError
+from softphone.errors import AgentError, ConfigurationError, MediaError, SessionError, SipError
 from softphone.events import CallAnswered, CallEnded, DtmfEvent, ErrorEvent, Hold, Unhold
 from softphone.log import get_logger
+from softphone.media.lean_playback import LeanPlayback, lean_playback
 from softphone.media.recorder import Recorder
 from softphone.media.sinks import AudioSink, DtmfDetector, LevelMeter, SinkFanout, ToneDetector, ToneEvent
 from softphone.media.sources import (
@@ -150,7 +156,7 @@ class Call(CallExpectations, AsyncIOEventEmitter):
     """
 
     def __init__(self, session: Session, *, bridge: bool = False, play: Any = None,
-                 inband_dtmf: bool = True, keep_audio: float = 0.0) -> None:
+                 inband_dtmf: bool = True, keep_audio: float = 0.0, lean: bool = True) -> None:
         super().__init__()
         self.session = session
         self.direction = session.direction
@@ -163,7 +169,13 @@ class Call(CallExpectations, AsyncIOEventEmitter):
         self.end_sip_code: int | None = None
         self.error: BaseException | None = None
         """Why the call could not be answered or set up, if it could not."""
-        self.source = SwitchableSource(make_source(play))
+        self.lean = lean
+        """Send tones, silence and files pre-encoded (False: everything through the live source)."""
+        first = lean_playback(play) if lean else None
+        self.source = SwitchableSource(None if first is not None else make_source(play))
+        """The live source: what needs encoding per call plays through it."""
+        self.track: LeanPlayback | SwitchableSource = first if first is not None else self.source
+        """What the call sends now: a pre-encoded :class:`LeanPlayback` or the live ``source``."""
         self.sent_meter = LevelMeter(history_max=3000, name="sent")
         self.source.add_tap(self._measure_sent)
         self.audio = CallAudio(self._on_dtmf, inband_dtmf)
@@ -222,7 +234,10 @@ class Call(CallExpectations, AsyncIOEventEmitter):
         return self.audio.meter.recent_rms_dbfs(seconds)
 
     def sent_level_dbfs(self, seconds: float = 1.0) -> float:
-        """RMS level of what we send over the last ``seconds`` (dBFS)."""
+        """RMS level of what we send over the last ``seconds`` (dBFS); on the lean path the
+        level of the content itself (a pre-encoded track is not measured per call)."""
+        if isinstance(self.track, LeanPlayback):
+            return self.track.level_dbfs
         return self.sent_meter.recent_rms_dbfs(seconds)
 
     def _measure_sent(self, frame: Any) -> None:
@@ -264,6 +279,8 @@ class Call(CallExpectations, AsyncIOEventEmitter):
         self._digit_changed.set()
         self._close_recorders()
         self.source.stop()
+        if isinstance(self.track, LeanPlayback):
+            self.track.stop()
         self.emit("call_ended", CallEnded(self.call_id, reason, status, round(self.duration, 3), self.bridge))
 
     def _on_dtmf(self, event: DtmfEvent) -> None:
@@ -323,10 +340,35 @@ class Call(CallExpectations, AsyncIOEventEmitter):
     def play(self, what: AudioSource | str | os.PathLike | float | None) -> AudioSource | None:
         """Send ``what`` from now on: a file, ``"tone:440"``, ``"tone:350+440"``, ``"dtmf:12#"``, ``"silence"``,
         a frequency in Hz or any :class:`AudioSource`; None for silence.  Returns the source
-        (``await source.played()`` waits for a file's end); the call stays up after it."""
+        (``await source.played()`` waits for a file's end); the call stays up after it.
+
+        A tone, silence or a file is sent pre-encoded (a :class:`LeanPlayback` is returned);
+        in-band DTMF, several tones and source objects are encoded live."""
+        lean = lean_playback(what) if self.lean else None
+        if lean is not None:
+            self._send(lean)
+            self.source.switch(None, stop_previous=True)  # the live source idles in silence
+            return lean
         source = make_source(what)
         self.source.switch(source, stop_previous=True)
+        self._send(self.source)
         return source
+
+    def _send(self, track: LeanPlayback | SwitchableSource) -> None:
+        """Make ``track`` what the call sends (through the handler once there is one)."""
+        old, self.track = self.track, track
+        if old is track:
+            return
+        handler = self.handler
+        if handler is not None and not handler.closed:
+            try:
+                handler.replace_source(track)
+            except (MediaError, SipError) as exc:
+                log.warning("call %s: cannot switch what it sends: %s", self.call_id, exc)
+        if isinstance(old, LeanPlayback):
+            # Not stopped: a stock aiortc sender loop may still be waiting on its next packet,
+            # and a track ending under it stops the sender for good.  Waiters learn it ended.
+            old.detach()
 
     async def send_dtmf(self, digits: str, method: str = "rfc4733", *, duration_ms: int = 100,
                         gap_ms: int = 70) -> str:
@@ -342,11 +384,18 @@ class Call(CallExpectations, AsyncIOEventEmitter):
     def record(self, path: str | os.PathLike, **recorder_options: Any) -> Recorder:
         """Record the far end's audio to ``path`` (format from the suffix: .wav, .ogg, .mp3, ...)
         until :meth:`stop_recording` or the end of the call."""
+        self._check_decoding("record")
         recorder = Recorder(path, **recorder_options)
         self.recorders.append(recorder)
         self.audio.add(recorder)
         log.info("call %s: recording to %s", self.call_id, recorder.path)
         return recorder
+
+    def _check_decoding(self, what: str) -> None:
+        """Listening needs decoded audio: say so rather than wait for audio that never comes."""
+        handler = self.handler
+        if handler is not None and not handler.decode and handler.fast_path:
+            raise AgentError(f"{what}: this call does not decode received audio (MediaConfig.decode=False)")
 
     async def stop_recording(self) -> list[Path]:
         """Finalise every recording of this call; returns their paths."""
@@ -388,6 +437,7 @@ class Call(CallExpectations, AsyncIOEventEmitter):
     async def wait_for_tone(self, hz: float, timeout: float | None = None, *,
                             min_level_dbfs: float = -40.0) -> ToneEvent:
         """Until a tone of ``hz`` is heard in the far end's audio (from now on)."""
+        self._check_decoding("wait_for_tone")
         detector = ToneDetector([hz], min_level_dbfs=min_level_dbfs)
         self.audio.add(detector)
         try:

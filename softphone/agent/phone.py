@@ -74,6 +74,10 @@ class Phone(PhoneExpectations, AsyncIOEventEmitter):
     """Seconds of each call's received audio kept for ``call.recording`` and the ``expect_*``
     failure messages from the call's start (0: only from the first use; the pytest plugin sets it)."""
 
+    lean_play: bool = True
+    """Send tones, silence and files pre-encoded, shared by every call in the process (the lean
+    path); False encodes everything per call (an A/B lever for measurements)."""
+
     def __init__(self, ua_config: UserAgentConfig | None = None, media: MediaConfig | None = None, *,
                  answer: str = "auto", play: Any = None, record: str | os.PathLike | None = None,
                  inband_dtmf: bool = True, stop_timeout: float = STOP_TIMEOUT,
@@ -238,7 +242,7 @@ class Phone(PhoneExpectations, AsyncIOEventEmitter):
 
     def _new_call(self, session: Session, *, bridge: bool = False, play: Any = None) -> Call:
         call = Call(session, bridge=bridge, play=play if play is not None else self.play_spec,
-                    inband_dtmf=self.inband_dtmf, keep_audio=self.keep_audio_seconds)
+                    inband_dtmf=self.inband_dtmf, keep_audio=self.keep_audio_seconds, lean=self.lean_play)
         self._by_session[session] = call
         self.calls.append(call)
         self.call = call
@@ -277,7 +281,7 @@ class Phone(PhoneExpectations, AsyncIOEventEmitter):
     def _handler_for(self, session: Session, options: Any = None) -> WebRtcDescriptionHandler:
         """The description handler factory the user agent calls: one peer connection per call."""
         call = self._by_session.get(session) or self._new_call(session)
-        handler = WebRtcDescriptionHandler(self.media, source=call.source, sinks=[call.audio], session=session)
+        handler = WebRtcDescriptionHandler(self.media, source=call.track, sinks=[call.audio], session=session)
         call._attach(handler)
         return handler
 
