@@ -171,9 +171,26 @@ async def settle(handler: WebRtcDescriptionHandler, quiet: float = 0.2, timeout:
 
 
 async def packets_during(handler: WebRtcDescriptionHandler, seconds: float) -> int:
+    """Packets received in the next ``seconds``: for checking that none arrive (after ``settle``);
+    to see packets flow, wait for them with :func:`packets_arrive` instead."""
     before = await received_packets(handler)
     await asyncio.sleep(seconds)
     return await received_packets(handler) - before
+
+
+async def packets_arrive(handler: WebRtcDescriptionHandler, more_than: int = 5, timeout: float = 10.0) -> int:
+    """Wait until more than ``more_than`` packets arrived from now on (a generous deadline, no fixed
+    sleep); returns how many came.  Fails the test naming the count after ``timeout``."""
+    before = await received_packets(handler)
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        got = await received_packets(handler) - before
+        if got > more_than:
+            return got
+        if loop.time() > end:
+            raise AssertionError(f"only {got} packet(s) arrived in {timeout:g} s, expected more than {more_than}")
+        await asyncio.sleep(0.02)
 
 
 class LossyUdpRelay:

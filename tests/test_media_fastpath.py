@@ -11,6 +11,7 @@ import aiortc
 import pytest
 from aiortc import clock as aiortc_clock
 from aiortc.rtcdtlstransport import State as DtlsState
+from media_support import wait_until
 
 from softphone.errors import AiortcCompatibilityError
 from softphone.media import aiortc_seam as seam
@@ -370,7 +371,11 @@ async def test_loopback_call_uses_the_fast_path_and_keeps_rtp_and_rtcp():
     with loopback_host_candidates():
         call = await open_loopback_call("PCMU", PreEncodedAudioTrack(tone), PreEncodedAudioTrack(tone))
     try:
-        await asyncio.sleep(0.5)
+        def flowing() -> bool:
+            return all((fast := fast_receive_of(leg.receiver.transport)) is not None and fast.direct > 10
+                       and leg.report().received > 10 for leg in (call.caller, call.callee))
+
+        await wait_until(flowing, 10, "more than 10 packets each way on the fast path")
         for leg in (call.caller, call.callee):
             fast = fast_receive_of(leg.receiver.transport)
             assert fast is not None

@@ -187,7 +187,8 @@ async def test_lean_path_through_the_relay(coturn, codec, monkeypatch):
         await wait_connected(a, b)
         await meter.wait_frames(50)
         sends_before, packets_before = stock_sends[0], lean_sender_of(a.sender).packets
-        await asyncio.sleep(0.5)
+        await wait_until(lambda: lean_sender_of(a.sender).packets - packets_before > 15, 10,
+                         "more than 15 packets sent on the TURN channel")
         assert abs(meter.dominant_frequency() - 700) / 700 < 0.02
         # Media goes out on the bound TURN channel directly, not through a task per packet:
         # aioice's own sendto is left with the odd STUN consent check or RTCP.
