@@ -32,13 +32,14 @@ def _near(value: float, target: float) -> bool:
 async def test_answer_bot_plays_records_and_hangs_up_on_hash(kamailio, coturn, tmp_path):
     answer_bot = _load_example()
     prompt = generate_tone_file(tmp_path / "prompt.wav", 600.0, duration=5.0)
-    phone = Phone(UserAgentConfig(ws_url=kamailio.ws_url, aor=f"sip:1017@{kamailio.domain}",
-                                  password=kamailio.users["1017"], timers=Timers.scaled(0.2)),
+    bot_ext, caller_ext = kamailio.allocate(2)
+    phone = Phone(UserAgentConfig(ws_url=kamailio.ws_url, aor=f"sip:{bot_ext}@{kamailio.domain}",
+                                  password=kamailio.users[bot_ext], timers=Timers.scaled(0.2)),
                   relay_config(coturn, codecs=("PCMU",)), answer="auto", play=prompt)
     bot = answer_bot.AnswerBot(phone, tmp_path)
     heard = ToneMeter()
     caller = UserAgent(UserAgentConfig(
-        ws_url=kamailio.ws_url, aor=f"sip:1018@{kamailio.domain}", password=kamailio.users["1018"],
+        ws_url=kamailio.ws_url, aor=f"sip:{caller_ext}@{kamailio.domain}", password=kamailio.users[caller_ext],
         timers=Timers.scaled(0.2),
         description_handler_factory=WebRtcDescriptionHandlerFactory(
             relay_config(coturn, codecs=("PCMU",)), source_factory=lambda s: SineTrack(1000.0),
@@ -46,7 +47,7 @@ async def test_answer_bot_plays_records_and_hangs_up_on_hash(kamailio, coturn, t
     async with bot:
         await asyncio.wait_for(caller.start(), 10)
         try:
-            call = await asyncio.wait_for(caller.call("1017"), 15)
+            call = await asyncio.wait_for(caller.call(bot_ext), 15)
             await heard.wait_frames(40)
             assert _near(heard.dominant_frequency(), 600.0)  # the prompt
             assert await asyncio.wait_for(call.send_dtmf("5", method="rtp"), 10) == "rtp"

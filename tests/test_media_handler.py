@@ -584,8 +584,9 @@ async def test_call_through_kamailio_with_webrtc_media(fast_path, coturn, kamail
             ws_url=kamailio.ws_url, aor=f"sip:{ext}@{kamailio.domain}", password=kamailio.users[ext],
             timers=Timers.scaled(0.2), description_handler_factory=_media_factory(coturn, meters, name, freq)))
 
-    a = make_ua("1011", "a", 440.0)
-    b = make_ua("1012", "b", 1000.0)
+    ext_a, ext_b = kamailio.allocate(2)
+    a = make_ua(ext_a, "a", 440.0)
+    b = make_ua(ext_b, "b", 1000.0)
     await asyncio.wait_for(a.start(), 10)
     await asyncio.wait_for(b.start(), 10)
     try:

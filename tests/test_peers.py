@@ -232,7 +232,7 @@ async def phone(session: aiohttp.ClientSession, kam, ext: str, password: str | N
 
 async def test_kamailio_register_over_websocket_with_md5_digest(kamailio):
     async with aiohttp.ClientSession() as session:
-        alice = await phone(session, kamailio, "1001")
+        alice = await phone(session, kamailio, kamailio.allocate(1)[0])
         challenge, ok = await alice.register()
         assert challenge.status == 401
         www = challenge.get("WWW-Authenticate")
@@ -244,7 +244,7 @@ async def test_kamailio_register_over_websocket_with_md5_digest(kamailio):
 
 async def test_kamailio_rejects_a_wrong_password_with_a_new_challenge(kamailio):
     async with aiohttp.ClientSession() as session:
-        mallory = await phone(session, kamailio, "1002", password="wrong")
+        mallory = await phone(session, kamailio, kamailio.allocate(1)[0], password="wrong")
         challenge, answer = await mallory.register()
         assert challenge.status == 401 and answer.status == 401
         await mallory.ws.close()
@@ -592,8 +592,9 @@ async def test_sipjs_in_chromium_registers_with_the_kamailio_fixture(chromium, k
     from aiohttp import web
 
     results: asyncio.Queue[str] = asyncio.Queue()
-    page = SIPJS_PAGE % {"ext": "1020", "domain": kamailio.domain, "ws": kamailio.ws_url,
-                         "password": kamailio.users["1020"]}
+    (ext,) = kamailio.allocate(1)
+    page = SIPJS_PAGE % {"ext": ext, "domain": kamailio.domain, "ws": kamailio.ws_url,
+                         "password": kamailio.users[ext]}
 
     async def result(request: web.Request) -> web.Response:
         results.put_nowait(await request.text())
@@ -636,3 +637,13 @@ def test_docker_compose_turn_service_matches_the_launcher():
     assert "FROM coturn/coturn" in dockerfile and '"/opt/turn/launch.py", "--foreground"' in dockerfile
     for copied in re.search(r"^COPY (.+) /opt/turn/$", dockerfile, re.M).group(1).split():
         assert (REPO / "turn" / copied).is_file()
+
+
+def test_kamailio_hands_each_test_its_own_extensions(tmp_path):
+    """The shared instance's allocator: never the same extension twice, never the named 1001..1020."""
+    kam = Kamailio(tmp_path, n_users=44)
+    first, second = kam.allocate(2), kam.allocate(20)
+    assert first == ["1021", "1022"] and set(first).isdisjoint(second) and len(set(second)) == 20
+    assert all(kam.users[ext] == f"pw{ext}" for ext in first + second)
+    with pytest.raises(PeerStartError, match="only 2 unused extension"):
+        kam.allocate(3)

@@ -421,7 +421,7 @@ async def _exchange(ws, request: SipRequest):
 
 
 async def test_digest_against_real_kamailio(kamailio):
-    user = "1007"
+    (user,) = kamailio.allocate(1)
     async with aiohttp.ClientSession() as session, session.ws_connect(kamailio.ws_url, protocols=("sip",)) as ws:
         call_id = generate_call_id()
         first = await _exchange(ws, _register(kamailio, user, call_id, 1))

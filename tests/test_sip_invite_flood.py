@@ -64,20 +64,21 @@ async def test_invite_flood_gets_486_without_media_and_the_live_call_keeps_audio
         handlers_made.append(session)
         return media(session, options)
 
-    agent = UserAgent(config(kamailio, "1001", max_calls=AGENT_MAX_CALLS,
+    ext_agent, ext_caller, ext_flooder = kamailio.allocate(3)
+    agent = UserAgent(config(kamailio, ext_agent, max_calls=AGENT_MAX_CALLS,
                              description_handler_factory=counting_factory, answer_policy=AnswerPolicy.answer()))
-    caller = UserAgent(config(kamailio, "1002", description_handler_factory=WebRtcDescriptionHandlerFactory(
+    caller = UserAgent(config(kamailio, ext_caller, description_handler_factory=WebRtcDescriptionHandlerFactory(
         relay_config(coturn, codecs=("PCMU",)), source_factory=lambda session: SineTrack(TONE))))
-    flooder = UserAgent(config(kamailio, "1003"))  # null handler: signalling only
+    flooder = UserAgent(config(kamailio, ext_flooder))  # null handler: signalling only
     async with agent, caller, flooder:
-        live = await asyncio.wait_for(caller.call(f"sip:1001@{kamailio.domain}"), BOUND)
+        live = await asyncio.wait_for(caller.call(f"sip:{ext_agent}@{kamailio.domain}"), BOUND)
         await until(lambda: live.state is SessionState.ESTABLISHED)
         meter = meters["agent"]
         await meter.wait_frames(25, timeout=BOUND)
         assert close_enough(meter.dominant_frequency(), TONE)
         assert len(handlers_made) == 1 and agent.registered
 
-        target = f"sip:1001@{kamailio.domain}"
+        target = f"sip:{ext_agent}@{kamailio.domain}"
         inviters = [flooder.invite(target) for _ in range(FLOOD)]
         results = await asyncio.wait_for(
             asyncio.gather(*(i.invite() for i in inviters), return_exceptions=True), BOUND * 4)

@@ -62,7 +62,8 @@ async def incoming_call(ua: UserAgent):
 
 
 async def test_register_and_unregister(kamailio):
-    ua = make_ua(kamailio, "1001")
+    (ext,) = kamailio.allocate(1)
+    ua = make_ua(kamailio, ext)
     events: list[str] = []
     ua.on("registered", lambda expires: events.append(f"registered {expires}"))
     ua.on("unregistered", lambda reason: events.append("unregistered"))
@@ -75,21 +76,23 @@ async def test_register_and_unregister(kamailio):
 
 
 async def test_wrong_password_is_rejected_without_a_loop(kamailio):
-    ua = make_ua(kamailio, "1002", password="definitely-wrong")
+    (ext,) = kamailio.allocate(1)
+    ua = make_ua(kamailio, ext, password="definitely-wrong")
     registers = count_sent(ua, "REGISTER")
     with pytest.raises(AuthenticationError) as info:
         await asyncio.wait_for(ua.start(), BOUND)
-    assert f"authentication rejected for 1002@{kamailio.domain}" in str(info.value)
+    assert f"authentication rejected for {ext}@{kamailio.domain}" in str(info.value)
     assert "definitely-wrong" not in str(info.value)
     assert len(registers) == 2
 
 
 async def test_two_agents_call_each_other(kamailio):
-    a, b = make_ua(kamailio, "1003"), make_ua(kamailio, "1004")
+    ext_a, ext_b = kamailio.allocate(2)
+    a, b = make_ua(kamailio, ext_a), make_ua(kamailio, ext_b)
     async with a, b:
         incoming = await incoming_call(b)
         progress: list[int] = []
-        inviter = a.invite("1004")
+        inviter = a.invite(ext_b)
         inviter.on("progress", lambda r: progress.append(r.status))
         await asyncio.wait_for(inviter.invite(), BOUND)
         callee = await asyncio.wait_for(incoming, BOUND)
@@ -104,11 +107,12 @@ async def test_two_agents_call_each_other(kamailio):
 
 
 async def test_cancel_before_answer(kamailio):
-    a = make_ua(kamailio, "1005")
-    b = make_ua(kamailio, "1006", answer_policy=AnswerPolicy.manual())
+    ext_a, ext_b = kamailio.allocate(2)
+    a = make_ua(kamailio, ext_a)
+    b = make_ua(kamailio, ext_b, answer_policy=AnswerPolicy.manual())
     async with a, b:
         incoming = await incoming_call(b)
-        inviter = a.invite("1006")
+        inviter = a.invite(ext_b)
         ringing = asyncio.get_running_loop().create_future()
         inviter.on("progress", lambda r: r.status == 180 and not ringing.done() and ringing.set_result(r))
         call = asyncio.ensure_future(inviter.invite())
@@ -123,10 +127,11 @@ async def test_cancel_before_answer(kamailio):
 
 
 async def test_reinvite_hold_seen_by_far_end(kamailio):
-    a, b = make_ua(kamailio, "1007"), make_ua(kamailio, "1008")
+    ext_a, ext_b = kamailio.allocate(2)
+    a, b = make_ua(kamailio, ext_a), make_ua(kamailio, ext_b)
     async with a, b:
         incoming = await incoming_call(b)
-        inviter = await asyncio.wait_for(a.call("1008"), BOUND)
+        inviter = await asyncio.wait_for(a.call(ext_b), BOUND)
         callee = await asyncio.wait_for(incoming, BOUND)
         await callee.wait_established(BOUND)
         held = asyncio.get_running_loop().create_future()
@@ -141,10 +146,11 @@ async def test_reinvite_hold_seen_by_far_end(kamailio):
 
 
 async def test_info_dtmf_delivered(kamailio):
-    a, b = make_ua(kamailio, "1009"), make_ua(kamailio, "1010")
+    ext_a, ext_b = kamailio.allocate(2)
+    a, b = make_ua(kamailio, ext_a), make_ua(kamailio, ext_b)
     async with a, b:
         incoming = await incoming_call(b)
-        inviter = await asyncio.wait_for(a.call("1010"), BOUND)
+        inviter = await asyncio.wait_for(a.call(ext_b), BOUND)
         callee = await asyncio.wait_for(incoming, BOUND)
         await callee.wait_established(BOUND)
         digits: list[tuple] = []
@@ -181,11 +187,12 @@ async def test_registrar_restart_reconnects_and_reregisters(kamailio_factory):
 
 
 async def test_invite_is_proxy_authenticated_and_callee_can_hang_up_and_hold(kamailio):
-    a, b = make_ua(kamailio, "1013"), make_ua(kamailio, "1014")
+    ext_a, ext_b = kamailio.allocate(2)
+    a, b = make_ua(kamailio, ext_a), make_ua(kamailio, ext_b)
     invites = count_sent(a, "INVITE")
     async with a, b:
         incoming = await incoming_call(b)
-        inviter = await asyncio.wait_for(a.call("1014"), BOUND)
+        inviter = await asyncio.wait_for(a.call(ext_b), BOUND)
         callee = await asyncio.wait_for(incoming, BOUND)
         await callee.wait_established(BOUND)
         # Kamailio challenged the INVITE with 407; the retry carried Proxy-Authorization.
@@ -203,15 +210,17 @@ async def test_invite_is_proxy_authenticated_and_callee_can_hang_up_and_hold(kam
 
 
 async def test_call_to_unregistered_extension_is_404(kamailio):
-    a = make_ua(kamailio, "1015")
+    ext_a, nobody = kamailio.allocate(2)  # nobody: never registered by any test
+    a = make_ua(kamailio, ext_a)
     async with a:
         with pytest.raises(SessionError) as info:
-            await asyncio.wait_for(a.call("1016"), BOUND)
+            await asyncio.wait_for(a.call(nobody), BOUND)
         assert info.value.status_code == 404
 
 
 async def test_crlf_keepalive_is_answered_by_kamailio(kamailio):
-    ua = make_ua(kamailio, "1017", keep_alive=KeepAlive(KeepAliveMode.CRLF, interval=0.05, timeout=3.0))
+    (ext,) = kamailio.allocate(1)
+    ua = make_ua(kamailio, ext, keep_alive=KeepAlive(KeepAliveMode.CRLF, interval=0.05, timeout=3.0))
     pings = []
     original = ua.transport.send_text
 
@@ -229,14 +238,15 @@ async def test_crlf_keepalive_is_answered_by_kamailio(kamailio):
 
 
 async def test_message_between_agents(kamailio):
-    a, b = make_ua(kamailio, "1018"), make_ua(kamailio, "1019")
+    ext_a, ext_b = kamailio.allocate(2)
+    a, b = make_ua(kamailio, ext_a), make_ua(kamailio, ext_b)
     async with a, b:
         received = asyncio.get_running_loop().create_future()
         b.once("message", lambda request: received.set_result(request))
-        response = await asyncio.wait_for(a.message("1019", "hello from 1018"), BOUND)
+        response = await asyncio.wait_for(a.message(ext_b, f"hello from {ext_a}"), BOUND)
         assert response.status == 200
         request = await asyncio.wait_for(received, BOUND)
-        assert request.body == "hello from 1018"
+        assert request.body == f"hello from {ext_a}"
         assert request.content_type == "text/plain"
 
 
@@ -340,9 +350,10 @@ class SipJsPage:
 
 async def test_sipjs_webphone_in_chromium_calls_us_through_kamailio(kamailio, chromium):
     """The browser Webphone's real stack registers, calls our agent, sends INFO DTMF and hangs up."""
-    agent = make_ua(kamailio, "1019")
-    async with SipJsPage(chromium, ext="1020", domain=kamailio.domain, ws=kamailio.ws_url,
-                         password=kamailio.users["1020"], target="1019") as page, agent:
+    ours, theirs = kamailio.allocate(2)
+    agent = make_ua(kamailio, ours)
+    async with SipJsPage(chromium, ext=theirs, domain=kamailio.domain, ws=kamailio.ws_url,
+                         password=kamailio.users[theirs], target=ours) as page, agent:
         incoming = await incoming_call(agent)
         page.open()
         await page.next_event("registered")
@@ -362,12 +373,13 @@ async def test_we_call_sipjs_in_chromium_hold_dtmf_and_hang_up(kamailio, chromiu
     """Our agent calls the Webphone's stack (auto-answer), holds, unholds, sends DTMF, hangs up."""
     from softphone.sip.null_handler import webrtc_null_handler_factory
 
-    agent = make_ua(kamailio, "1018", description_handler_factory=webrtc_null_handler_factory)
-    async with SipJsPage(chromium, ext="1020", domain=kamailio.domain, ws=kamailio.ws_url,
-                         password=kamailio.users["1020"], target="") as page, agent:
+    ours, theirs = kamailio.allocate(2)
+    agent = make_ua(kamailio, ours, description_handler_factory=webrtc_null_handler_factory)
+    async with SipJsPage(chromium, ext=theirs, domain=kamailio.domain, ws=kamailio.ws_url,
+                         password=kamailio.users[theirs], target="") as page, agent:
         page.open()
         await page.next_event("registered")
-        inviter = await asyncio.wait_for(agent.call("1020"), 60.0)
+        inviter = await asyncio.wait_for(agent.call(theirs), 60.0)
         await page.next_event("accepted", 30.0)
         assert "UDP/TLS/RTP/SAVPF" in inviter.handler.remote_sdp  # Chromium's answer
         await asyncio.wait_for(inviter.hold(), 30.0)

@@ -256,6 +256,10 @@ def websocket_handshake(host: str, port: int, timeout: float = 0.5) -> bool:
     return head.startswith("http/1.1 101") and "sec-websocket-protocol: sip" in head
 
 
+#: ``allocate`` leaves the first 20 numbered users (1001..1020) to tests that name an extension.
+NAMED_EXTENSIONS = 20
+
+
 class Kamailio:
     """One Kamailio instance on a fixed port that survives stop()/start() (same port again)."""
 
@@ -280,6 +284,20 @@ class Kamailio:
         self.log_path = workdir / "kamailio.log"
         self._secret = secrets.token_hex(16)  # kept across restarts: nonces stay valid
         self._process: PeerProcess | None = None
+        self._handed_out: set[str] = set()
+
+    def allocate(self, n: int = 1) -> list[str]:
+        """``n`` extensions no earlier caller got (passwords in ``users``): on the session's shared
+        instance each test takes its own, so no two tests register or call the same extension."""
+        numbered = sorted((ext for ext in self.users if ext.isdigit()), key=int)
+        if len(numbered) > 2 * NAMED_EXTENSIONS:  # the first ones stay for tests that name theirs
+            numbered = numbered[NAMED_EXTENSIONS:]
+        free = [ext for ext in numbered if ext not in self._handed_out][:n]
+        if len(free) < n:
+            raise PeerStartError(f"kamailio: only {len(free)} unused extension(s) left of {len(self.users)}; "
+                                 "start it with more users (n_users)")
+        self._handed_out.update(free)
+        return free
 
     def __repr__(self) -> str:
         return (f"Kamailio(ws_url={self.ws_url!r}, domain={self.domain!r}, users={len(self.users)}, "

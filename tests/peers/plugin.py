@@ -42,10 +42,16 @@ def _start_kamailio(kam: Kamailio) -> Kamailio:
     return kam
 
 
+#: Users of the session's shared Kamailio: enough for every test to take its own extensions.
+SHARED_USERS = 200
+
+
 @pytest.fixture(scope="session")
 def kamailio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kamailio]:
-    """A shared registrar/proxy with users 1001..1020 (passwords pw1001..). Do not stop it in a test."""
-    kam = _start_kamailio(Kamailio(tmp_path_factory.mktemp("kamailio")))
+    """A shared registrar/proxy with users 1001..1200 (passwords pw1001..). Do not stop it in a test.
+
+    Take extensions with ``kamailio.allocate(n)``: each test gets its own, never used by another."""
+    kam = _start_kamailio(Kamailio(tmp_path_factory.mktemp("kamailio"), n_users=SHARED_USERS))
     yield kam
     kam.stop()
 
