@@ -62,6 +62,12 @@ LOGOUT_TIMEOUT = 5.0
 EXPIRY_WARNING = 60.0
 
 
+def _host_of(url: str | None) -> str | None:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).hostname if url else None
+
+
 def expiry_lead(total_seconds: float, warning: float = EXPIRY_WARNING) -> float:
     """Seconds before ``expire_date`` to warn: ``min(warning, 10 % of the session)``."""
     return max(0.0, min(warning, 0.1 * total_seconds))
@@ -94,9 +100,9 @@ class Agent(Phone):
             raise ConfigurationError(f"campaign_id: must be a non-negative integer, got {campaign_id!r}")
         if ca_file is None:
             ca_file = getattr(params.derived, "ca_file", None)
-        if media is None:
-            media = MediaConfig(ice=IceConfig.from_params(params, relay_only=relay_only, tls_ca_file=ca_file,
-                                                          tls_insecure=insecure))
+        if media is None:  # servers all on this machine: media stays on loopback too
+            ice = IceConfig.from_params(params, relay_only=relay_only, tls_ca_file=ca_file, tls_insecure=insecure)
+            media = MediaConfig(ice=ice.loopback_only_for(_host_of(params.derived.sip_ws_url)))
         super().__init__(None, media, answer=answer, play=play, record=record, inband_dtmf=inband_dtmf,
                          stop_timeout=stop_timeout)
         self.params = params

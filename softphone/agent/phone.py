@@ -140,7 +140,7 @@ class Phone(PhoneExpectations, AsyncIOEventEmitter):
         ice = IceConfig(turn_urls=turn, username=(turn_username or aor.split(":", 1)[1].split("@")[0])
                         if turn else None,
                         credential=(turn_password or password) if turn else None, relay_only=relay_only,
-                        tls_ca_file=ca_file, tls_insecure=insecure)
+                        tls_ca_file=ca_file, tls_insecure=insecure).loopback_only_for(urlsplit(ws_url).hostname)
         return cls(ua, MediaConfig(ice=ice), **options)
 
     def __repr__(self) -> str:

@@ -232,6 +232,13 @@ def _media_config(turn: LabTurn | None, relay_only: bool,
     return MediaConfig(ice=IceConfig())
 
 
+def _on_loopback(media: Any, host: str) -> Any:
+    """A lab listening on loopback (and its TURN server there too) keeps its media on loopback."""
+    import dataclasses
+
+    return dataclasses.replace(media, ice=media.ice.loopback_only_for(host))
+
+
 async def start_lab(
     host: str = "127.0.0.1",
     port: int = 0,
@@ -321,8 +328,9 @@ async def start_lab(
                     customers = CustomerTable.load(customers)
                 dialer_options = {"prompt": prompt, "recordings_dir": Path(recordings_dir) if recordings_dir else None,
                                   "customers": customers,
-                                  "media": _media_config(turn_server, relay_only, None if external_user is None else (
-                                      f"turn:{_url_host(lab_domain)}:{turn_port}", *external_user)),
+                                  "media": _on_loopback(_media_config(turn_server, relay_only, None if external_user is None
+                                                                      else (f"turn:{_url_host(lab_domain)}:{turn_port}",
+                                                                            *external_user)), host),
                                   **(telephony_options or {})}
                 telephony = _build_sip_telephony(module, endpoint, dialer_options)
         elif relay_only and turn_server is None and turn:

@@ -40,6 +40,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from softphone.errors import (
     ConfigurationError,
@@ -234,8 +235,9 @@ class AgentRun:
             params = load_params(self.spec.url, flags=self.spec.flags)
             ca_file = getattr(params.derived, "ca_file", None)
             codec = {"opus": "opus", "pcmu": "PCMU", "pcma": "PCMA", "g722": "G722"}[self.w.cfg.scenario.codec]
-            media = MediaConfig(ice=IceConfig.from_params(params, relay_only=self.w.cfg.relay_only,
-                                                          tls_ca_file=ca_file),
+            ice = IceConfig.from_params(params, relay_only=self.w.cfg.relay_only, tls_ca_file=ca_file)
+            ws_host = urlsplit(params.derived.sip_ws_url).hostname if params.derived.sip_ws_url else None
+            media = MediaConfig(ice=ice.loopback_only_for(ws_host),  # all servers local: media on loopback
                                 codecs=(codec,), decode=self.w.cfg.scenario.decode)
             self.agent = agent = Agent(params, campaign_id=self.w.cfg.campaign_id, play=self.w.cfg.scenario.play,
                                        media=media, debug=False)

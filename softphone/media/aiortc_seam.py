@@ -22,7 +22,8 @@ to widen:
 * The RFC 4733 hooks (:mod:`softphone.media.dtmf` uses them with the fast path
   on or off: aiortc has no telephone-event of its own): :func:`check_rfc4733`,
   :func:`hook_rtp_packets`, :func:`route_payload_types`, :func:`send_rtp`...
-* ICE details: no public STUN fallback while a peer connection's gatherers are
+* ICE details: host candidates on given addresses only (:func:`host_addresses`,
+  per peer connection while it gathers); no public STUN fallback while a peer connection's gatherers are
   created (:func:`no_default_stun`), the TURN TLS context, the nominated pair.
 
 ``tests/test_aiortc_seam.py`` fails when any other module of the package touches
@@ -34,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import functools
 import struct
 import threading
@@ -253,6 +255,56 @@ def loopback_host_addresses() -> Iterator[None]:
         yield
     finally:
         aioice.ice.get_host_addresses = original
+
+
+#: The host addresses the gathering in this task (and the tasks it spawns) may use; None: aioice's.
+_gather_hosts: contextvars.ContextVar[tuple[str, ...] | None] = contextvars.ContextVar(
+    "softphone_gather_hosts", default=None)
+_hosts_lock = threading.Lock()
+_hosts_users = 0
+_hosts_original: Callable[[bool, bool], list[str]] | None = None
+_AIOICE_HOST_ADDRESSES = aioice.ice.get_host_addresses  # aioice's own, whatever wraps it later
+
+
+def _dispatch_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    wanted = _gather_hosts.get()
+    if wanted is None:
+        original = _hosts_original or _AIOICE_HOST_ADDRESSES
+        return original(use_ipv4, use_ipv6)
+    return [a for a in wanted if (use_ipv6 if ":" in a else use_ipv4)]
+
+
+@contextlib.contextmanager
+def host_addresses(addresses: tuple[str, ...] | None) -> Iterator[None]:
+    """Gather host candidates on ``addresses`` only, for the peer connection gathering in this task.
+
+    aioice reads its host addresses from one module function when a connection starts
+    gathering (``Connection.gather_candidates``, before its first await).  While any
+    such block is open that function is a dispatcher reading a context variable, so
+    only the gathering started from this task (its child tasks inherit the variable)
+    sees ``addresses``; other connections gathering meanwhile get aioice's own list.
+    The function is put back when the last block closes.  ``None``: no change.
+    """
+    global _hosts_users, _hosts_original
+    if addresses is None:
+        yield
+        return
+    with _hosts_lock:
+        if _hosts_users == 0:
+            _hosts_original = aioice.ice.get_host_addresses
+            aioice.ice.get_host_addresses = _dispatch_host_addresses
+        _hosts_users += 1
+    token = _gather_hosts.set(tuple(addresses))
+    try:
+        yield
+    finally:
+        _gather_hosts.reset(token)
+        with _hosts_lock:
+            _hosts_users -= 1
+            if _hosts_users == 0:
+                if aioice.ice.get_host_addresses is _dispatch_host_addresses:
+                    aioice.ice.get_host_addresses = _hosts_original
+                _hosts_original = None
 
 
 def _connection(transceiver: Any) -> Any:

@@ -19,6 +19,7 @@ aiortc behaviours shape this module:
 from __future__ import annotations
 
 import enum
+import ipaddress
 import re
 import ssl
 from dataclasses import dataclass, field
@@ -43,6 +44,23 @@ _URI_RE = re.compile(
     r"^(?P<scheme>stuns?|turns?):(?P<host>\[[0-9a-fA-F:.]+\]|[^?:\[\]]+)(?::(?P<port>[0-9]{1,5}))?"
     r"(?:\?transport=(?P<transport>[a-z]+))?$"
 )
+
+
+#: ``IceConfig.host_addresses`` when every server is on this machine.
+LOOPBACK_HOSTS: tuple[str, ...] = ("127.0.0.1",)
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """``localhost`` or a loopback address literal (127.0.0.0/8, ::1); names are not resolved."""
+    if not host:
+        return False
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class TurnTransport(enum.Enum):
@@ -114,6 +132,10 @@ class IceConfig:
     """CA bundle for a ``turns:`` server's certificate (default: the system's)."""
     tls_insecure: bool = False
     """Accept any ``turns:`` certificate: an explicit opt-in, never a fallback."""
+    host_addresses: tuple[str, ...] | None = None
+    """Gather host candidates on these addresses only (None: every interface but 127.0.0.1, as
+    aioice does).  :meth:`loopback_only_for` sets :data:`LOOPBACK_HOSTS` when every server is
+    local, so a single-machine setup never sends media over another interface."""
 
     def __post_init__(self) -> None:
         if isinstance(self.turn_urls, str):
@@ -147,6 +169,15 @@ class IceConfig:
 
             if not os.path.isfile(self.tls_ca_file):
                 raise ConfigurationError(f"tls_ca_file: {self.tls_ca_file!r} is not a readable file")
+        if self.host_addresses is not None:
+            if isinstance(self.host_addresses, str):
+                object.__setattr__(self, "host_addresses", (self.host_addresses,))
+            for address in self.host_addresses:
+                try:
+                    ipaddress.ip_address(address)
+                except ValueError:
+                    raise ConfigurationError(f"host_addresses: {address!r} is not an IP address") from None
+            object.__setattr__(self, "host_addresses", tuple(self.host_addresses))
         if self.turn_urls and (not self.username or not self.credential):
             raise ConfigurationError("username/credential: TURN URLs need both (long-term credentials)")
 
@@ -201,10 +232,27 @@ class IceConfig:
 
     def describe(self) -> str:
         """A log-safe one-liner (no credential)."""
+        hosts = "" if self.host_addresses is None else f" hosts={','.join(self.host_addresses) or '-'}"
         return (
             f"turn={self.selected_turn_url or '-'} user={self.username or '-'} "
-            f"relay_only={self.relay_only} stun={list(self.stun_urls) or '-'}"
+            f"relay_only={self.relay_only} stun={list(self.stun_urls) or '-'}{hosts}"
         )
+
+    def loopback_only_for(self, *servers: str | None) -> IceConfig:
+        """This configuration, gathering host candidates on 127.0.0.1 only when every server is local.
+
+        ``servers``: the hosts of the servers talked to besides the STUN/TURN URLs (the SIP
+        server); all of them and every STUN/TURN host must be loopback (:func:`is_loopback_host`).
+        Unchanged when ``host_addresses`` is already set or some server is elsewhere.
+        """
+        if self.host_addresses is not None:
+            return self
+        hosts = [h for h in servers if h] + [IceServerUrl.parse(u).host for u in (*self.turn_urls, *self.stun_urls)]
+        if not hosts or not all(is_loopback_host(h) for h in hosts):
+            return self
+        import dataclasses
+
+        return dataclasses.replace(self, host_addresses=LOOPBACK_HOSTS)
 
     @classmethod
     def from_params(cls, params: LaunchParams, **overrides) -> IceConfig:

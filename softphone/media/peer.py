@@ -63,7 +63,8 @@ async def set_local_description(pc: RTCPeerConnection, description: RTCSessionDe
     """Apply our offer/answer and wait for complete ICE gathering, bounded by the timeout."""
     timeout = config.ice.gathering_timeout
     try:
-        await asyncio.wait_for(pc.setLocalDescription(description), timeout)
+        with seam.host_addresses(config.ice.host_addresses):  # this connection's gathering only
+            await asyncio.wait_for(pc.setLocalDescription(description), timeout)
     except TimeoutError:
         raise IceGatheringError(
             f"ICE gathering did not complete within {timeout:g} s "
