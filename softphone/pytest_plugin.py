@@ -33,6 +33,7 @@ loopback like any client.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import json
@@ -219,11 +220,25 @@ class SoftphoneLab:
     def add_customer(self, behaviour: Any) -> str:
         """A fresh number answered with ``behaviour`` (in the dialer's customer table)."""
         number = f"0829{next(self._numbers):06d}"
-        self.customer_table().numbers[number] = behaviour
+        table = self.customer_table()
+        self.call_in_lab(table.numbers.__setitem__, number, behaviour)
         return number
 
     def remove_customer(self, number: str) -> None:
-        self.customer_table().numbers.pop(number, None)
+        self.call_in_lab(self.customer_table().numbers.pop, number, None)
+
+    def call_in_lab(self, fn: Callable[..., Any], *args: Any, timeout: float = 10.0) -> Any:
+        """Run a plain function on the lab's loop (its state is not shared across threads) and wait."""
+        done: concurrent.futures.Future = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                done.set_result(fn(*args))
+            except BaseException as exc:
+                done.set_exception(exc)
+
+        self.loop.call_soon_threadsafe(run)
+        return done.result(timeout)
 
     def customer_table(self) -> Any:
         gateway = getattr(self.server.lab.telephony, "gateway", None)
@@ -370,7 +385,10 @@ class CustomerNumber(str):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            found = check()
+            try:
+                found = check()
+            except RuntimeError:  # the lab's thread changed what we were reading: look again
+                found = None
             if found:
                 return found
             if loop.time() > deadline:
