@@ -97,10 +97,17 @@ async def test_a_failed_expectation_says_what_was_heard(tmp_path):
         "    await number.expect_answered(timeout=1)\n"
         "\n"
         "def test_the_lab_fixture(softphone_lab):\n"
-        "    assert softphone_lab.url.startswith('http://127.0.0.1:')\n")
+        "    assert softphone_lab.url.startswith('http://127.0.0.1:')\n"
+        "\n"
+        "async def test_two_agents(agent_factory, platform):\n"
+        "    a, b = await agent_factory(), await agent_factory(play='tone:700')\n"
+        "    assert a.extension != b.extension\n"
+        "    for agent in (a, b):\n"
+        "        await (await agent.expect_call(timeout=10)).expect_state('answered')\n"
+        "    assert (await platform.campaign_status(1)).campaign_id == 1\n")
     code, out = await _pytest("-o", "asyncio_mode=auto", "test_failing.py", cwd=tmp_path)
     assert code == 1, out
-    assert "3 failed, 1 passed" in out, out
+    assert "3 failed, 2 passed" in out, out
     assert "ExpectationError" in out and "expected a 700 Hz tone within 1 s" in out, out
     # what was heard instead: the lab's prompt, dominant frequency and level over time
     assert "heard: -" in out and " Hz -" in out and "dBFS" in out, out
