@@ -230,10 +230,7 @@ async def _flow(runner: StepRunner, options: DemoOptions, meters: dict[str, Any]
     runner.fact("media", f"TURN {server.turn.url} (coturn), both ends relay only" if server.turn is not None
                 else f"host candidates on loopback, no TURN ({why_not[0]})")
     try:
-        async with contextlib.AsyncExitStack() as stack:
-            if server.turn is None:
-                stack.enter_context(_loopback_candidates())
-            await _agent_flow(runner, server, meters, options)
+        await _agent_flow(runner, server, meters, options)
     finally:
         await server.close()
 
@@ -244,18 +241,6 @@ def shutil_which(name: str) -> str | None:
     return shutil.which(name)
 
 
-@contextlib.contextmanager
-def _loopback_candidates():
-    """Without TURN both ends gather host candidates: keep them on 127.0.0.1 (one process, one machine)."""
-    try:
-        from softphone.media.testing import loopback_host_candidates
-    except ImportError:  # pragma: no cover - an older media package: aioice's own choice
-        yield
-        return
-    with loopback_host_candidates():
-        yield
-
-
 def _lab_detail(server: Any, why_not: str) -> str:
     media = "TURN through coturn" if server.turn is not None else f"no TURN ({why_not})"
     scheme = "wss" if server.sip_wss_url else "ws"
@@ -264,14 +249,15 @@ def _lab_detail(server: Any, why_not: str) -> str:
 
 async def _agent_flow(runner: StepRunner, server: Any, meters: dict[str, Any], options: DemoOptions) -> None:
     from softphone import Agent, load_params
-    from softphone.media.config import IceConfig, MediaConfig
+    from softphone.media.config import LOOPBACK_HOSTS, IceConfig, MediaConfig
 
     launch = server.launch_params(DEMO_USER_ID)
     ca_file = launch.pop("ca_file", None)
     if options.debug:
         launch["debug_console"] = "true"
     params = load_params(None, flags=launch, environ={})
-    media = None if server.turn is not None else MediaConfig(ice=IceConfig())
+    # without TURN: host candidates, on 127.0.0.1 only (the lab is in this process)
+    media = None if server.turn is not None else MediaConfig(ice=IceConfig(host_addresses=LOOPBACK_HOSTS))
     agent = Agent(params, campaign_id=DEMO_CAMPAIGN_ID, play=f"tone:{AGENT_HZ:g}", ca_file=ca_file,
                   relay_only=server.turn is not None, media=media, debug=options.debug)
     runner.fact("agent", f"user {params.user_id} {params.username}, campaign {DEMO_CAMPAIGN_ID}")
