@@ -339,11 +339,12 @@ class Results:
                 baseline[r.worker] = r.pss_bytes
             elif r.agents:
                 baseline.setdefault(r.worker, -1)  # agents came first: no baseline for this worker
-        by_time: dict[float, list[Resource]] = {}
-        for r in self.resources:
-            by_time.setdefault(round(r.at), []).append(r)
+        by_time: dict[float, dict[int, Resource]] = {}
+        for r in sorted(self.resources, key=lambda r: r.at):
+            by_time.setdefault(round(r.at), {})[r.worker] = r  # one sample per worker and second
         best: tuple[int, float] | None = None
-        for at, rs in sorted(by_time.items()):
+        for at, per_worker in sorted(by_time.items()):
+            rs = list(per_worker.values())
             agents = sum(r.agents for r in rs)
             if not agents or any(r.pss_bytes is None for r in rs):
                 continue
@@ -352,7 +353,7 @@ class Results:
         if best is None:
             return None
         agents, at = best
-        rs = by_time[at]
+        rs = list(by_time[at].values())
         total = sum(r.pss_bytes or 0 for r in rs)
         if all(baseline.get(r.worker, -1) >= 0 for r in rs):
             total -= sum(baseline[r.worker] for r in {r.worker: r for r in rs}.values())
