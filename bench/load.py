@@ -33,6 +33,7 @@ and the ratio says how many of ``softphone load``'s agents a Locust worker holds
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -320,6 +321,200 @@ async def _locust_step(n: int, args: argparse.Namespace, workdir: Path) -> dict:
             "failures": sum(int(r["Failure Count"]) for k, r in stats.items() if k[1] != "Aggregated")}
 
 
+REPORTER_JS = """
+window.CFG = %s;
+setInterval(() => {
+  if (window.__events && window.__events.length)
+    fetch('/event?agent=%d', {method: 'POST', body: JSON.stringify(window.__events.splice(0))});
+}, 250);
+"""
+
+
+def tree_pss_cpu(root) -> tuple[float, float]:
+    """(CPU seconds, PSS kB) summed over ``root`` and its descendants (psutil processes)."""
+    import psutil
+
+    cpu = pss = 0.0
+    try:
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0, 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        cpu += times.user + times.system
+        pss += smaps_rollup(proc.pid).get("Pss", 0)
+    return cpu, pss
+
+
+async def _chromium_step(k: int, mode: str, args: argparse.Namespace, workdir: Path) -> dict:
+    """K SIP.js 0.15.11 pages (the Webphone's legacy SIP.UA, auto-answering with a fake microphone)
+    in headless Chromium against the lab: one browser with K tabs (``mode="tabs"``) or one browser
+    per agent (``"browsers"``).  The REST steps (authorize, extension, login) are done from here,
+    as the Webphone page does them; the lab then INVITEs each page (the bridge call).  Measured
+    over the steady window, every page answered: the browsers' CPU per agent-second and PSS
+    (all their processes) per agent, minus nothing (a browser has no idle baseline worth taking).
+    """
+    import asyncio
+    import signal
+
+    import psutil
+    from aiohttp import web
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from peers.chromium import FAKE_MEDIA_FLAGS, HEADLESS_FLAGS, SIPJS
+
+    from softphone.lab.server import start_lab
+    from softphone.load.runner import _seed_file
+    from softphone.log import reveal
+    from softphone.media.sources import write_wav
+    from softphone.params import load_params
+    from softphone.platform.client import PlatformClient
+
+    out = workdir / f"chromium-{mode}-k{k}"
+    out.mkdir(parents=True, exist_ok=True)
+    seed_path, ids = _seed_file(k, out)
+    server = await start_lab(db_url="sqlite:///:memory:", seed=str(seed_path), turn=True, relay_only=True)
+    events: dict[int, list[str]] = {i: [] for i in range(k)}
+    configs: dict[int, str] = {}
+    clients = []
+    browsers: list[subprocess.Popen] = []
+    runner = None
+    try:
+        import numpy as np
+
+        t = np.arange(48000 * 2) / 48000
+        wav = write_wav(out / "mic.wav", (0.3 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32), 48000)
+        for i, uid in enumerate(ids):
+            params = load_params(None, flags=server.launch_params(uid, secure=False))
+            api = PlatformClient.from_params(params)
+            clients.append((api, params))
+            await api.authorize()
+            ext = params.derived.extension or (await api.provision_extension(params.customer_id,
+                                                                              params.expire_date)).extension
+            d = params.derived
+            cfg = {"ext": ext, "password": reveal(params.password), "domain": d.sip_domain, "ws": d.sip_ws_url,
+                   "turn": {"url": d.turn_urls[0], "username": d.turn_username,
+                            "credential": reveal(d.turn_password)}}
+            configs[i] = REPORTER_JS % (json.dumps(cfg), i)
+            clients[-1] = (api, ext)
+
+        # the page loads config.js and sip.min.js relative to its own path, /p/N/: one config per agent
+        html = (ROOT / "tests" / "js" / "webphone_media.html").read_text()
+        html = html.replace('src="/config.js"', 'src="config.js"').replace('src="/sip.min.js"', 'src="sip.min.js"')
+
+        async def page(_request):
+            return web.Response(text=html, content_type="text/html")
+
+        async def config(request):
+            return web.Response(text=configs[int(request.match_info["n"])], content_type="application/javascript")
+
+        async def sipjs(_request):
+            return web.FileResponse(SIPJS)
+
+        async def event(request):
+            events[int(request.query["agent"])].extend(e[0] for e in json.loads(await request.text()))
+            return web.Response(text="ok")
+
+        app = web.Application()
+        app.add_routes([web.get("/p/{n}/", page), web.get("/p/{n}/config.js", config),
+                        web.get("/p/{n}/sip.min.js", sipjs), web.post("/event", event)])
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        urls = [f"http://127.0.0.1:{port}/p/{i}/" for i in range(k)]
+        flags = [*HEADLESS_FLAGS, *FAKE_MEDIA_FLAGS, f"--use-file-for-fake-audio-capture={wav}",
+                 "--autoplay-policy=no-user-gesture-required"]
+        # headless Chromium opens one target from its command line: further tabs through DevTools
+        devtools = _free_port()
+        if mode == "tabs":
+            flags += [f"--remote-debugging-port={devtools}", "--remote-debugging-address=127.0.0.1"]
+        for n, url in enumerate(urls[:1] if mode == "tabs" else urls):
+            profile = out / f"profile-{n}"
+            profile.mkdir(exist_ok=True)
+            with open(out / f"browser-{n}.log", "wb") as log:
+                browsers.append(subprocess.Popen(
+                    [shutil_which("chromium"), *flags, f"--user-data-dir={profile}", url],
+                    stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True))
+        if mode == "tabs" and k > 1:
+            import aiohttp
+
+            async with aiohttp.ClientSession() as http:
+                for _ in range(120):
+                    with contextlib.suppress(aiohttp.ClientError):
+                        async with http.get(f"http://127.0.0.1:{devtools}/json/version") as resp:
+                            if resp.status == 200:
+                                break
+                    await asyncio.sleep(0.25)
+                for url in urls[1:]:
+                    async with http.put(f"http://127.0.0.1:{devtools}/json/new?{url}") as resp:
+                        resp.raise_for_status()
+        deadline = time.monotonic() + 60 + k
+        while time.monotonic() < deadline and not all("registered" in events[i] for i in range(k)):
+            await asyncio.sleep(0.25)
+        registered = sum("registered" in events[i] for i in range(k))
+        for api, ext in clients:
+            try:
+                await api.login(1, ext)
+            except Exception as exc:
+                print(f"      login of {ext} failed: {exc}", flush=True)
+        deadline = time.monotonic() + 30 + k
+        while time.monotonic() < deadline and not all("accepted" in events[i] for i in range(k)):
+            await asyncio.sleep(0.25)
+        answered = sum("accepted" in events[i] for i in range(k))
+        await asyncio.sleep(3.0)  # past the answer's DTLS/ICE work
+        roots = [psutil.Process(b.pid) for b in browsers]
+        received0 = lab_received(server)
+        c0 = sum(tree_pss_cpu(r)[0] for r in roots)
+        w0 = time.monotonic()
+        await asyncio.sleep(args.chromium_seconds)
+        figures = [tree_pss_cpu(r) for r in roots]
+        w1 = time.monotonic()
+        cpu = sum(f[0] for f in figures) - c0
+        pss_kb = sum(f[1] for f in figures)
+        received1 = lab_received(server)
+        # heard: the lab got at least half of the 50 packets/s each page sent in the window
+        heard_at_lab = sum(received1.get(key, 0) - received0.get(key, 0) >= 25 * (w1 - w0) for key in received1)
+        for api, _ext in clients:
+            with contextlib.suppress(Exception):
+                await api.logout()
+    finally:
+        for b in browsers:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(b.pid, signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                b.wait(10)
+        for api, _ext in clients:
+            with contextlib.suppress(Exception):
+                await api.close()
+        if runner is not None:
+            await runner.cleanup()
+        await server.close()
+    return {"k": k, "mode": mode, "registered": registered, "answered": answered, "heard_at_lab": heard_at_lab,
+            "cpu_per_agent_second": cpu / (k * (w1 - w0)), "pss_per_agent_mb": pss_kb / k / 1024,
+            "load_avg": os.getloadavg()[0]}
+
+
+def lab_received(server) -> dict:
+    """RTP packets the lab received so far on each bridge call (its counting receivers)."""
+    out = {}
+    for key, bridge in server.lab.telephony.bridges.items():
+        report = getattr(bridge.handler.receiver, "report", None) if bridge.handler is not None else None
+        if report is not None:
+            out[key] = report().received
+    return out
+
+
+def shutil_which(name: str) -> str:
+    import shutil
+
+    return shutil.which(name) or f"/usr/bin/{name}"
+
+
 def _f(value, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
@@ -332,6 +527,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--out", type=Path, default=None, help="keep each run's results here")
     ap.add_argument("--locust", action="store_true", help="also run each N as Locust users and compare")
+    ap.add_argument("--chromium", default="", help="K values: the same flow as SIP.js pages in headless Chromium "
+                    "(one browser with K tabs, and one browser per agent) beside softphone load at K")
+    ap.add_argument("--chromium-seconds", type=float, default=20.0, help="the browsers' measuring window")
     args = ap.parse_args(argv)
     workdir = args.out or Path(tempfile.mkdtemp(prefix="bench-load-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -374,9 +572,35 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r['n']:>5} {_f(mine, '.4f'):>15} {_f(loc['cpu_per_agent_second'], '.4f'):>14} "
                   f"{loc['bridged']:>4}/{r['n']:<3} {loc['failures']:>9} "
                   f"{_f(ratio and ratio * 100, '.0f'):>12}%", flush=True)
+    extra: list[dict] = []  # softphone load runs made only for the side-by-side
+    if args.chromium:
+        import asyncio
+
+        print("\nSIP.js 0.15.11 in headless Chromium vs softphone load, same flow (bridge call through the lab's "
+              "coturn), steady state")
+        print(f"{'K':>4} {'agents':>16} {'answered':>9} {'heard@lab':>10} {'CPU-s/agent-s':>14} {'PSS/agent MB':>13} "
+              f"{'CPU ratio':>10} {'PSS ratio':>10} {'load avg':>9}")
+        for k in [int(x) for x in args.chromium.split(",") if x.strip()]:
+            mine = next((r for r in rows if r["n"] == k), None) or run_step(k, args, workdir)
+            cpu = mine["steady_cpu_per_agent_second"] or mine["cpu_per_agent_second"]
+            pss = mine["pss"].get("pss_per_agent_mb")
+            print(f"{k:>4} {'softphone load':>16} {mine['heard']:>5}/{k:<3} {'':>10} {_f(cpu, '.4f'):>14} "
+                  f"{_f(pss, '.2f'):>13} {'1':>10} {'1':>10} {mine['load_avg'][0]:>9.1f}", flush=True)
+            side = mine.setdefault("chromium", [])
+            for mode in ("tabs", "browsers"):
+                c = asyncio.run(_chromium_step(k, mode, args, workdir))
+                side.append(c)
+                cpu_ratio = c["cpu_per_agent_second"] / cpu if cpu else None
+                pss_ratio = c["pss_per_agent_mb"] / pss if pss else None
+                label = "chromium, 1 browser" if mode == "tabs" else "chromium per agent"
+                print(f"{k:>4} {label:>16} {c['answered']:>5}/{k:<3} {c['heard_at_lab']:>6}/{k:<3} "
+                      f"{_f(c['cpu_per_agent_second'], '.4f'):>14} {_f(c['pss_per_agent_mb'], '.1f'):>13} "
+                      f"{_f(cpu_ratio, '.0f'):>9}x {_f(pss_ratio, '.0f'):>9}x {c['load_avg']:>9.1f}", flush=True)
+            if mine not in rows:
+                extra.append(mine)
     held = [r["n"] for r in rows if r["passed"]]
     print(f"largest N holding every bar: {max(held) if held else 'none'}")
-    (workdir / "bench-load.json").write_text(json.dumps(rows, indent=1))
+    (workdir / "bench-load.json").write_text(json.dumps(rows + extra, indent=1))
     return 0
 
 
