@@ -18,7 +18,14 @@ its imports, before its first agent), summed over workers and divided by the age
 table also prints the workers' whole PSS per agent (interpreter and libraries included),
 which is what a figure without the baseline shows: it falls as 1/N.  The load
 average is printed with every row (the machine may be shared).  No asserts: this measures.
-(The side-by-side with SIP.js pages in Chromium is still to do.)
+
+``--chromium K`` runs the same flow for K agents as SIP.js 0.15.11 pages (the Webphone's
+legacy ``SIP.UA``, ``tests/js/webphone_media.html``, auto-answering with a fake microphone,
+relay only through the lab's coturn) in headless Chromium: one browser with K tabs, then
+one browser per agent; the REST steps are done from this script as the page would.  Over
+a steady window with every page answered it prints the browsers' CPU-s per agent-second
+and PSS per agent (every Chromium process) beside ``softphone load`` at K (steady state),
+and the ratios.
 
 ``--locust`` adds, per N, the same agents as Locust users (``examples/load/locustfile.py``,
 one headless master and one worker process, the lab in this process) and compares the
@@ -28,6 +35,7 @@ and the ratio says how many of ``softphone load``'s agents a Locust worker holds
 
     python bench/load.py --n 10,20,40 --duration 30 --ramp 10 --workers 2
     python bench/load.py --n 20 --duration 40 --workers 1 --locust
+    python bench/load.py --n "" --chromium 10 --duration 40 --chromium-seconds 20
 """
 
 from __future__ import annotations
