@@ -14,8 +14,11 @@ import asyncio
 
 import numpy as np
 import pytest
+from pyee.asyncio import AsyncIOEventEmitter
 
 from softphone import Agent, CallState
+from softphone.agent.call import Call
+from softphone.errors import AgentError
 from softphone.lab.customers import Behaviour, CustomerTable
 from softphone.lab.server import start_lab
 from softphone.media import aiortc_seam as seam
@@ -110,3 +113,37 @@ async def test_agent_tone_file_and_silence_go_pre_encoded_and_are_heard(tmp_path
             await wait_until(lambda: AGENT_HZ not in customer.tones.present(), what="silence")
             assert len(encoded_for) == encoded  # nothing more went through the encoder
             assert bridge.state is CallState.ANSWERED and bridge.is_live and not bridge.handler.sending_stopped
+
+
+class _Session(AsyncIOEventEmitter):
+    direction = "outgoing"
+    call_id = "unit"
+
+
+class _Handler(AsyncIOEventEmitter):
+    decode = False
+    closed = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: list = []
+
+    def replace_source(self, track) -> None:
+        self.sources.append(track)
+
+
+async def test_play_picks_the_lean_or_the_live_track_and_listening_needs_decoding(tmp_path):
+    call = Call(_Session(), play="tone:440")
+    assert isinstance(call.track, LeanPlayback)
+    assert isinstance(Call(_Session(), play="dtmf:1").track, SwitchableSource)
+    assert isinstance(Call(_Session(), play="tone:440", lean=False).track, SwitchableSource)
+    handler = _Handler()
+    call._attach(handler)
+    call.play("dtmf:5")
+    assert handler.sources == [call.source]
+    silence = call.play(None)
+    assert handler.sources[-1] is silence and call.sent_level_dbfs() == DB_FLOOR
+    with pytest.raises(AgentError, match="does not decode"):
+        await call.wait_for_tone(440, timeout=1)
+    with pytest.raises(AgentError, match="does not decode"):
+        call.record(tmp_path / "x.wav")

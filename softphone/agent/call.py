@@ -394,7 +394,7 @@ class Call(CallExpectations, AsyncIOEventEmitter):
     def _check_decoding(self, what: str) -> None:
         """Listening needs decoded audio: say so rather than wait for audio that never comes."""
         handler = self.handler
-        if handler is not None and not handler.decode and handler.fast_path:
+        if handler is not None and not handler.decode:
             raise AgentError(f"{what}: this call does not decode received audio (MediaConfig.decode=False)")
 
     async def stop_recording(self) -> list[Path]:
