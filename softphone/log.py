@@ -31,6 +31,18 @@ _secrets: set[str] = set()
 _pattern: re.Pattern[str] | None = None
 _dirty = False
 
+#: Secrets per compiled pattern while no secret contains another: a new secret recompiles
+#: only its chunk.  One pattern over every secret cost 46 ms per recompile at 300 secrets
+#: and 130 ms at 600 (a load worker's agents register a few each while it ramps up: the
+#: event loop stalled that long on the first log line or redaction after each).
+CHUNK_SECRETS = 128
+_chunks: list[set[str]] = []
+_chunk_patterns: list[re.Pattern[str] | None] = []
+_dirty_chunks: set[int] = set()
+_overlapping = False
+"""Some secret contains another: one pattern over all of them (longest first), as chunks
+applied one after the other could leave the tail of the longer one."""
+
 
 def _trie_regex(words: set[str]) -> str:
     """A regex matching any of ``words``, longest first, shaped as a trie.
@@ -57,7 +69,7 @@ def _trie_regex(words: set[str]) -> str:
 
 
 def _current_pattern() -> re.Pattern[str] | None:
-    """The alternation of all secrets, rebuilt only after new ones arrived."""
+    """The alternation of all secrets, rebuilt only after new ones arrived (one pattern)."""
     global _pattern, _dirty
     if _dirty:
         with _lock:
@@ -65,6 +77,36 @@ def _current_pattern() -> re.Pattern[str] | None:
                 _pattern = re.compile(_trie_regex(_secrets)) if _secrets else None
                 _dirty = False
     return _pattern
+
+
+def _current_patterns() -> list[re.Pattern[str]]:
+    """What :func:`redact` applies: one pattern per chunk of secrets, or one over all of them
+    once a secret contains another; chunks are recompiled only after new secrets arrived."""
+    if _overlapping:
+        pattern = _current_pattern()
+        return [pattern] if pattern is not None else []
+    if _dirty_chunks:
+        with _lock:
+            for i in sorted(_dirty_chunks):
+                _chunk_patterns[i] = re.compile(_trie_regex(_chunks[i])) if _chunks[i] else None
+            _dirty_chunks.clear()
+    return [p for p in _chunk_patterns if p is not None]
+
+
+def _add_secret(value: str) -> None:
+    """Under ``_lock``: one new secret into the open chunk (or the single pattern)."""
+    global _dirty, _overlapping
+    if value in _secrets:
+        return
+    if not _overlapping and any(value in s or s in value for s in _secrets):
+        _overlapping = True
+    _secrets.add(value)
+    _dirty = True
+    if not _chunks or len(_chunks[-1]) >= CHUNK_SECRETS:
+        _chunks.append(set())
+        _chunk_patterns.append(None)
+    _chunks[-1].add(value)
+    _dirty_chunks.add(len(_chunks) - 1)
 
 
 def register_secret(value: str | None) -> None:
@@ -82,30 +124,31 @@ def register_secret(value: str | None) -> None:
         variants.add(base64.b64encode(value.encode()).decode())
     except Exception:  # pragma: no cover - str always encodes
         pass
-    global _dirty
-    with _lock:
-        before = len(_secrets)
-        _secrets.update(v for v in variants if len(v) >= MIN_SECRET_LENGTH)
-        if len(_secrets) != before:
-            _dirty = True  # compiled lazily: hundreds of agents register secrets at start
+    with _lock:  # compiled lazily: hundreds of agents register secrets at start
+        for variant in variants:
+            if len(variant) >= MIN_SECRET_LENGTH:
+                _add_secret(variant)
 
 
 def forget_secrets() -> None:
     """Drop every registered secret (tests use this between cases)."""
-    global _pattern, _dirty
+    global _pattern, _dirty, _overlapping
     with _lock:
         _secrets.clear()
         _pattern = None
         _dirty = False
+        _chunks.clear()
+        _chunk_patterns.clear()
+        _dirty_chunks.clear()
+        _overlapping = False
 
 
 def redact(text: Any) -> str:
     """Return ``str(text)`` with every registered secret replaced by ``***``."""
     s = text if isinstance(text, str) else str(text)
-    pattern = _current_pattern()
-    if pattern is None:
-        return s
-    return pattern.sub(REDACTED, s)
+    for pattern in _current_patterns():
+        s = pattern.sub(REDACTED, s)
+    return s
 
 
 class Secret:
@@ -164,7 +207,7 @@ class RedactingFilter(logging.Filter):
     """Rewrites a record's message and exception text with secrets removed."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if _current_pattern() is None:
+        if not _secrets:
             return True
         try:
             message = record.getMessage()
