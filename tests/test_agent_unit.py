@@ -195,3 +195,19 @@ def test_a_bare_query_string_may_carry_urls_in_its_values():
     assert raw["api_url"] == "http://127.0.0.1:9" and raw["server"] == "pbx" and raw.source == "query string"
     full = parse_url("https://pbx/TForge-OmniSense-Webphone.html?auth_key=k&api_url=http://x:1")
     assert full["api_url"] == "http://x:1" and full.source == "URL"
+
+
+def test_a_phone_keeps_only_the_latest_ended_calls():
+    """Each ended Call holds its session and peer connection: a phone answering calls for
+    hours keeps the live ones and only ``keep_ended_calls`` of the ended ones."""
+    from types import SimpleNamespace
+
+    from softphone.agent.phone import Phone
+
+    phone = Phone()
+    phone.keep_ended_calls = 2
+    live = SimpleNamespace(is_live=True)
+    ended = [SimpleNamespace(is_live=False, n=n) for n in range(5)]
+    phone.calls = [ended[0], live, *ended[1:]]
+    phone._forget_ended_calls()
+    assert phone.calls == [live, ended[3], ended[4]]

@@ -68,6 +68,8 @@ async def test_two_hundred_calls_do_not_grow_memory():
     refs: list[weakref.ref] = []
     objects: dict[int, int] = {}
     threads_before = threading.active_count()
+    gc.collect()
+    pcs_before = live_peer_connections()  # other tests' objects this process may still hold
     with loopback_host_candidates():
         for n in range(CALLS):
             received.append(await asyncio.wait_for(one_call(cache, n, refs), 30))
@@ -88,7 +90,7 @@ async def test_two_hundred_calls_do_not_grow_memory():
     assert all(r > 0 for r in received), "a call carried no media"
     assert cache.encodes == 2  # two tones, encoded once for all 200 calls
     assert [r() for r in refs] == [None] * len(refs), "closed peer connections are still referenced"
-    assert live_peer_connections() == 0
+    assert live_peer_connections() <= pcs_before
     # 150 more calls leave (almost) nothing behind: a per-call leak of even a few
     # objects would show here long before it shows in RSS.
     assert objects[CALLS] - objects[WARMUP] < 150, objects

@@ -74,6 +74,10 @@ class Phone(PhoneExpectations, AsyncIOEventEmitter):
     """Seconds of each call's received audio kept for ``call.recording`` and the ``expect_*``
     failure messages from the call's start (0: only from the first use; the pytest plugin sets it)."""
 
+    keep_ended_calls: int = 16
+    """Ended calls kept in :attr:`calls` (newest first kept) for a look after the fact; older
+    ones are dropped with their media so a long-running phone does not grow."""
+
     lean_play: bool = True
     """Send tones, silence and files pre-encoded, shared by every call in the process (the lean
     path); False encodes everything per call (an A/B lever for measurements)."""
@@ -104,6 +108,8 @@ class Phone(PhoneExpectations, AsyncIOEventEmitter):
         self.state = AgentState.NEW
         self.ua: UserAgent | None = None
         self.calls: list[Call] = []
+        """Live calls and the latest ended ones (at most :attr:`keep_ended_calls` of those)."""
+        self.calls_started = 0
         self.call: Call | None = None
         """The live call (the latest one still up), or None."""
         self.failure: BaseException | None = None
@@ -181,7 +187,7 @@ class Phone(PhoneExpectations, AsyncIOEventEmitter):
                 "duration": round(call.duration, 1), "bridge": call.bridge,
                 "digits": "".join(e.digit for e in call.digits),
             },
-            "calls": len(self.calls),
+            "calls": self.calls_started,
         }
 
     def _publish(self) -> None:
@@ -245,13 +251,21 @@ class Phone(PhoneExpectations, AsyncIOEventEmitter):
                     inband_dtmf=self.inband_dtmf, keep_audio=self.keep_audio_seconds, lean=self.lean_play)
         self._by_session[session] = call
         self.calls.append(call)
+        self.calls_started += 1
         self.call = call
         for name in ("call_answered", "call_ended", "dtmf", "hold", "unhold", "error"):
             call.on(name, lambda event, _name=name, _call=call: self._on_call_event(_call, _name, event))
         if self.record_spec is not None:
-            call.record(self._record_path(len(self.calls)))
+            call.record(self._record_path(self.calls_started))
         self._publish()
         return call
+
+    def _forget_ended_calls(self) -> None:
+        """Keep only the latest ended calls: each holds its session and peer connection, so a
+        bot or load agent answering calls for hours would otherwise keep every one alive."""
+        ended = [c for c in self.calls if not c.is_live]
+        for old in ended[:max(0, len(ended) - self.keep_ended_calls)]:
+            self.calls.remove(old)
 
     def _record_path(self, n: int) -> Path:
         text = os.fspath(self.record_spec)  # type: ignore[arg-type]
@@ -266,6 +280,7 @@ class Phone(PhoneExpectations, AsyncIOEventEmitter):
             if self.call is call:
                 live = [c for c in self.calls if c.is_live]
                 self.call = live[-1] if live else None
+            self._forget_ended_calls()
         if name == "call_answered":
             for fut in self._call_waiters:
                 if not fut.done():
