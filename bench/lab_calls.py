@@ -167,7 +167,7 @@ class LabChild:
 
 def lean_phone(ws_url: str, domain: str, i: int) -> Any:
     from softphone.media.config import MediaConfig
-    from softphone.media.handler import WebRtcDescriptionHandlerFactory
+    from softphone.media.description_handler import WebRtcDescriptionHandlerFactory
     from softphone.media.lean import PreEncodedAudioTrack, Tone
     from softphone.sip.timers import Timers
     from softphone.sip.transport import KeepAlive, KeepAliveMode, Reconnect

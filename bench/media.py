@@ -232,7 +232,7 @@ class TurnCall:
     async def open(cls, config, tone: Tone, ptime_ms: int = 20) -> TurnCall:
         from media_support import negotiate, wait_connected  # tests/, on the path with the coturn launcher
 
-        from softphone.media.handler import WebRtcDescriptionHandler
+        from softphone.media.description_handler import WebRtcDescriptionHandler
 
         a = WebRtcDescriptionHandler(config, source=PreEncodedAudioTrack(tone, ptime_ms=ptime_ms), decode=False)
         b = WebRtcDescriptionHandler(config, source=PreEncodedAudioTrack(tone, ptime_ms=ptime_ms), decode=False)

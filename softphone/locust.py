@@ -57,7 +57,7 @@ from gevent.monkey import get_original  # noqa: E402
 from locust import User, constant, task  # noqa: E402
 
 import softphone.agent.agent  # noqa: E402  (imported here, in the main thread: see the module docs)
-import softphone.media.handler  # noqa: E402, F401
+import softphone.media.description_handler  # noqa: E402, F401
 from softphone.errors import ConfigurationError  # noqa: E402
 from softphone.load.results import Failure, FailureKind, Results  # noqa: E402
 from softphone.load.runner import DEFAULT_SCENARIO, AgentRun, AgentSpec, Worker, WorkerConfig  # noqa: E402

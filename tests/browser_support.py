@@ -10,7 +10,7 @@ value; page events (``registered``, ``accepted``, ``dtmf``, ``tonechange``...)
 are drained from ``window.__events``.
 
 Our side is a plain :class:`softphone.sip.user_agent.UserAgent` with
-:class:`softphone.media.handler.WebRtcDescriptionHandlerFactory`, a
+:class:`softphone.media.description_handler.WebRtcDescriptionHandlerFactory`, a
 :class:`ToneSource` and a :class:`ToneDetector` (:func:`media_user_agent`).
 """
 
@@ -30,7 +30,7 @@ from peers.process import PeerStartError, free_port, log_tail
 
 from softphone.media import tones
 from softphone.media.config import IceConfig, MediaConfig
-from softphone.media.handler import WebRtcDescriptionHandler, WebRtcDescriptionHandlerFactory
+from softphone.media.description_handler import WebRtcDescriptionHandler, WebRtcDescriptionHandlerFactory
 from softphone.media.sinks import ToneDetector
 from softphone.media.sources import ToneSource
 from softphone.sip.timers import Timers

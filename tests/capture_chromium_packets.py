@@ -31,7 +31,7 @@ from browser_support import BROWSER_TONE, OurMedia, WebphonePage, media_config, 
 from peers.chromium import Chromium
 from peers.kamailio import Kamailio
 
-from softphone.media.handler import WebRtcDescriptionHandler
+from softphone.media.description_handler import WebRtcDescriptionHandler
 
 OUT = Path(__file__).resolve().parent / "data" / "chromium_rtp" / "sipjs_chromium_call.json"
 DIGITS = "1#"

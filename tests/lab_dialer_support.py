@@ -12,7 +12,7 @@ from pyee.asyncio import AsyncIOEventEmitter
 from softphone.errors import TelephonyError
 from softphone.lab.telephony import CallInfo, CallState
 from softphone.media.config import MediaConfig
-from softphone.media.handler import WebRtcDescriptionHandlerFactory
+from softphone.media.description_handler import WebRtcDescriptionHandlerFactory
 
 try:  # where the media package keeps it (it moved from lean to testing)
     from softphone.media.testing import loopback_host_candidates

@@ -17,7 +17,7 @@ import pytest
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from softphone.media.config import IceConfig, MediaConfig
-from softphone.media.handler import WebRtcDescriptionHandler
+from softphone.media.description_handler import WebRtcDescriptionHandler
 from softphone.sip.description_handler import DescriptionOptions
 
 FRAME_MS = 20

@@ -54,7 +54,7 @@ def test_events_are_frozen_typed_and_json_ready():
 
 
 def test_one_dtmf_event_shape_for_every_way_a_digit_arrives():
-    from softphone.media.dtmf import DtmfEvent as MediaDtmf
+    from softphone.media.rfc4733 import DtmfEvent as MediaDtmf
 
     assert MediaDtmf is events.DtmfEvent
     assert events.DtmfEvent("5", 100, "info") == events.DtmfEvent("5", 100, "info")  # `at` is not compared

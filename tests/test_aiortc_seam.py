@@ -117,7 +117,7 @@ def untested_version(monkeypatch):
 async def test_auto_falls_back_to_stock_aiortc_with_one_warning(untested_version, caplog):
     from aiortc import RTCRtpReceiver
 
-    from softphone.media.handler import WebRtcDescriptionHandler
+    from softphone.media.description_handler import WebRtcDescriptionHandler
     from softphone.media.lean import PreEncodedAudioTrack, Tone
 
     caplog.set_level(logging.WARNING, logger="softphone.media.aiortc_seam")
@@ -137,7 +137,7 @@ async def test_auto_falls_back_to_stock_aiortc_with_one_warning(untested_version
 
 
 async def test_on_raises_when_the_version_is_untested(untested_version):
-    from softphone.media.handler import WebRtcDescriptionHandler
+    from softphone.media.description_handler import WebRtcDescriptionHandler
 
     with pytest.raises(AiortcCompatibilityError, match=r"aiortc 1\.16\.\d+ \(tested: 1\.15\)"):
         WebRtcDescriptionHandler(MediaConfig(fast_path="on"))

@@ -32,8 +32,8 @@ from aiortc.rtp import (
 from softphone.media import sdp as sdpmod
 from softphone.media import tones
 from softphone.media.config import MediaConfig
-from softphone.media.dtmf import TelephoneEvent, TelephoneEventDecoder
-from softphone.media.handler import WebRtcDescriptionHandler
+from softphone.media.description_handler import WebRtcDescriptionHandler
+from softphone.media.rfc4733 import TelephoneEvent, TelephoneEventDecoder
 from softphone.sip.description_handler import Body, DescriptionOptions
 
 CAPTURE = json.loads((Path(__file__).parent / "data" / "chromium_rtp" / "sipjs_chromium_call.json").read_text())

@@ -9,7 +9,7 @@ from pathlib import Path
 from media_support import SineTrack, ToneMeter, relay_config
 
 from softphone import Phone
-from softphone.media.handler import WebRtcDescriptionHandlerFactory
+from softphone.media.description_handler import WebRtcDescriptionHandlerFactory
 from softphone.media.report import analyze_recording
 from softphone.media.sources import generate_tone_file
 from softphone.sip.timers import Timers

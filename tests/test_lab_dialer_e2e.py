@@ -24,7 +24,7 @@ from softphone.errors import PlatformError
 from softphone.lab.customers import Behaviour, CustomerTable
 from softphone.lab.server import start_lab
 from softphone.media.config import MediaConfig
-from softphone.media.handler import WebRtcDescriptionHandlerFactory
+from softphone.media.description_handler import WebRtcDescriptionHandlerFactory
 from softphone.media.sinks import ToneDetector
 from softphone.media.sources import ToneSource, decode_file
 from softphone.media.tones import frequencies_close, pcm16_to_float, tone_levels

@@ -233,7 +233,7 @@ async def test_hooked_on_a_lean_call_through_the_description_handler():
     from media_support import negotiate, wait_connected, wait_until
 
     from softphone.media.config import MediaConfig
-    from softphone.media.handler import WebRtcDescriptionHandler
+    from softphone.media.description_handler import WebRtcDescriptionHandler
     from softphone.media.lean import CountingRtpReceiver, PreEncodedAudioTrack, Tone
 
     far = PreEncodedAudioTrack(Tone(440, 0.5))

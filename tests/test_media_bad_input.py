@@ -35,7 +35,7 @@ from media_support import (
 )
 
 from softphone.media.aiortc_seam import discarded_datagrams
-from softphone.media.handler import WebRtcDescriptionHandler
+from softphone.media.description_handler import WebRtcDescriptionHandler
 
 pytestmark = pytest.mark.peer
 

@@ -498,7 +498,7 @@ def test_audio_passes_a_dtmf_hook_on_the_light_path_and_events_go_to_the_hook():
     from aiortc.rtp import RtpPacket
 
     from softphone.media.counting_receiver import install_counting_receiver
-    from softphone.media.dtmf import DtmfReceiver
+    from softphone.media.rfc4733 import DtmfReceiver
 
     receiver = install_counting_receiver(RTCRtpReceiver("audio", SimpleNamespace(state="new")))
     receiver._RTCRtpReceiver__codecs[0] = RTCRtpCodecParameters(

@@ -626,7 +626,7 @@ async def test_handler_lean_call_counts_rtp_and_still_carries_dtmf():
     from media_support import negotiate, wait_connected
 
     from softphone.media.config import MediaConfig
-    from softphone.media.handler import WebRtcDescriptionHandler
+    from softphone.media.description_handler import WebRtcDescriptionHandler
 
     # The offer prefers opus, the answerer only speaks PCMU: the bound tracks follow.
     a_track = PreEncodedAudioTrack(Tone(440, 0.5))

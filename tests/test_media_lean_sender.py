@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from media_support import wait_until
 
 from softphone.media.config import FastPathOptions
-from softphone.media.dtmf import DtmfSender
 from softphone.media.lean import PreEncodedAudioTrack, Tone
 from softphone.media.lean_sender import LeanState, lean_sender_of
+from softphone.media.rfc4733 import DtmfSender
 from softphone.media.slot_scheduler import SlotScheduler
 from softphone.media.testing import loopback_host_candidates, open_loopback_call
 

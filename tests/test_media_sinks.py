@@ -607,7 +607,7 @@ async def test_sources_and_sinks_behind_the_description_handler_through_coturn(t
     a switchable source plays a tone, then in-band DTMF; the far end records, meters and decodes."""
     from media_support import negotiate, relay_config, wait_connected
 
-    from softphone.media.handler import WebRtcDescriptionHandler
+    from softphone.media.description_handler import WebRtcDescriptionHandler
 
     source = SwitchableSource(ToneSource([700.0], amplitude=0.3))
     recorder, meter, dtmf = Recorder(tmp_path / "handler.wav"), LevelMeter(), DtmfDetector()

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from media_support import LossyUdpRelay, SineTrack, ToneMeter, negotiate, wait_connected
 
 from softphone.media.config import IceConfig, MediaConfig
-from softphone.media.handler import WebRtcDescriptionHandler
+from softphone.media.description_handler import WebRtcDescriptionHandler
 from softphone.media.stats import (
     CODEC_IMPAIRMENTS,
     CallQuality,

@@ -18,7 +18,7 @@ from media_support import (
 
 from softphone.errors import IceError, IceGatheringError
 from softphone.media.config import IceConfig, MediaConfig
-from softphone.media.handler import WebRtcDescriptionHandler
+from softphone.media.description_handler import WebRtcDescriptionHandler
 from softphone.media.peer import ice_connection_kwargs, selected_candidate_pair
 from softphone.media.sdp import candidate_types
 
@@ -205,7 +205,7 @@ async def test_lean_path_through_the_relay(coturn, codec, monkeypatch):
             assert quality.packets_received > 25 and quality.packets_lost == 0
             assert quality.packets_sent >= lean.packets - 1
         # RFC 4733 on the same path: the tap on a's sender, the hook on b's receiver.
-        from softphone.media.dtmf import RtpSenderTap
+        from softphone.media.rfc4733 import RtpSenderTap
 
         assert type(a.sender.transport) is RtpSenderTap
         digits = []

@@ -15,7 +15,7 @@ import pytest
 from media_support import SineTrack, ToneMeter, relay_config
 
 from softphone.errors import ConfigurationError, SessionError
-from softphone.media.handler import WebRtcDescriptionHandlerFactory
+from softphone.media.description_handler import WebRtcDescriptionHandlerFactory
 from softphone.sip.invitation import AnswerPolicy
 from softphone.sip.session import SessionState
 from softphone.sip.timers import Timers

@@ -53,7 +53,7 @@ from softphone.sip.invitation import Invitation
 from softphone.sip.session import Session, SessionState
 
 if TYPE_CHECKING:
-    from softphone.media.handler import WebRtcDescriptionHandler
+    from softphone.media.description_handler import WebRtcDescriptionHandler
 
 log = get_logger(__name__)
 

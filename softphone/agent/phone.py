@@ -44,7 +44,7 @@ from softphone.events import (
 )
 from softphone.log import Secret, get_logger, publish_state
 from softphone.media.config import IceConfig, MediaConfig
-from softphone.media.handler import WebRtcDescriptionHandler
+from softphone.media.description_handler import WebRtcDescriptionHandler
 from softphone.sip.invitation import AnswerPolicy, Invitation
 from softphone.sip.session import Session
 from softphone.sip.user_agent import UserAgent, UserAgentConfig

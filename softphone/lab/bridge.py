@@ -38,7 +38,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from softphone.errors import MediaError
 from softphone.log import get_logger
 from softphone.media.config import MediaConfig
-from softphone.media.handler import WebRtcDescriptionHandler, WebRtcDescriptionHandlerFactory
+from softphone.media.description_handler import WebRtcDescriptionHandler, WebRtcDescriptionHandlerFactory
 from softphone.media.lean import PreEncodedAudioTrack, Tone
 from softphone.media.sources import AudioSource, FileSource, SilenceSource, ToneSource, write_wav
 

@@ -772,7 +772,7 @@ def worker_main(cfg: WorkerConfig, out: Any, stop: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; a second Ctrl-C terminates us
     # Import the agent stack before the loop starts, so the import is not counted as loop lag.
     import softphone.agent.agent
-    import softphone.media.handler  # noqa: F401
+    import softphone.media.description_handler  # noqa: F401
     worker = Worker(cfg, out, stop)
     try:
         asyncio.run(worker.run())

@@ -19,7 +19,7 @@ to widen:
   open and put back after the last one closes.  Nothing is patched at import time.
 * The receiver and sender hooks of the lean path: :class:`HookedRtpReceiver`
   (the class swapped onto aiortc's receivers) and the ``sender_*`` functions.
-* The RFC 4733 hooks (:mod:`softphone.media.dtmf` uses them with the fast path
+* The RFC 4733 hooks (:mod:`softphone.media.rfc4733` uses them with the fast path
   on or off: aiortc has no telephone-event of its own): :func:`check_rfc4733`,
   :func:`hook_rtp_packets`, :func:`route_payload_types`, :func:`send_rtp`...
 * ICE details: host candidates on given addresses only (:func:`host_addresses`,

@@ -14,7 +14,7 @@ while :class:`~softphone.media.slot_scheduler.SlotScheduler` calls
   the header extensions aiortc negotiates for audio (mid and abs-send-time; the
   template comes from aiortc's own ``HeaderExtensionsMap``, so the bytes are what
   ``RtpPacket.serialize`` produces, marker set on every packet as aiortc does);
-* the packet passes the RFC 4733 tap of :mod:`softphone.media.dtmf` when DTMF was
+* the packet passes the RFC 4733 tap of :mod:`softphone.media.rfc4733` when DTMF was
   negotiated (it shifts sequence numbers and holds audio back while a digit
   plays), then is protected and handed to the nominated socket or TURN channel
   without a coroutine (:func:`~softphone.media.aiortc_seam.send_rtp_packet`);
@@ -69,8 +69,8 @@ from aiortc.utils import random32
 
 from softphone.log import get_logger
 from softphone.media import aiortc_seam as seam
-from softphone.media.dtmf import RtpSenderTap
 from softphone.media.pre_encoded_track import PreEncodedAudioTrack
+from softphone.media.rfc4733 import RtpSenderTap
 from softphone.media.slot_scheduler import SlotScheduler, slot_scheduler
 
 log = get_logger(__name__)

@@ -152,7 +152,7 @@ async def collect(pc: RTCPeerConnection, frame_seconds: float | None = None) -> 
             codec_name, clock_rate = codec.mimeType.split("/", 1)[1], codec.clockRate
             break
     report = await pc.getStats()
-    # RFC 4733 packets go round aiortc's sender (softphone.media.dtmf.RtpSenderTap),
+    # RFC 4733 packets go round aiortc's sender (softphone.media.rfc4733.RtpSenderTap),
     # which also holds audio back during events: count what really left.
     sent_correction = 0
     for sender in pc.getSenders():

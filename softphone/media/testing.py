@@ -3,7 +3,7 @@
 Load tests of the media path need many calls without a SIP server; a
 :class:`LoopbackCall` is exactly the offer/answer a SIP call performs, minus the
 signalling transport.  Not used by the agent: production calls go through
-:class:`~softphone.media.handler.WebRtcDescriptionHandler`.
+:class:`~softphone.media.description_handler.WebRtcDescriptionHandler`.
 """
 
 from __future__ import annotations

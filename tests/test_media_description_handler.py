@@ -25,7 +25,7 @@ from media_support import (
 
 from softphone.errors import DescriptionError, MediaError, SipError
 from softphone.media import sdp as sdpmod
-from softphone.media.handler import (
+from softphone.media.description_handler import (
     NegotiationState,
     WebRtcDescriptionHandler,
     WebRtcDescriptionHandlerFactory,

@@ -35,7 +35,6 @@ from softphone.media import aiortc_seam as seam
 from softphone.media import sdp as sdpmod
 from softphone.media.config import MediaConfig
 from softphone.media.counting_receiver import install_counting_receiver
-from softphone.media.dtmf import DtmfReceiver, DtmfSender, validate_tones
 from softphone.media.lean_sender import install_lean_sender
 from softphone.media.peer import (
     add_audio_transceiver,
@@ -44,6 +43,7 @@ from softphone.media.peer import (
     set_local_description,
 )
 from softphone.media.pre_encoded_track import PreEncodedAudioTrack
+from softphone.media.rfc4733 import DtmfReceiver, DtmfSender, validate_tones
 from softphone.media.sdp import Direction
 from softphone.media.stats import CallQuality, collect
 from softphone.sip.description_handler import Body, DescriptionOptions, SessionDescriptionHandler

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from media_support import FAST_PATH_ON_AND_OFF, SineTrack, negotiate, relay_config, settle, wait_connected
 
 from softphone.media import sdp as sdpmod
-from softphone.media.dtmf import (
+from softphone.media.description_handler import WebRtcDescriptionHandler
+from softphone.media.rfc4733 import (
     DtmfError,
     DtmfEvent,
     DtmfReceiver,
@@ -25,7 +26,6 @@ from softphone.media.dtmf import (
     check_aiortc_supported,
     validate_tones,
 )
-from softphone.media.handler import WebRtcDescriptionHandler
 from softphone.sip.description_handler import Body, DescriptionOptions
 
 # --- payload and validation -------------------------------------------------------------
