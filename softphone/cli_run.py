@@ -305,18 +305,17 @@ def agent_run(url: str | None, flags: dict[str, Any], campaign: int | None, opts
         call = await agent.wait_for_call(timeout=opts.wait_call if campaign is not None else None)
         return await drive_call(agent, call, opts)
 
+    return _start(make, opts, drive)
+
+
+def _start(make, opts: Options, drive) -> int:
+    """Build the session now (bad options fail before any network traffic), then run it."""
     try:
-        session_factory = _checked(make)
+        session = make()
     except SoftphoneError as exc:
         click.echo(f"softphone: error: {one_line(exc)}", err=True)
         return exit_code_for(exc)
-    return run_session(session_factory, opts, drive)
-
-
-def _checked(make):
-    """Build the session once now (bad options fail before any network traffic)."""
-    session = make()
-    return lambda: session
+    return run_session(lambda: session, opts, drive)
 
 
 # --- softphone phone -------------------------------------------------------------------
@@ -344,12 +343,7 @@ def phone_run(ws: str, user: str, password: str, domain: str | None, turn: tuple
         call = await phone.wait_for_call(timeout=None)
         return await drive_call(phone, call, opts)
 
-    try:
-        session_factory = _checked(make)
-    except SoftphoneError as exc:
-        click.echo(f"softphone: error: {one_line(exc)}", err=True)
-        return exit_code_for(exc)
-    return run_session(session_factory, opts, drive)
+    return _start(make, opts, drive)
 
 
 # --- click options shared by both commands ----------------------------------------------
