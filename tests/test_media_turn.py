@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import socket
 
+import aioice.ice
+import aioice.stun
 import pytest
 from media_support import (
     FAST_PATH_ON_AND_OFF,
@@ -138,6 +140,50 @@ async def test_rejected_turn_credentials_are_an_ice_error(coturn):
         with pytest.raises(IceError) as info:
             await asyncio.wait_for(handler.get_description(), 10)
         assert "not-the-password" not in str(info.value)
+        assert "401" in str(info.value)  # what the TURN server said, not a guess
+    finally:
+        await handler.close()
+
+
+def _allocation_mismatch() -> aioice.stun.TransactionFailed:
+    response = aioice.stun.Message(message_method=aioice.stun.Method.ALLOCATE,
+                                   message_class=aioice.stun.Class.ERROR)
+    response.attributes["ERROR-CODE"] = (437, "Mismatched allocation: wrong transaction ID")
+    return aioice.stun.TransactionFailed(response)
+
+
+async def test_a_437_allocation_mismatch_is_allocated_again_from_a_new_port(coturn, monkeypatch):
+    """coturn keeps a deleted allocation about a second: an Allocate from a client port reused
+    in that window gets 437 (a call hung up and placed again at once); RFC 8656 says retry
+    from another port, which aioice does not do."""
+    real = aioice.ice.relayed_candidate
+    calls: list[str] = []
+
+    async def mismatch_once(**kwargs):
+        calls.append("allocate")
+        if len(calls) == 1:
+            raise _allocation_mismatch()
+        return await real(**kwargs)
+
+    monkeypatch.setattr(aioice.ice, "relayed_candidate", mismatch_once)
+    handler = WebRtcDescriptionHandler(relay_config(coturn))
+    try:
+        body = await asyncio.wait_for(handler.get_description(), 15)
+        assert "relay" in candidate_types(body.content) and calls == ["allocate", "allocate"]
+    finally:
+        await handler.close()
+    assert aioice.ice.relayed_candidate is mismatch_once  # the seam put back what it found
+
+
+async def test_constant_allocation_mismatches_end_in_an_error_that_says_so(coturn, monkeypatch):
+    async def always_mismatch(**kwargs):
+        raise _allocation_mismatch()
+
+    monkeypatch.setattr(aioice.ice, "relayed_candidate", always_mismatch)
+    handler = WebRtcDescriptionHandler(relay_config(coturn))
+    try:
+        with pytest.raises(IceGatheringError, match="437"):
+            await asyncio.wait_for(handler.get_description(), 15)
     finally:
         await handler.close()
 

@@ -46,6 +46,7 @@ from typing import Any
 
 import aioice
 import aioice.ice
+import aioice.stun
 import aiortc
 import pylibsrtp
 from aioice.turn import TurnTransport
@@ -305,6 +306,73 @@ def host_addresses(addresses: tuple[str, ...] | None) -> Iterator[None]:
                 if aioice.ice.get_host_addresses is _dispatch_host_addresses:
                     aioice.ice.get_host_addresses = _hosts_original
                 _hosts_original = None
+
+
+#: TURN failures seen by the gatherings of this task (a list shared with the tasks it spawns).
+_turn_failures: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "softphone_turn_failures", default=None)
+_turn_lock = threading.Lock()
+_turn_users = 0
+_turn_original: Callable[..., Any] | None = None
+ALLOCATION_MISMATCH_RETRIES = 2
+
+
+async def _relayed_candidate_retrying(**kwargs: Any) -> Any:
+    """aioice's ``relayed_candidate``, again from a new socket after a 437 Allocation Mismatch.
+
+    coturn keeps a deleted allocation for about a second; an Allocate from a client port
+    the kernel hands out again in that window gets 437 (RFC 8656 section 7.2: retry from
+    another port).  Calls hung up and placed again at once (a bot, a load run) hit it.
+    aioice does not retry it, and drops the error without a word.
+    """
+    original = _turn_original or aioice.ice.relayed_candidate
+    failures = _turn_failures.get()
+    for attempt in range(ALLOCATION_MISMATCH_RETRIES + 1):
+        try:
+            return await original(**kwargs)
+        except aioice.stun.TransactionFailed as exc:
+            code = exc.response.attributes.get("ERROR-CODE", (None, ""))[0]
+            if failures is not None:
+                failures.append(str(exc))
+            if code != 437 or attempt == ALLOCATION_MISMATCH_RETRIES:
+                raise
+            log.debug("TURN allocation mismatch (437): allocating again from a new port")
+        except Exception as exc:
+            if failures is not None:
+                failures.append(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+            raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+@contextlib.contextmanager
+def turn_allocation_retry() -> Iterator[list[str]]:
+    """While a gathering runs: TURN allocations retry 437 and their failures are collected.
+
+    aioice looks ``relayed_candidate`` up in its module when a gathering starts its TURN
+    task; the wrapper is in place while any such block is open and put back after the
+    last.  Yields the list of failure texts of this task's gatherings (for the error).
+    """
+    global _turn_users, _turn_original
+    if not callable(getattr(aioice.ice, "relayed_candidate", None)):  # another aioice: its own path
+        yield []
+        return
+    with _turn_lock:
+        if _turn_users == 0:
+            _turn_original = aioice.ice.relayed_candidate
+            aioice.ice.relayed_candidate = _relayed_candidate_retrying
+        _turn_users += 1
+    failures: list[str] = []
+    token = _turn_failures.set(failures)
+    try:
+        yield failures
+    finally:
+        _turn_failures.reset(token)
+        with _turn_lock:
+            _turn_users -= 1
+            if _turn_users == 0:
+                if aioice.ice.relayed_candidate is _relayed_candidate_retrying:
+                    aioice.ice.relayed_candidate = _turn_original
+                _turn_original = None
 
 
 def _connection(transceiver: Any) -> Any:

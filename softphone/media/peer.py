@@ -63,7 +63,7 @@ async def set_local_description(pc: RTCPeerConnection, description: RTCSessionDe
     """Apply our offer/answer and wait for complete ICE gathering, bounded by the timeout."""
     timeout = config.ice.gathering_timeout
     try:
-        with seam.host_addresses(config.ice.host_addresses):  # this connection's gathering only
+        with seam.host_addresses(config.ice.host_addresses), seam.turn_allocation_retry() as turn_failures:
             await asyncio.wait_for(pc.setLocalDescription(description), timeout)
     except TimeoutError:
         raise IceGatheringError(
@@ -73,10 +73,8 @@ async def set_local_description(pc: RTCPeerConnection, description: RTCSessionDe
     local = pc.localDescription
     types = candidate_types(local.sdp)
     if config.ice.relay_only and "relay" not in types:
-        raise IceGatheringError(
-            f"no relay candidate from TURN server {config.ice.selected_turn_url}: "
-            "unreachable or credentials (username/credential) rejected"
-        )
+        why = turn_failures[-1] if turn_failures else "no answer: unreachable, or credentials rejected"
+        raise IceGatheringError(f"no relay candidate from TURN server {config.ice.selected_turn_url}: {why}")
     if not types:
         raise IceGatheringError("ICE gathering produced no candidates (no usable interface or TURN server)")
     previous = pc.remoteDescription
