@@ -258,21 +258,55 @@ def loopback_host_addresses() -> Iterator[None]:
         aioice.ice.get_host_addresses = original
 
 
+class _GatheringSwap:
+    """One ``aioice.ice`` function replaced while any gathering block is open.
+
+    aioice looks these functions up in its module when a gathering runs; the
+    replacement stays while at least one block is open (reference counted) and what
+    was there before is put back when the last closes, so nothing is patched for
+    the process at large.
+    """
+
+    def __init__(self, name: str, replacement: Callable[..., Any]) -> None:
+        self.name = name
+        self.replacement = replacement
+        self.original: Callable[..., Any] | None = None
+        self._users = 0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        with self._lock:
+            if self._users == 0:
+                self.original = getattr(aioice.ice, self.name)
+                setattr(aioice.ice, self.name, self.replacement)
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    if getattr(aioice.ice, self.name) is self.replacement:
+                        setattr(aioice.ice, self.name, self.original)
+                    self.original = None
+
+
 #: The host addresses the gathering in this task (and the tasks it spawns) may use; None: aioice's.
 _gather_hosts: contextvars.ContextVar[tuple[str, ...] | None] = contextvars.ContextVar(
     "softphone_gather_hosts", default=None)
-_hosts_lock = threading.Lock()
-_hosts_users = 0
-_hosts_original: Callable[[bool, bool], list[str]] | None = None
 _AIOICE_HOST_ADDRESSES = aioice.ice.get_host_addresses  # aioice's own, whatever wraps it later
 
 
 def _dispatch_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
     wanted = _gather_hosts.get()
     if wanted is None:
-        original = _hosts_original or _AIOICE_HOST_ADDRESSES
+        original = _HOSTS_SWAP.original or _AIOICE_HOST_ADDRESSES
         return original(use_ipv4, use_ipv6)
     return [a for a in wanted if (use_ipv6 if ":" in a else use_ipv4)]
+
+
+_HOSTS_SWAP = _GatheringSwap("get_host_addresses", _dispatch_host_addresses)
 
 
 @contextlib.contextmanager
@@ -284,36 +318,22 @@ def host_addresses(addresses: tuple[str, ...] | None) -> Iterator[None]:
     such block is open that function is a dispatcher reading a context variable, so
     only the gathering started from this task (its child tasks inherit the variable)
     sees ``addresses``; other connections gathering meanwhile get aioice's own list.
-    The function is put back when the last block closes.  ``None``: no change.
+    ``None``: no change.
     """
-    global _hosts_users, _hosts_original
     if addresses is None:
         yield
         return
-    with _hosts_lock:
-        if _hosts_users == 0:
-            _hosts_original = aioice.ice.get_host_addresses
-            aioice.ice.get_host_addresses = _dispatch_host_addresses
-        _hosts_users += 1
-    token = _gather_hosts.set(tuple(addresses))
-    try:
-        yield
-    finally:
-        _gather_hosts.reset(token)
-        with _hosts_lock:
-            _hosts_users -= 1
-            if _hosts_users == 0:
-                if aioice.ice.get_host_addresses is _dispatch_host_addresses:
-                    aioice.ice.get_host_addresses = _hosts_original
-                _hosts_original = None
+    with _HOSTS_SWAP.installed():
+        token = _gather_hosts.set(tuple(addresses))
+        try:
+            yield
+        finally:
+            _gather_hosts.reset(token)
 
 
 #: TURN failures seen by the gatherings of this task (a list shared with the tasks it spawns).
 _turn_failures: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
     "softphone_turn_failures", default=None)
-_turn_lock = threading.Lock()
-_turn_users = 0
-_turn_original: Callable[..., Any] | None = None
 ALLOCATION_MISMATCH_RETRIES = 2
 
 
@@ -325,7 +345,7 @@ async def _relayed_candidate_retrying(**kwargs: Any) -> Any:
     another port).  Calls hung up and placed again at once (a bot, a load run) hit it.
     aioice does not retry it, and drops the error without a word.
     """
-    original = _turn_original or aioice.ice.relayed_candidate
+    original = _TURN_SWAP.original or aioice.ice.relayed_candidate
     failures = _turn_failures.get()
     for attempt in range(ALLOCATION_MISMATCH_RETRIES + 1):
         try:
@@ -344,35 +364,25 @@ async def _relayed_candidate_retrying(**kwargs: Any) -> Any:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+_TURN_SWAP = _GatheringSwap("relayed_candidate", _relayed_candidate_retrying)
+
+
 @contextlib.contextmanager
 def turn_allocation_retry() -> Iterator[list[str]]:
     """While a gathering runs: TURN allocations retry 437 and their failures are collected.
 
-    aioice looks ``relayed_candidate`` up in its module when a gathering starts its TURN
-    task; the wrapper is in place while any such block is open and put back after the
-    last.  Yields the list of failure texts of this task's gatherings (for the error).
+    Yields the list of failure texts of this task's gatherings (for the error).
     """
-    global _turn_users, _turn_original
-    if not callable(getattr(aioice.ice, "relayed_candidate", None)):  # another aioice: its own path
-        yield []
-        return
-    with _turn_lock:
-        if _turn_users == 0:
-            _turn_original = aioice.ice.relayed_candidate
-            aioice.ice.relayed_candidate = _relayed_candidate_retrying
-        _turn_users += 1
     failures: list[str] = []
-    token = _turn_failures.set(failures)
-    try:
+    if not callable(getattr(aioice.ice, "relayed_candidate", None)):  # another aioice: its own path
         yield failures
-    finally:
-        _turn_failures.reset(token)
-        with _turn_lock:
-            _turn_users -= 1
-            if _turn_users == 0:
-                if aioice.ice.relayed_candidate is _relayed_candidate_retrying:
-                    aioice.ice.relayed_candidate = _turn_original
-                _turn_original = None
+        return
+    with _TURN_SWAP.installed():
+        token = _turn_failures.set(failures)
+        try:
+            yield failures
+        finally:
+            _turn_failures.reset(token)
 
 
 def _connection(transceiver: Any) -> Any:
