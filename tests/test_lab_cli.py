@@ -4,43 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import sys
 from importlib import resources
 
 import aiohttp
 import pytest
-
-CLI = [sys.executable, "-m", "softphone.cli", "lab"]
-
-
-async def start(*args: str, env: dict | None = None) -> tuple[asyncio.subprocess.Process, dict[str, str]]:
-    proc = await asyncio.create_subprocess_exec(
-        *CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})})
-    banner: dict[str, str] = {}
-
-    async def read_banner() -> None:
-        while True:
-            line = (await proc.stdout.readline()).decode()
-            if not line:
-                raise AssertionError("softphone lab exited: " + (await proc.stderr.read()).decode())
-            if line.startswith("softphone lab: serving "):
-                banner["url"] = line.split()[-1]
-            elif ":" in line and line.startswith("  "):
-                k, _, v = line.strip().partition(":")
-                banner[k.strip()] = v.strip()
-            if "Ctrl-C" in line:
-                return
-
-    try:
-        await asyncio.wait_for(read_banner(), 60)
-    except BaseException:
-        proc.kill()
-        await proc.wait()
-        raise
-    return proc, banner
+from lab_cli_support import CLI, start
 
 
 async def stop(proc: asyncio.subprocess.Process, sig: int = signal.SIGINT) -> tuple[int, str]:
@@ -50,7 +19,7 @@ async def stop(proc: asyncio.subprocess.Process, sig: int = signal.SIGINT) -> tu
 
 
 async def test_serves_until_ctrl_c_and_prints_where(tmp_path):
-    proc, banner = await start("--port", "0", "--db", f"sqlite:///{tmp_path}/lab.db")
+    proc, banner, _ = await start("--port", "0", "--db", f"sqlite:///{tmp_path}/lab.db")
     try:
         assert banner["url"].startswith("http://127.0.0.1:")
         assert banner["api key from"] == "seed softphone/lab/seed.json"
@@ -72,7 +41,7 @@ async def test_api_key_seed_and_office_hours_options(tmp_path):
     seed["leads"] = {"generate": {"first_lead_id": 1000, "count": 5, "list_id": 7}}
     path = tmp_path / "seed.json"
     path.write_text(json.dumps(seed))
-    proc, banner = await start("--port", "0", "--seed", str(path), "--office-hours", "daily 00:00-24:00",
+    proc, banner, _ = await start("--port", "0", "--seed", str(path), "--office-hours", "daily 00:00-24:00",
                                env={"SOFTPHONE_LAB_API_KEY": "from-env-key-123"})
     try:
         assert banner["api key from"] == "environment SOFTPHONE_LAB_API_KEY" and banner["seed"] == str(path)
@@ -97,7 +66,7 @@ async def test_api_key_seed_and_office_hours_options(tmp_path):
 async def test_paths_file_moves_the_routes(tmp_path):
     paths = tmp_path / "paths.json"
     paths.write_text(json.dumps({"paths": {"lead_archive": "/custom/archive"}}))
-    proc, banner = await start("--port", "0", "--paths-file", str(paths))
+    proc, banner, _ = await start("--port", "0", "--paths-file", str(paths))
     try:
         assert "/custom/archive" in banner["paths"]
         async with aiohttp.ClientSession(banner["url"]) as session:
@@ -109,7 +78,7 @@ async def test_paths_file_moves_the_routes(tmp_path):
 
 
 async def test_sigterm_is_a_clean_stop_too():
-    proc, _banner = await start("--port", "0")
+    proc, _banner, _ = await start("--port", "0")
     code, out = await stop(proc, signal.SIGTERM)
     assert code == 0 and "softphone lab: stopped" in out
 

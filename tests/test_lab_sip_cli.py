@@ -5,60 +5,19 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 
-import aioice
 import pytest
-from aioice.ice import TransportPolicy
+from lab_cli_support import CLI, relay_candidates, start
 
 from softphone.errors import TransportError
 from softphone.params import load_params
 from softphone.sip.user_agent import UserAgent, UserAgentConfig
-
-CLI = [sys.executable, "-m", "softphone.cli", "lab"]
-
-
-async def start(*args: str) -> tuple[asyncio.subprocess.Process, dict[str, str], list[str]]:
-    proc = await asyncio.create_subprocess_exec(*CLI, *args, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE, env=dict(os.environ))
-    banner: dict[str, str] = {}
-    lines: list[str] = []
-
-    async def read_banner() -> None:
-        while True:
-            line = (await proc.stdout.readline()).decode()
-            if not line:
-                raise AssertionError("softphone lab exited: " + (await proc.stderr.read()).decode())
-            lines.append(line)
-            if line.startswith("  ") and ":" in line:
-                k, _, v = line.strip().partition(":")
-                banner[k.strip()] = v.strip()
-            if "Ctrl-C" in line:
-                return
-
-    try:
-        await asyncio.wait_for(read_banner(), 60)
-    except BaseException:
-        proc.kill()
-        await proc.wait()
-        raise
-    return proc, banner, lines
 
 
 async def stop(proc: asyncio.subprocess.Process) -> tuple[int, str]:
     proc.send_signal(signal.SIGINT)
     _out, err = await asyncio.wait_for(proc.communicate(), 30)
     return proc.returncode, err.decode()
-
-
-async def relay_candidates(port: int, username: str, password: str) -> list[aioice.Candidate]:
-    conn = aioice.Connection(ice_controlling=True, turn_server=("127.0.0.1", port), turn_username=username,
-                             turn_password=password, use_ipv6=False, transport_policy=TransportPolicy.RELAY)
-    try:
-        await asyncio.wait_for(conn.gather_candidates(), 15)
-        return [c for c in conn.local_candidates if c.type == "relay"]
-    finally:
-        await conn.close()
 
 
 async def test_lab_prints_launch_urls_and_serves_sip_over_ws_and_wss_with_turn_for_the_users():

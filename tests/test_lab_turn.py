@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 
-import aioice
 import pytest
-from aioice.ice import TransportPolicy
+from lab_cli_support import relay_candidates
 
 from softphone.errors import LabError
 from softphone.lab.server import start_lab
@@ -17,16 +15,6 @@ from softphone.lab.turn import start_turn
 from softphone.params import load_params
 
 pytestmark = pytest.mark.peer
-
-
-async def relay_candidates(port: int, username: str, password: str) -> list[aioice.Candidate]:
-    conn = aioice.Connection(ice_controlling=True, turn_server=("127.0.0.1", port), turn_username=username,
-                             turn_password=password, use_ipv6=False, transport_policy=TransportPolicy.RELAY)
-    try:
-        await asyncio.wait_for(conn.gather_candidates(), 15)
-        return [c for c in conn.local_candidates if c.type == "relay"]
-    finally:
-        await conn.close()
 
 
 async def test_lab_turn_takes_each_users_credentials_and_stops_with_the_lab():
