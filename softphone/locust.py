@@ -1,7 +1,7 @@
 """Agent sessions as Locust users, for load tests spread over many machines.
 
 Each Locust user is one agent session (the same flow and scenario steps as
-``softphone load``, :class:`softphone.load.runner.AgentRun`).  The sessions of a Locust
+``softphone load``, :class:`softphone.load.agent_run.AgentRun`).  The sessions of a Locust
 process run on one asyncio loop in one *real* OS thread; every step is reported to
 Locust's ``request`` event (request_type ``API``, ``SIP`` or ``WEBRTC``, name = the
 step, response time in ms, failures with their cause), so Locust's UI, CSV files and
@@ -59,10 +59,12 @@ from locust import User, constant, task  # noqa: E402
 import softphone.agent.agent  # noqa: E402  (imported here, in the main thread: see the module docs)
 import softphone.media.description_handler  # noqa: E402, F401
 from softphone.errors import ConfigurationError  # noqa: E402
+from softphone.load.agent_run import AgentRun  # noqa: E402
+from softphone.load.credentials import AgentSpec  # noqa: E402
 from softphone.load.results import Failure, FailureKind, Results  # noqa: E402
-from softphone.load.runner import DEFAULT_SCENARIO, AgentRun, AgentSpec, Worker, WorkerConfig  # noqa: E402
-from softphone.load.scenario import Scenario, load_scenario, parse_scenario  # noqa: E402
+from softphone.load.scenario import DEFAULT_SCENARIO, Scenario, load_scenario, parse_scenario  # noqa: E402
 from softphone.load.verdict import VerdictTicker  # noqa: E402
+from softphone.load.worker import Worker, WorkerConfig  # noqa: E402
 
 #: request_type of each step Locust shows.
 STEP_TYPES = {

@@ -18,8 +18,9 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
+from softphone.load.credentials import AgentSpec, specs_from_csv, specs_from_template
 from softphone.load.results import EXIT_THRESHOLD_FAILED
-from softphone.load.runner import AgentSpec, _plan, specs_from_csv, specs_from_template
+from softphone.load.runner import _plan
 from softphone.load.scenario import ScenarioError
 
 pytestmark = [pytest.mark.peer, pytest.mark.slow]
@@ -271,7 +272,7 @@ def test_expected_prompt_from_a_tone_or_a_file(tmp_path):
 
     import numpy as np
 
-    from softphone.load.runner import expected_prompt
+    from softphone.load.agent_run import expected_prompt
     from softphone.media.tones import float_to_pcm16, sine_mix
 
     assert expected_prompt("tone:600", "opus").tone_hz == 600

@@ -65,7 +65,8 @@ def load_command(agents: int, ramp: str, duration: str, workers: int | None, sce
                  url_template: str | None, credentials: Path | None, lab: bool, campaign_id: int,
                  relay_only: bool, out_dir: Path, seed: int, quiet: bool, prometheus: str | None) -> None:
     """Run N agent sessions (full Webphone flow, then the scenario) and report on them."""
-    from softphone.load.runner import LoadOptions, run_load, specs_from_csv, specs_from_template
+    from softphone.load.credentials import specs_from_csv, specs_from_template
+    from softphone.load.runner import LoadOptions, run_load
     from softphone.load.scenario import load_scenario
 
     sources = [name for name, given in (("--url-template", url_template), ("--credentials", credentials),

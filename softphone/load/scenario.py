@@ -411,6 +411,21 @@ def parse_scenario(text: str, *, source: str = "<scenario>", base_dir: Path | No
     return _Parser(source, base_dir).scenario(root)
 
 
+#: What ``softphone load`` and the Locust user run without a scenario file.
+DEFAULT_SCENARIO = """\
+name: steady-bridge
+description: agents log in and stay on the bridge call (the default scenario)
+play: tone:440
+audio: {check: true}
+iterations: 1
+loop:
+  - wait_bridge: {timeout: 15s}
+  - talk: {seconds: 86400, name: on_bridge}
+thresholds:
+  - setup_success > 99.5%
+"""
+
+
 _TOP_KEYS = ("name", "description", "codec", "play", "audio", "iterations", "loop", "thresholds")
 _AUDIO_KEYS = ("check", "expect", "gap", "keep")
 _COMMON_STEP_KEYS = ("name", "probability", "timeout")
