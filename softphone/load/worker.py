@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from softphone.gc_freezer import GcFreezer
 from softphone.load.agent_run import AgentRun
 from softphone.load.credentials import AgentSpec
 from softphone.load.results import Leg, Resource, Results
@@ -28,6 +29,7 @@ log = get_logger(__name__)
 
 STATUS_INTERVAL = 1.0
 STOP_GRACE = 30.0  # seconds a worker may take to log everyone out after the stop
+SETUP_GRACE = 20.0  # after its last agent's start, a worker counts as growing at most this long
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,14 @@ class Worker:
             "pss_bytes": _pss_bytes(), "loop_lag_ms": self.loop_lag_ms,
         }
 
+    def growing(self) -> bool:
+        """Agents are still starting or setting up (the ramp): what they build lives for the run."""
+        elapsed = time.time() - self.cfg.started_at
+        last_start = max((offset for _, offset in self.cfg.agents), default=0.0)
+        if self.stopping or elapsed > last_start + SETUP_GRACE:
+            return False
+        return elapsed <= last_start or not all(r.in_call for r in self.runs)
+
     async def _lag_probe(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -114,7 +124,10 @@ class Worker:
         # The idle baseline (imports done, no agent yet): what an agent costs is measured above it.
         self.results.resources.append(Resource(time.time() - self.cfg.started_at, self.cfg.worker,
                                                time.process_time(), _pss_bytes(), 0.0, 0))
-        probes = [self.spawn(self._lag_probe()), self.spawn(self._report())]
+        # Full collections over the agents' growing heap stalled the loop 30-130 ms each during the
+        # ramp: what survives is frozen out of the collector's reach while the worker grows.
+        probes = [self.spawn(self._lag_probe()), self.spawn(self._report()),
+                  self.spawn(GcFreezer(self.growing).run())]
         sessions = [asyncio.create_task(run.run(offset)) for run, (_, offset) in zip(self.runs, self.cfg.agents,
                                                                                        strict=True)]
         try:
