@@ -45,8 +45,21 @@ _CALL_ID = re.compile(r"^(?:Call-ID|i)[ \t]*:[ \t]*(\S+)", re.IGNORECASE | re.MU
 _CSEQ = re.compile(r"^CSeq[ \t]*:[ \t]*\d+[ \t]+(\S+)", re.IGNORECASE | re.MULTILINE)
 
 
+class CallNotAnswered(SessionError):
+    """A dialled call ended before it was answered (busy, no answer, declined...).
+
+    The voice API only says the call is gone; why is in the platform's call-end record
+    (its ``sip_code``), which the runner adds when it has it (the embedded lab)."""
+
+    def __init__(self, call_id: int) -> None:
+        super().__init__(f"call {call_id} ended before it was answered")
+        self.call_id = call_id
+
+
 def _failure_from(exc: BaseException, step: str, at: float, agent: int, leg: str | None = None) -> Failure:
     """Classify an exception into a failure cause."""
+    if isinstance(exc, CallNotAnswered):
+        return Failure(FailureKind.NOT_ANSWERED, step, at, agent, str(exc), leg=leg, call_id=exc.call_id)
     if isinstance(exc, TimeoutError):
         return Failure(FailureKind.TIMEOUT, step, at, agent, str(exc) or "timed out", leg=leg)
     if isinstance(exc, PlatformError):
@@ -508,7 +521,7 @@ class AgentRun:
                 if mine is not None and mine.is_answered:
                     return
                 if mine is None:
-                    raise SessionError(f"call {call_id} ended before it was answered")
+                    raise CallNotAnswered(call_id)
                 await asyncio.sleep(0.25)
 
         await asyncio.wait_for(poll(), timeout)

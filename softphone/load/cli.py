@@ -52,6 +52,16 @@ def _duration(value: str) -> float:
 @click.option("--credentials", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="CSV, one row per agent; the header names launch parameters (or a 'url' column).")
 @click.option("--lab", is_flag=True, help="Start the embedded lab with N seeded agents (and coturn when installed).")
+@click.option("--lab-customers", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              metavar="FILE", help="With --lab: YAML/JSON table of simulated customers per dialled number (busy, "
+              "no_answer, reject, what they play...), as `softphone lab --customers` [default: built in: *486 busy, "
+              "*480 no answer, *603 reject, others answer with tone:600].")
+@click.option("--lab-prompt", default=None, metavar="FILE|tone:HZ",
+              help="With --lab: what the platform plays to agents on the bridge call while no customer is on the "
+              "line: tone:HZ, silence or an audio file [default: tone:440].")
+@click.option("--lab-recordings", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+              help="With --lab: the lab records bridge calls and the calls a talk step's `record` asks for into "
+              "DIR (created if missing; the lab then decodes what agents send) [default: none recorded].")
 @click.option("--campaign-id", type=click.IntRange(min=0), default=1, show_default=True,
               help="Campaign the agents log in to.")
 @click.option("--relay-only", is_flag=True, help="Agents' media through TURN only.")
@@ -63,8 +73,14 @@ def _duration(value: str) -> float:
               help="Serve the live counters at http://HOST:PORT/metrics (host default 127.0.0.1).")
 def load_command(agents: int, ramp: str, duration: str, workers: int | None, scenario: Path | None,
                  url_template: str | None, credentials: Path | None, lab: bool, campaign_id: int,
+                 lab_customers: Path | None, lab_prompt: str | None, lab_recordings: Path | None,
                  relay_only: bool, out_dir: Path, seed: int, quiet: bool, prometheus: str | None) -> None:
-    """Run N agent sessions (full Webphone flow, then the scenario) and report on them."""
+    """Run N agent sessions (full Webphone flow, then the scenario) and report on them.
+
+    With --lab the embedded lab stands in for the platform; --lab-customers,
+    --lab-prompt and --lab-recordings set what it does (who answers which number,
+    what agents hear on the bridge call, where its recordings go).
+    """
     from softphone.load.credentials import specs_from_csv, specs_from_template
     from softphone.load.runner import LoadOptions, run_load
     from softphone.load.scenario import load_scenario
@@ -84,6 +100,7 @@ def load_command(agents: int, ramp: str, duration: str, workers: int | None, sce
                  specs_from_csv(credentials, agents) if credentials else None)
         options = LoadOptions(agents=agents, ramp=ramp_rate, duration=seconds, workers=workers,
                               scenario=load_scenario(scenario) if scenario else None, specs=specs, lab=lab,
+                              lab_customers=lab_customers, lab_prompt=lab_prompt, lab_recordings=lab_recordings,
                               campaign_id=campaign_id, relay_only=relay_only, out_dir=out_dir, quiet=quiet,
                               seed=seed, prometheus=prometheus)
         options.validate()

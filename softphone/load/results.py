@@ -47,6 +47,7 @@ class FailureKind(enum.Enum):
     ONE_WAY = "one_way"      # audio verdict: nothing heard
     SILENT_GAP = "silent_gap"
     PROMPT = "prompt"        # audio verdict: not the expected prompt
+    NOT_ANSWERED = "not_answered"  # a dialled call ended unanswered (why: sip_code when known)
     ERROR = "error"          # anything else (message in detail)
 
 
@@ -60,12 +61,15 @@ class Failure:
     sip_code: int | None = None
     http_status: int | None = None
     leg: str | None = None
+    call_id: int | None = None  # the platform's call (dialled calls)
 
     @property
     def cause(self) -> str:
         """The label failures are grouped by: "SIP 486", "HTTP 503", "timeout: dial", ..."""
         if self.kind is FailureKind.SIP:
             return f"SIP {self.sip_code}" if self.sip_code else "SIP"
+        if self.kind is FailureKind.NOT_ANSWERED:
+            return f"not answered: SIP {self.sip_code}" if self.sip_code else "not answered"
         if self.kind is FailureKind.HTTP:
             return f"HTTP {self.http_status}" if self.http_status else "HTTP"
         if self.kind is FailureKind.TIMEOUT:

@@ -2,7 +2,8 @@
 
 The parent process owns the run: it reads the scenario and the credentials (a CSV
 of launch parameters, a URL template with ``{n}``, or ``--lab``, which starts the
-embedded lab in this process with N seeded agents and coturn when installed), spawns
+embedded lab in this process with N seeded agents and coturn when installed; the
+``--lab-*`` options set its customers, bridge prompt and recordings), spawns
 K workers (``multiprocessing`` with *spawn*, so no event loop or socket is inherited),
 draws the live progress from the workers' once-a-second status messages, and at
 the end merges the workers' :class:`~softphone.load.results.Results`, evaluates the
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -40,7 +42,7 @@ from typing import Any
 
 from softphone.errors import ConfigurationError
 from softphone.load.credentials import AgentSpec
-from softphone.load.results import Results, Snapshot, exit_code
+from softphone.load.results import FailureKind, Results, Snapshot, exit_code
 from softphone.load.scenario import DEFAULT_SCENARIO, Scenario, parse_scenario
 from softphone.load.worker import STATUS_INTERVAL, STOP_GRACE, WorkerConfig, worker_main
 from softphone.log import get_logger
@@ -49,6 +51,9 @@ log = get_logger(__name__)
 
 EXIT_RUNTIME = 1
 EXIT_ABORTED = 130
+#: Why a dialled call ended unanswered, by the SIP code of the platform's call-end record.
+SIP_REASONS = {486: "busy", 600: "busy everywhere", 480: "no answer", 487: "no answer (cancelled)",
+               408: "no answer (timeout)", 603: "declined", 404: "not found"}
 
 
 @dataclass
@@ -68,6 +73,10 @@ class LoadOptions:
     force_terminal: bool | None = None
     seed: int = 0
     prometheus: str | None = None  # "[HOST:]PORT" for the live metrics
+    # What the embedded lab does (--lab only), as ``softphone lab``'s --customers, --prompt, --recordings:
+    lab_customers: Path | None = None  # customer behaviours per dialled number (YAML/JSON)
+    lab_prompt: str | None = None      # what agents hear on the bridge call: tone:HZ, silence or a file
+    lab_recordings: Path | None = None  # where the lab keeps its call recordings
 
     def validate(self) -> None:
         if self.agents < 1:
@@ -80,6 +89,38 @@ class LoadOptions:
             raise ConfigurationError(f"--workers: at least 1, got {self.workers}")
         if not self.lab and not self.specs:
             raise ConfigurationError("credentials: give --url-template, --credentials or --lab")
+        for option, value in (("--lab-customers", self.lab_customers), ("--lab-prompt", self.lab_prompt),
+                              ("--lab-recordings", self.lab_recordings)):
+            if value is not None and not self.lab:
+                raise ConfigurationError(f"{option}: only with --lab (it sets what the embedded lab does)")
+        if self.lab_customers is not None:
+            lab_customers(self.lab_customers)
+        if self.lab_prompt is not None:
+            lab_prompt(self.lab_prompt)
+        if self.lab_recordings is not None and self.lab_recordings.exists() and not self.lab_recordings.is_dir():
+            raise ConfigurationError(f"--lab-recordings: {self.lab_recordings} is not a directory")
+
+
+# --- the embedded lab (--lab) ---------------------------------------------------------
+
+
+def lab_customers(path: Path) -> Any:
+    """The ``--lab-customers`` table (a :class:`~softphone.lab.customers.CustomerTable`); errors name the option."""
+    from softphone.lab.customers import CustomerTable
+
+    try:
+        return CustomerTable.load(path)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"--lab-customers: {exc}") from None
+
+
+def lab_prompt(value: str) -> str:
+    """The ``--lab-prompt`` value checked as the lab's dialer checks its prompt; errors name the option."""
+    from softphone.lab.customers import parse_play
+
+    if value.strip() == "echo":
+        raise ConfigurationError("--lab-prompt: must be \"tone:HZ\", \"silence\" or an audio file, not echo")
+    return parse_play("--lab-prompt", value)
 
 
 def _seed_file(agents: int, directory: Path) -> tuple[Path, list[int]]:
@@ -106,12 +147,36 @@ async def _start_lab(options: LoadOptions, workdir: Path) -> tuple[Any, list[Age
 
     seed_path, ids = _seed_file(options.agents, workdir)
     turn = shutil.which("turnserver") is not None
-    server = await start_lab(db_url="sqlite:///:memory:", seed=str(seed_path), turn=turn, relay_only=turn)
+    customers = lab_customers(options.lab_customers) if options.lab_customers is not None else None
+    prompt = lab_prompt(options.lab_prompt) if options.lab_prompt is not None else None
+    if options.lab_recordings is not None:
+        options.lab_recordings.mkdir(parents=True, exist_ok=True)
+    server = await start_lab(db_url="sqlite:///:memory:", seed=str(seed_path), turn=turn, relay_only=turn,
+                             customers=customers, prompt=prompt, recordings_dir=options.lab_recordings)
     specs = []
     for n, uid in enumerate(ids, start=1):
         flags = server.launch_params(uid, secure=False)
         specs.append(AgentSpec(n, flags=flags))
     return server, specs, server.url + "/lab/inbound", turn
+
+
+async def _lab_call_outcomes(lab: Any, results: Results) -> None:
+    """Dialled calls that ended unanswered get the lab's reason (the call-end record's SIP code:
+    486 busy, 480/487 no answer, 603 declined), which the voice API does not give the agent."""
+    store = lab.lab.store
+    for i, failure in enumerate(results.failures):
+        if failure.kind is not FailureKind.NOT_ANSWERED or failure.call_id is None or failure.sip_code:
+            continue
+        try:
+            record = await store.call(failure.call_id)
+        except Exception as exc:  # the outcome is a nicety: the failure stands as it is
+            log.warning("lab call %d: %s", failure.call_id, exc)
+            continue
+        code = getattr(record, "sip_code", None)
+        if code:
+            reason = SIP_REASONS.get(code)
+            results.failures[i] = dataclasses.replace(
+                failure, sip_code=code, detail=f"{failure.detail}: SIP {code}" + (f" {reason}" if reason else ""))
 
 
 def _plan(specs: list[AgentSpec], workers: int, ramp: float) -> list[list[tuple[AgentSpec, float]]]:
@@ -238,7 +303,10 @@ async def _run(options: LoadOptions, scenario: Scenario) -> int:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signal.SIGINT)
         if lab is not None:
-            await lab.close()
+            try:
+                await _lab_call_outcomes(lab, results)
+            finally:
+                await lab.close()
         if exporter is not None:
             await exporter.close()
     results.interrupted = results.interrupted or interrupts > 0
