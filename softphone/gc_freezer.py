@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import logging
 import time
 from collections.abc import Callable
 
-log = logging.getLogger(__name__)
+from softphone.log import get_logger
+
+log = get_logger(__name__)
 
 __all__ = ["GcFreezer", "GcPauseMeter", "freeze_survivors"]
 
