@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import logging
+import os
 import re
 import sys
 import threading
@@ -26,25 +27,19 @@ REDACTED = "***"
 # everywhere would garble logs and protect nothing.
 MIN_SECRET_LENGTH = 4
 
-_lock = threading.Lock()
-_secrets: set[str] = set()
-_pattern: re.Pattern[str] | None = None
-_dirty = False
+#: Characters of each secret the scanning patterns look for.  Every secret is at least this
+#: long, so one dict lookup names the secrets that can start where a prefix was found.
+PREFIX_LENGTH = MIN_SECRET_LENGTH
 
-#: Secrets per compiled pattern while no secret contains another: a new secret recompiles
-#: only its chunk.  One pattern over every secret cost 46 ms per recompile at 300 secrets
-#: and 130 ms at 600 (a load worker's agents register a few each while it ramps up: the
-#: event loop stalled that long on the first log line or redaction after each).
-CHUNK_SECRETS = 128
-_chunks: list[set[str]] = []
-_chunk_patterns: list[re.Pattern[str] | None] = []
-_dirty_chunks: set[int] = set()
-_overlapping = False
-"""Some secret contains another: one pattern over all of them (longest first), as chunks
-applied one after the other could leave the tail of the longer one."""
+#: New prefixes the small pattern covers before the main pattern is rebuilt in the background.
+RECENT_PREFIXES = 64
+
+#: A prefix waits at most this long (seconds, checked when a line is redacted) in the small
+#: pattern: the ramp of a load test ends with one pattern over everything.
+MERGE_AFTER_SECONDS = 1.0
 
 
-def _trie_regex(words: set[str]) -> str:
+def _trie_regex(words: set[str] | frozenset[str]) -> str:
     """A regex matching any of ``words``, longest first, shaped as a trie.
 
     A flat alternation of thousands of secrets costs time per secret at every
@@ -68,45 +63,185 @@ def _trie_regex(words: set[str]) -> str:
     return emit(trie)
 
 
-def _current_pattern() -> re.Pattern[str] | None:
-    """The alternation of all secrets, rebuilt only after new ones arrived (one pattern)."""
-    global _pattern, _dirty
-    if _dirty:
-        with _lock:
-            if _dirty:
-                _pattern = re.compile(_trie_regex(_secrets)) if _secrets else None
-                _dirty = False
-    return _pattern
+def _compile_prefixes(prefixes: set[str] | frozenset[str]) -> re.Pattern[str] | None:
+    return re.compile(_trie_regex(prefixes)) if prefixes else None
 
 
-def _current_patterns() -> list[re.Pattern[str]]:
-    """What :func:`redact` applies: one pattern per chunk of secrets, or one over all of them
-    once a secret contains another; chunks are recompiled only after new secrets arrived."""
-    if _overlapping:
-        pattern = _current_pattern()
-        return [pattern] if pattern is not None else []
-    if _dirty_chunks:
-        with _lock:
-            for i in sorted(_dirty_chunks):
-                _chunk_patterns[i] = re.compile(_trie_regex(_chunks[i])) if _chunks[i] else None
-            _dirty_chunks.clear()
-    return [p for p in _chunk_patterns if p is not None]
+class SecretRedactor:
+    """Replaces registered secrets in text; cheap to add to, cheap per line with thousands.
+
+    Why this shape: a load worker registers hundreds of agents' secrets while its event loop
+    runs.  One regex over every secret costs about 3 us per line but 65-330 ms to recompile
+    (600-2000 secrets), once per new secret; chunks of 128 made each recompile small but cost a
+    scan per chunk on every line (22 us at 600, 106 us at 2000).  Here the patterns only find
+    where a secret *may* start: a trie of the secrets' first :data:`PREFIX_LENGTH` characters
+    (few and short: 10-20 times cheaper to compile than the secrets themselves, and a scan of
+    a line costs what the full trie's does; ``bench/redact.py``).  A dict from prefix to secrets (longest first) then decides, so a line gets
+    the leftmost, longest secret at each position whichever pattern found it: a secret that
+    contains another disappears whole.  A new prefix lands in a small "recent" pattern
+    (recompiled at the next line, bounded by :data:`RECENT_PREFIXES`); the main pattern over
+    every prefix is rebuilt on a background thread and swapped in, so no line and no
+    registration pays for compiling all of them.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._words: set[str] = set()
+        self._buckets: dict[str, tuple[str, ...]] = {}
+        self._main_prefixes: frozenset[str] = frozenset()
+        self._recent_prefixes: set[str] = set()
+        self._recent_since = 0.0
+        self._recent_dirty = False
+        #: (main pattern, recent pattern), replaced whole so a reader never pairs a new main
+        #: with a recent pattern that already dropped what only the new main covers.
+        self._scan: tuple[re.Pattern[str] | None, re.Pattern[str] | None] = (None, None)
+        self._merging = False
+        self._generation = 0  # bumped by clear(): a merge started before it is thrown away
+
+    def __bool__(self) -> bool:
+        return bool(self._words)
+
+    def __len__(self) -> int:
+        return len(self._words)
+
+    def add(self, word: str) -> None:
+        """Register one literal string (at least :data:`PREFIX_LENGTH` characters)."""
+        if len(word) < PREFIX_LENGTH:
+            raise ValueError(f"a secret for textual redaction has at least {PREFIX_LENGTH} characters")
+        with self._lock:
+            if word in self._words:
+                return
+            key = word[:PREFIX_LENGTH]
+            bucket = self._buckets.get(key, ())
+            self._buckets[key] = tuple(sorted((*bucket, word), key=len, reverse=True))
+            self._words.add(word)
+            if key in self._main_prefixes or key in self._recent_prefixes:
+                return
+            if not self._recent_prefixes:
+                self._recent_since = time.monotonic()
+            self._recent_prefixes.add(key)
+            self._recent_dirty = True
+            if len(self._recent_prefixes) >= RECENT_PREFIXES:
+                self._start_merge_locked()
+
+    def clear(self) -> None:
+        """Forget every secret; a merge still running is thrown away when it ends."""
+        with self._lock:
+            self._generation += 1
+            self._words.clear()
+            self._buckets = {}
+            self._main_prefixes = frozenset()
+            self._recent_prefixes.clear()
+            self._recent_dirty = False
+            self._scan = (None, None)
+
+    def merge_now(self) -> None:
+        """Rebuild the main pattern over every prefix on this thread (tests, benchmarks)."""
+        with self._lock:
+            snapshot = frozenset(self._main_prefixes | self._recent_prefixes)
+            generation = self._generation
+        pattern = _compile_prefixes(snapshot)
+        with self._lock:
+            self._install_locked(generation, snapshot, pattern)
+
+    def redact(self, text: str) -> str:
+        """``text`` with every registered secret replaced by :data:`REDACTED`."""
+        if not self._words:
+            return text
+        if self._recent_dirty:
+            self._refresh_recent()
+        if self._recent_prefixes and not self._merging and (
+                time.monotonic() - self._recent_since >= MERGE_AFTER_SECONDS):
+            with self._lock:
+                self._start_merge_locked()
+        main, recent = self._scan
+        # Most lines hold no secret: one or two scans in C and back.
+        found = main.search(text) if main is not None else None
+        if recent is not None:
+            other = recent.search(text)
+            if other is not None and (found is None or other.start() < found.start()):
+                found = other
+        if found is None:
+            return text
+        return self._replace(text, main, recent, found.start())
+
+    def _replace(self, text: str, main: re.Pattern[str] | None, recent: re.Pattern[str] | None,
+                 start: int) -> str:
+        """Leftmost, then longest, from ``start`` (where a pattern found a prefix) on."""
+        buckets = self._buckets
+        parts: list[str] = []
+        done = 0
+        at = start
+        while True:
+            bucket = buckets.get(text[at:at + PREFIX_LENGTH], ())
+            for word in bucket:
+                if text.startswith(word, at):
+                    parts.append(text[done:at])
+                    parts.append(REDACTED)
+                    done = at = at + len(word)
+                    break
+            else:
+                at += 1  # a prefix without its secret; candidates may overlap, so step by one
+            nxt = [m.start() for m in ((main.search(text, at) if main else None),
+                                       (recent.search(text, at) if recent else None)) if m is not None]
+            if not nxt:
+                break
+            at = min(nxt)
+        if not parts:
+            return text
+        parts.append(text[done:])
+        return "".join(parts)
+
+    def _refresh_recent(self) -> None:
+        with self._lock:
+            if self._recent_dirty:
+                self._scan = (self._scan[0], _compile_prefixes(self._recent_prefixes))
+                self._recent_dirty = False
+
+    def _start_merge_locked(self) -> None:
+        if self._merging or not self._recent_prefixes:
+            return
+        self._merging = True
+        snapshot = frozenset(self._main_prefixes | self._recent_prefixes)
+        generation = self._generation
+
+        def merge() -> None:
+            pattern = None
+            try:
+                pattern = _compile_prefixes(snapshot)
+            finally:
+                with self._lock:
+                    self._merging = False
+                    if pattern is not None:
+                        self._install_locked(generation, snapshot, pattern)
+
+        try:
+            threading.Thread(target=merge, name="softphone-secret-patterns", daemon=True).start()
+        except RuntimeError:  # no new threads (interpreter shutting down): the recent pattern still covers
+            self._merging = False
+
+    def _install_locked(self, generation: int, snapshot: frozenset[str], pattern: re.Pattern[str] | None) -> None:
+        # Prefixes only grow within a generation: a smaller snapshot is an older merge.
+        if generation != self._generation or len(snapshot) < len(self._main_prefixes):
+            return
+        self._main_prefixes = snapshot
+        self._recent_prefixes -= snapshot
+        # The recent pattern still covers what moved (harmless) until the next line rebuilds it.
+        self._scan = (pattern, self._scan[1])
+        self._recent_dirty = True
+        if len(self._recent_prefixes) >= RECENT_PREFIXES:
+            self._start_merge_locked()
+        elif self._recent_prefixes:
+            self._recent_since = time.monotonic()
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._merging = False  # the thread that was merging exists only in the parent
 
 
-def _add_secret(value: str) -> None:
-    """Under ``_lock``: one new secret into the open chunk (or the single pattern)."""
-    global _dirty, _overlapping
-    if value in _secrets:
-        return
-    if not _overlapping and any(value in s or s in value for s in _secrets):
-        _overlapping = True
-    _secrets.add(value)
-    _dirty = True
-    if not _chunks or len(_chunks[-1]) >= CHUNK_SECRETS:
-        _chunks.append(set())
-        _chunk_patterns.append(None)
-    _chunks[-1].add(value)
-    _dirty_chunks.add(len(_chunks) - 1)
+_redactor = SecretRedactor()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_redactor._after_fork)
 
 
 def register_secret(value: str | None) -> None:
@@ -124,31 +259,19 @@ def register_secret(value: str | None) -> None:
         variants.add(base64.b64encode(value.encode()).decode())
     except Exception:  # pragma: no cover - str always encodes
         pass
-    with _lock:  # compiled lazily: hundreds of agents register secrets at start
-        for variant in variants:
-            if len(variant) >= MIN_SECRET_LENGTH:
-                _add_secret(variant)
+    for variant in variants:
+        if len(variant) >= MIN_SECRET_LENGTH:
+            _redactor.add(variant)
 
 
 def forget_secrets() -> None:
     """Drop every registered secret (tests use this between cases)."""
-    global _pattern, _dirty, _overlapping
-    with _lock:
-        _secrets.clear()
-        _pattern = None
-        _dirty = False
-        _chunks.clear()
-        _chunk_patterns.clear()
-        _dirty_chunks.clear()
-        _overlapping = False
+    _redactor.clear()
 
 
 def redact(text: Any) -> str:
     """Return ``str(text)`` with every registered secret replaced by ``***``."""
-    s = text if isinstance(text, str) else str(text)
-    for pattern in _current_patterns():
-        s = pattern.sub(REDACTED, s)
-    return s
+    return _redactor.redact(text if isinstance(text, str) else str(text))
 
 
 class Secret:
@@ -207,7 +330,7 @@ class RedactingFilter(logging.Filter):
     """Rewrites a record's message and exception text with secrets removed."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not _secrets:
+        if not _redactor:
             return True
         try:
             message = record.getMessage()
@@ -309,7 +432,6 @@ def setup_logging(
 
     Calling it again replaces the handlers it installed before.
     """
-    import os
 
     root = logging.getLogger("softphone")
     for h in list(root.handlers):
