@@ -20,6 +20,7 @@ from softphone.load.results import (
     FailureKind,
     Leg,
     QualityPoint,
+    Recording,
     Resource,
     Results,
     Session,
@@ -29,7 +30,7 @@ from softphone.load.results import (
     percentile,
 )
 from softphone.load.scenario import parse_scenario
-from softphone.load.verdict import AudioStatus, LegAudioCheck, write_clip
+from softphone.load.verdict import AudioStatus, LegAudioCheck, write_clip, write_recording
 from softphone.media.lean import Tone, codec_spec, encode_source
 
 
@@ -86,6 +87,11 @@ def synthetic_results(tmp_path, agents: int = 40, seconds: int = 60, seed: int =
     bad.leg, bad.failure, bad.mos = "a12-c2", "one-way audio", None
     bad.audio = verdict.to_dict()
     bad.clip = str(verdict.clip)
+    # A sampled talk step's recording, as the agent saves it (Opus packets in Ogg).
+    opus = list(encode_source(Tone(440, 1.0, 0.3), codec_spec("opus")).payloads)
+    saved = write_recording(tmp_path / "recordings" / "agent-3-1.ogg", opus, list(range(len(opus))), "opus")
+    r.recordings.append(Recording(str(saved), agent=3, iteration=1, step="talk", leg="a3-c3", started=12.0,
+                                  seconds=1.0, packets=len(opus), call_id=17))
     return r
 
 
@@ -134,10 +140,11 @@ def test_json_round_trip_csv_and_junit(tmp_path):
     assert len(back.legs) == len(r.legs) and back.legs[0].sip == r.legs[0].sip
     assert back.metric("setup_success", None) == r.metric("setup_success", None)
     assert back.failures_by_cause() == r.failures_by_cause()
+    assert back.recordings == r.recordings and doc["recordings"][0]["path"].endswith("agent-3-1.ogg")
 
     paths = r.write_csv(tmp_path / "csv")
-    assert {p.name for p in paths} == {"latencies.csv", "failures.csv", "legs.csv", "timeseries.csv",
-                                       "resources.csv"}
+    assert {p.name for p in paths} == {"latencies.csv", "failures.csv", "legs.csv", "recordings.csv",
+                                       "timeseries.csv", "resources.csv"}
     with open(tmp_path / "csv" / "legs.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(r.legs) and rows[24]["audio"] == "silent_gaps"
@@ -166,6 +173,9 @@ def test_report_is_self_contained(tmp_path):
     assert "<script src" not in page and "<link" not in page  # nothing fetched from anywhere
     assert "uPlot" in page and "data:audio/wav;base64," in page
     assert "FAIL" in page and "SIP 503" in page
+    assert (tmp_path / "recordings" / "agent-3-1.ogg").as_uri() in page  # linked (not embedded)
+    page = write_report(tmp_path / "report.html", r).read_text()
+    assert '<a href="recordings/agent-3-1.ogg">' in page  # beside the report: a relative link
     # the clip is the verdict's WAV, intact
     b64 = re.search(r"data:audio/wav;base64,([A-Za-z0-9+/=]+)", page).group(1)
     import base64

@@ -5,7 +5,8 @@ extension, register, login, bridge call, audio), then the scenario's steps until
 run ends, and records into its worker's :class:`~softphone.load.results.Results`:
 latencies of each stage, failures classified by cause, and one
 :class:`~softphone.load.results.Leg` per call with its SIP ladder, ICE pair, quality
-samples and live audio verdict (:mod:`softphone.load.verdict`).  Locust users
+samples and live audio verdict (:mod:`softphone.load.verdict`), and, for a sample of talk
+steps, the file of what the agent heard (:class:`~softphone.load.results.Recording`).  Locust users
 (:mod:`softphone.locust`) run the same class.
 """
 
@@ -16,6 +17,7 @@ import contextlib
 import random
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -29,9 +31,9 @@ from softphone.errors import (
     SoftphoneError,
 )
 from softphone.load.credentials import AgentSpec
-from softphone.load.results import Failure, FailureKind, Leg, QualityPoint, Session, SipLine
+from softphone.load.results import Failure, FailureKind, Leg, QualityPoint, Recording, Session, SipLine
 from softphone.load.scenario import Step, StepKind
-from softphone.load.verdict import ExpectedPrompt, LegAudioCheck
+from softphone.load.verdict import ExpectedPrompt, LegAudioCheck, recording_suffix, write_recording
 from softphone.log import get_logger
 
 if TYPE_CHECKING:
@@ -43,6 +45,17 @@ QUALITY_INTERVAL = 5.0
 MAX_LADDER = 60  # SIP messages kept per call for the report's ladder
 _CALL_ID = re.compile(r"^(?:Call-ID|i)[ \t]*:[ \t]*(\S+)", re.IGNORECASE | re.MULTILINE)
 _CSEQ = re.compile(r"^CSeq[ \t]*:[ \t]*\d+[ \t]+(\S+)", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class _LocalRecording:
+    """A talk step being recorded: the tap keeping the payloads and what the result will say."""
+
+    check: LegAudioCheck
+    own: bool            # a tap only for the recording (the scenario checks no audio): removed after
+    leg: str | None
+    started: float
+    call_id: int | None  # the customer call on the line, if any
 
 
 class CallNotAnswered(SessionError):
@@ -111,6 +124,7 @@ class AgentRun:
         self.logged_out: bool | None = None
         self.unregistered: bool | None = None
         self.ladders: dict[str, list[SipLine]] = {}  # SIP Call-ID -> the call's messages
+        self._recorded: dict[int, int] = {}  # pass -> recordings saved in it
         self._sip_tapped = False
 
     def at(self) -> float:
@@ -439,10 +453,16 @@ class AgentRun:
             if call is not None and step.play:
                 call.play(step.play)
             recording = None
-            if self.customer_call is not None and step.record and self.rng.random() < step.record:
+            sampled = bool(step.record) and self.rng.random() < step.record
+            if sampled and self.customer_call is not None:  # the platform records the customer call
                 with contextlib.suppress(PlatformError):
                     recording = await agent.start_recording(self.customer_call.call_id)
-            await self._sleep(step.seconds.draw(self.rng))
+            local = self._start_local_recording(agent) if sampled else None  # and the agent what it hears
+            try:
+                await self._sleep(step.seconds.draw(self.rng))
+            finally:
+                if local is not None:
+                    await self._save_local_recording(local, step, iteration)
             if recording is not None and self.customer_call is not None:
                 with contextlib.suppress(PlatformError):
                     await agent.stop_recording(self.customer_call.call_id)
@@ -501,6 +521,53 @@ class AgentRun:
         elif kind is StepKind.DISPOSE:
             if self.last_call_id is not None:
                 await asyncio.wait_for(agent.dispose(self.last_call_id, step.code), timeout)
+
+    # -- recording a sample of talk steps (what the agent heard, saved still encoded)
+
+    def _start_local_recording(self, agent: Any) -> _LocalRecording | None:
+        """Start keeping the live leg's received payloads, through its audio verdict's packet tap
+        (or a tap of its own when the scenario checks no audio)."""
+        directory = self.w.cfg.recording_dir
+        call = agent.call
+        if not directory or call is None:
+            return None
+        entry = self.legs.get(call.call_id)
+        leg = entry[0].leg if entry is not None else None
+        check = entry[1] if entry is not None else None
+        own = check is None
+        if check is None:
+            try:
+                check = LegAudioCheck(self.w.cfg.scenario.codec, leg=leg or f"a{self.n}")
+                check.attach(getattr(call.handler, "receiver", None))
+            except ConfigurationError as exc:
+                log.warning("agent %d: cannot record %s: %s", self.n, leg, exc)
+                return None
+            self.w.ticker.add(check)
+        check.start_recording()
+        customer = self.customer_call.call_id if self.customer_call is not None else None
+        return _LocalRecording(check, own, leg, self.at(), customer)
+
+    async def _save_local_recording(self, rec: _LocalRecording, step: Step, iteration: int) -> None:
+        check = rec.check
+        payloads, seqs = check.take_recording()
+        if rec.own:
+            self.w.ticker.remove(check)
+            check.detach()
+        if not payloads:
+            log.info("agent %d: nothing received to record in %s (pass %d)", self.n, step.name, iteration)
+            return
+        k = self._recorded[iteration] = self._recorded.get(iteration, 0) + 1
+        name = f"agent-{self.n}-{iteration}" + (f"-{k}" if k > 1 else "") + recording_suffix(check.codec)
+        path = Path(self.w.cfg.recording_dir or ".") / name
+        try:  # file I/O and a PyAV call per packet: off the event loop
+            await asyncio.get_running_loop().run_in_executor(None, write_recording, path, payloads, seqs,
+                                                             check.codec)
+        except Exception as exc:  # a recording is a sample: the run goes on without it
+            log.warning("agent %d: recording %s not saved: %s", self.n, name, exc)
+            return
+        self.w.results.recordings.append(Recording(
+            str(path), self.n, iteration, step.name, rec.leg, rec.started, self.at() - rec.started,
+            len(payloads), rec.call_id))
 
     def _live_check(self, agent: Any) -> LegAudioCheck | None:
         """The audio verdict of the agent's live call, if it has one."""

@@ -66,7 +66,7 @@ def _duration(value: str) -> float:
               help="Campaign the agents log in to.")
 @click.option("--relay-only", is_flag=True, help="Agents' media through TURN only.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("load-results"),
-              show_default=True, help="Where results.json, csv/, junit.xml, report.html and clips/ go.")
+              show_default=True, help="Where results.json, csv/, junit.xml, report.html, clips/ and recordings/ go.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the scenarios' draws.")
 @click.option("--quiet", "-q", is_flag=True, help="No live progress (the summary is still printed).")
 @click.option("--prometheus", metavar="[HOST:]PORT", default=None,

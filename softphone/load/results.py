@@ -173,6 +173,21 @@ class Leg:
 
 
 @dataclass(frozen=True)
+class Recording:
+    """What an agent heard during one sampled talk step (``talk: {record: F}``), saved as a file."""
+
+    path: str                      # the file (under the run's output directory)
+    agent: int
+    iteration: int                 # the scenario's pass
+    step: str                      # the talk step's name
+    leg: str | None                # the call leg it was taken from
+    started: float                 # seconds into the run
+    seconds: float
+    packets: int
+    call_id: int | None = None     # the platform's customer call it covered, if any
+
+
+@dataclass(frozen=True)
 class Session:
     """One agent session: did it reach the bridge call with audio."""
 
@@ -252,6 +267,7 @@ class Results:
         self.failures: list[Failure] = []
         self.legs: list[Leg] = []
         self.sessions: list[Session] = []
+        self.recordings: list[Recording] = []
         self.resources: list[Resource] = []
         self.snapshots: list[Snapshot] = []
         self.interrupted = False
@@ -272,6 +288,7 @@ class Results:
         self.failures += other.failures
         self.legs += other.legs
         self.sessions += other.sessions
+        self.recordings += other.recordings
         self.resources += other.resources
         self.duration = max(self.duration, other.duration)
         self.interrupted = self.interrupted or other.interrupted
@@ -422,6 +439,7 @@ class Results:
             "failures": [f.to_dict() for f in self.failures],
             "legs": [leg.to_dict() for leg in self.legs],
             "sessions": [asdict(s) for s in self.sessions],
+            "recordings": [asdict(x) for x in sorted(self.recordings, key=lambda x: (x.agent, x.started))],
             "resources": [asdict(r) for r in self.resources],
             "snapshots": [asdict(s) for s in self.snapshots],
         }
@@ -436,6 +454,7 @@ class Results:
         r.failures = [Failure.from_dict(x) for x in d.get("failures", [])]
         r.legs = [Leg.from_dict(x) for x in d.get("legs", [])]
         r.sessions = [Session(**x) for x in d.get("sessions", [])]
+        r.recordings = [Recording(**x) for x in d.get("recordings", [])]
         r.resources = [Resource(**x) for x in d.get("resources", [])]
         r.snapshots = [Snapshot(**x) for x in d.get("snapshots", [])]
         return r
@@ -445,7 +464,7 @@ class Results:
         return path
 
     def write_csv(self, directory: Path) -> list[Path]:
-        """latencies.csv, failures.csv, legs.csv, timeseries.csv, resources.csv in ``directory``."""
+        """latencies.csv, failures.csv, legs.csv, recordings.csv, timeseries.csv, resources.csv in ``directory``."""
         directory.mkdir(parents=True, exist_ok=True)
         tables: dict[str, tuple[list[str], list[list[Any]]]] = {
             "latencies": (["metric", "seconds", "at", "agent"],
@@ -458,6 +477,8 @@ class Results:
                      [[g.leg, g.agent, g.kind, g.started, g.answered, g.ended, g.codec, g.loss, g.jitter_ms,
                        g.rtt_ms, g.mos, (g.audio or {}).get("status"), (g.audio or {}).get("prompt"),
                        g.failure, g.ice_pair, g.clip] for g in self.legs]),
+            "recordings": ([f.name for f in fields(Recording)],
+                           [[getattr(x, f.name) for f in fields(Recording)] for x in self.recordings]),
             "timeseries": ([f.name for f in fields(Snapshot)],
                            [[getattr(s, f.name) for f in fields(Snapshot)] for s in self.snapshots]),
             "resources": ([f.name for f in fields(Resource)],

@@ -233,7 +233,8 @@ async def _run(options: LoadOptions, scenario: Scenario) -> int:
     procs = []
     for k, part in enumerate(_plan(specs, workers, options.ramp)):
         cfg = WorkerConfig(k, tuple(part), scenario, options.duration, started_at, options.campaign_id,
-                           relay_only, str(clip_dir), inject_url, options.seed)
+                           relay_only, str(clip_dir), inject_url, options.seed,
+                           recording_dir=str(out_dir / "recordings"))
         p = ctx.Process(target=worker_main, args=(cfg, out_q, stop), name=f"softphone-load-{k}", daemon=False)
         p.start()
         procs.append(p)

@@ -163,7 +163,7 @@ class Step:
     # kind-specific
     seconds: Span | None = None        # talk, hold, think
     play: str | None = None            # talk: what to send instead of the scenario's `play`
-    record: float = 0.0                # talk: fraction of calls recorded
+    record: float = 0.0                # talk: fraction of talk steps recorded (the agent's file, the platform's API)
     number: str | None = None          # dial: number template ({agent}, {iteration})
     caller_id: str | None = None       # dial
     digits: str | None = None          # dtmf

@@ -36,13 +36,20 @@ never hears anything is one-way (``packets == 0`` tells "no RTP" from "RTP but s
 Audio is kept only for failed legs: the ring holds the last ``keep`` seconds of payloads
 (references, not copies); at the first failure they are snapshotted, the next ``keep / 2``
 seconds are added, and the clip is written as a WAV file (decoded then, once).
+
+A sampled leg is *recorded* the same way (:meth:`LegAudioCheck.start_recording`): each
+tick appends the second's payload references to a list, and :func:`write_recording`
+muxes them, still encoded, into a file at the end (Opus into Ogg, G.711 and G.722 into
+WAV, through PyAV): no decode at all, neither per packet nor at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import fractions
 import io
+import struct
 import time
 import wave
 from collections.abc import Callable, Iterable, Sequence
@@ -293,6 +300,73 @@ def write_clip(path: Path, payloads: list[bytes], codec: str) -> Path:
     return path
 
 
+#: How received payloads are saved without decoding: container, FFmpeg codec, sample rate,
+#: samples per 20 ms packet, file suffix.
+RECORDING_FORMATS: dict[str, tuple[str, str, int, int, str]] = {
+    "opus": ("ogg", "libopus", 48000, 960, ".ogg"),
+    "pcmu": ("wav", "pcm_mulaw", 8000, 160, ".wav"),
+    "pcma": ("wav", "pcm_alaw", 8000, 160, ".wav"),
+    "g722": ("wav", "g722", 16000, 320, ".wav"),
+}
+#: G.711 silence, written for packets lost in a recording (WAV has no timestamps to skip them).
+_G711_SILENCE = {"pcmu": b"\xff" * 160, "pcma": b"\xd5" * 160}
+#: A stream recorded from its middle: decoders drop this much while they converge (RFC 7845 4.2).
+OPUS_PRE_SKIP = 3840
+MAX_FILLED_GAP = 500  # packets (10 s): a longer sequence jump is a new stream, not a loss
+
+
+def recording_suffix(codec: str) -> str:
+    """The file suffix :func:`write_recording` gives ``codec`` (".ogg" for Opus, else ".wav")."""
+    return RECORDING_FORMATS[codec.lower().removeprefix("audio/")][4]
+
+
+def write_recording(path: Path, payloads: Sequence[bytes], seqs: Sequence[int], codec: str) -> Path:
+    """Mux received ``payloads`` (RTP sequence numbers ``seqs``) as they are into ``path``.
+
+    Lost packets: a gap in the Ogg timestamps (Opus) or written silence (G.711).  Called
+    off the event loop (a thread) by the load runner: it is file I/O and one PyAV call per packet.
+    """
+    codec = codec.lower().removeprefix("audio/")
+    if codec not in RECORDING_FORMATS:
+        raise ConfigurationError(f"codec: cannot record {codec!r}")
+    container, name, rate, step, _ = RECORDING_FORMATS[codec]
+    silence = _G711_SILENCE.get(codec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    time_base = fractions.Fraction(1, rate)
+    out = av.open(str(path), "w", format=container)
+    try:
+        stream = out.add_stream(name, rate=rate)
+        stream.codec_context.layout = "mono"
+        if codec == "opus":  # the Ogg Opus identification header (RFC 7845 5.1): 1 channel, 48 kHz
+            stream.codec_context.extradata = b"OpusHead" + struct.pack("<BBHIhB", 1, 1, OPUS_PRE_SKIP, 48000, 0, 0)
+        pts = 0
+        previous: int | None = None
+        for payload, seq in zip(payloads, seqs, strict=True):
+            if previous is not None:
+                lost = ((seq - previous) & 0xFFFF) - 1
+                if 0 < lost <= MAX_FILLED_GAP:
+                    if silence is not None:
+                        for _ in range(lost):
+                            pts = _mux(out, stream, silence, pts, step, time_base)
+                    else:
+                        pts += lost * step
+            previous = seq
+            pts = _mux(out, stream, payload, pts, step, time_base)
+    finally:
+        out.close()
+    return path
+
+
+def _mux(out: Any, stream: Any, payload: bytes, pts: int, step: int, time_base: fractions.Fraction) -> int:
+    packet = av.Packet(payload)
+    packet.stream = stream
+    packet.pts = packet.dts = pts
+    packet.duration = step
+    packet.time_base = time_base
+    out.mux(packet)
+    return pts + step
+
+
 # --- one leg --------------------------------------------------------------------------
 
 
@@ -323,6 +397,9 @@ class LegAudioCheck:
         "_owed",
         "_paused",
         "_pt",
+        "_rec_from",
+        "_rec_payloads",
+        "_rec_seqs",
         "_receiver",
         "_ref_hits",
         "_ref_seen",
@@ -388,6 +465,9 @@ class LegAudioCheck:
         self._clip_before: list[bytes] | None = None
         self._clip_after: list[bytes] = []
         self._clip_pending = 0
+        self._rec_payloads: list[bytes] | None = None  # recording: the payloads since start_recording
+        self._rec_seqs: list[int] = []
+        self._rec_from = 0
         self._receiver: Any = None
         self.clip: Path | None = None
         self.failure: str | None = None
@@ -474,6 +554,10 @@ class LegAudioCheck:
         self._last_count = self._count
         block_start = self._block_start
         self._block_start = now
+        if self._rec_payloads is not None and payloads:
+            skip = max(0, self._rec_from - (self._count - len(payloads)))  # arrived before the start
+            self._rec_payloads.extend(payloads[skip:])
+            self._rec_seqs.extend(seqs[skip:])
         if self._paused:
             # On hold: silence is expected and not judged; the silent run starts again after.
             self._last_seq = seqs[-1] if seqs else self._last_seq
@@ -504,6 +588,28 @@ class LegAudioCheck:
         if self._paused:
             self.tick(now)
             self._paused = False
+
+    # -- recording a sample of legs (the ring's payloads, kept past the second they arrived in)
+
+    @property
+    def recording(self) -> bool:
+        return self._rec_payloads is not None
+
+    def start_recording(self) -> None:
+        """Keep every payload from now on (references, collected once a second by :meth:`tick`)."""
+        if self._rec_payloads is None:
+            self._rec_payloads, self._rec_seqs, self._rec_from = [], [], self._count
+
+    def take_recording(self) -> tuple[list[bytes], list[int]]:
+        """Stop recording: the payloads since :meth:`start_recording` and their RTP sequence
+        numbers, for :func:`write_recording`."""
+        if self._rec_payloads is None:
+            return [], []
+        if self._receiver is not None:
+            self.tick()  # the packets since the last tick (a finished leg had its last tick)
+        payloads, seqs = self._rec_payloads, self._rec_seqs
+        self._rec_payloads, self._rec_seqs = None, []
+        return payloads, seqs
 
     def _timeline(self, flags: np.ndarray, seqs: list[int]) -> np.ndarray:
         """Place each packet's flag at its sequence position, lost packets as silence between."""

@@ -44,6 +44,7 @@ class WorkerConfig:
     clip_dir: str | None = None
     inject_url: str | None = None  # the lab's POST /lab/inbound, for wait_call {inject: true}
     seed: int = 0
+    recording_dir: str | None = None  # where sampled talk steps (talk: {record: F}) are saved
 
 
 def _pss_bytes() -> int | None:
