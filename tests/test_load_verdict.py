@@ -271,3 +271,38 @@ def test_bench_verdict_runs_small(capsys):
     out = capsys.readouterr().out
     for method in ("hook only", "g711 tables", "opus probe", "fingerprint"):
         assert method in out
+
+
+async def test_ticker_spreads_legs_over_the_interval_and_ticks_each_once():
+    """Each callback ticks one slice of the legs; over an interval every leg is ticked once."""
+    import asyncio
+
+    class Leg:
+        def __init__(self, n: int) -> None:
+            self.leg, self.ticks = f"leg{n}", []
+
+        def tick(self, now: float) -> None:
+            self.ticks.append(now)
+
+    ticker = VerdictTicker(interval=0.2, slices=4)
+    legs = [ticker.add(Leg(n)) for n in range(10)]
+    try:
+        assert len(ticker) == 10
+        assert sorted(len(g) for g in ticker._slices) == [2, 2, 3, 3]  # least full slice first
+        done = asyncio.Event()
+        asyncio.get_running_loop().call_soon(lambda: None)
+        while not all(len(leg.ticks) >= 3 for leg in legs):
+            await asyncio.sleep(0.05)
+            if asyncio.get_running_loop().time() > 1e12:
+                break
+        times = sorted({t for leg in legs for t in leg.ticks})
+        assert len(times) >= 4                           # several callbacks, not one for all legs
+        for leg in legs:
+            gaps = [b - a for a, b in zip(leg.ticks, leg.ticks[1:], strict=False)]
+            assert all(g > 0.1 for g in gaps), gaps      # once per interval, not once per slice
+        ticker.remove(legs[0])
+        assert len(ticker) == 9 and sum(len(g) for g in ticker._slices) == 9
+        del done
+    finally:
+        ticker.close()
+    assert len(ticker) == 0

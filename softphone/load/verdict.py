@@ -802,45 +802,65 @@ class LegAudioCheck:
 
 
 class VerdictTicker:
-    """Ticks every registered leg once per ``interval`` from one event-loop timer."""
+    """Ticks every registered leg once per ``interval``, the legs spread over ``slices`` timers.
 
-    def __init__(self, interval: float = 1.0) -> None:
+    Ticking all of a worker's legs in one callback blocked its loop 15-28 ms every second
+    with 75 legs (twice that at 150): each leg is placed in the least full of ``slices``
+    groups, and one group is ticked every ``interval / slices``, so a callback holds the loop
+    for a tenth of that and every leg is still judged once per interval.
+    """
+
+    def __init__(self, interval: float = 1.0, slices: int = 10) -> None:
         if not interval > 0:
             raise ConfigurationError(f"interval: must be > 0, got {interval}")
+        if slices < 1:
+            raise ConfigurationError(f"slices: must be >= 1, got {slices}")
         self.interval = interval
-        self._legs: dict[int, LegAudioCheck] = {}
+        self._slices: list[dict[int, LegAudioCheck]] = [{} for _ in range(slices)]
+        self._slice_of: dict[int, int] = {}
+        self._next = 0
         self._handle: asyncio.TimerHandle | None = None
         self.tick_seconds = 0.0  # CPU time spent ticking (the verdict's own cost)
 
     def __len__(self) -> int:
-        return len(self._legs)
+        return len(self._slice_of)
 
     def add(self, leg: LegAudioCheck) -> LegAudioCheck:
-        self._legs[id(leg)] = leg
+        if id(leg) not in self._slice_of:
+            index = min(range(len(self._slices)), key=lambda i: len(self._slices[i]))
+            self._slices[index][id(leg)] = leg
+            self._slice_of[id(leg)] = index
         if self._handle is None:
-            loop = asyncio.get_running_loop()
-            self._handle = loop.call_later(self.interval, self._tick)
+            self._schedule()
         return leg
 
     def remove(self, leg: LegAudioCheck) -> None:
-        self._legs.pop(id(leg), None)
+        index = self._slice_of.pop(id(leg), None)
+        if index is not None:
+            self._slices[index].pop(id(leg), None)
 
     def finish(self, leg: LegAudioCheck) -> LegVerdict:
         self.remove(leg)
         return leg.finish()
 
+    def _schedule(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._handle = loop.call_later(self.interval / len(self._slices), self._tick)
+
     def _tick(self) -> None:
         started = time.thread_time()
         now = time.monotonic()
-        for leg in list(self._legs.values()):
+        group = self._slices[self._next]
+        self._next = (self._next + 1) % len(self._slices)
+        for leg in list(group.values()):
             try:
                 leg.tick(now)
             except Exception:  # one leg's bad packet must not stop the others' checks
                 log.exception("audio verdict of leg %s failed", leg.leg)
-                self._legs.pop(id(leg), None)
+                self.remove(leg)
         self.tick_seconds += time.thread_time() - started
-        if self._legs:
-            self._handle = asyncio.get_running_loop().call_later(self.interval, self._tick)
+        if self._slice_of:
+            self._schedule()
         else:
             self._handle = None
 
@@ -848,7 +868,9 @@ class VerdictTicker:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-        self._legs.clear()
+        for group in self._slices:
+            group.clear()
+        self._slice_of.clear()
 
 
 def summarize(verdicts: Iterable[LegVerdict]) -> dict[str, int]:
