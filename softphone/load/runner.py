@@ -41,10 +41,11 @@ from pathlib import Path
 from typing import Any
 
 from softphone.errors import ConfigurationError
+from softphone.gc_freezer import GcFreezer
 from softphone.load.credentials import AgentSpec
 from softphone.load.results import FailureKind, Results, Snapshot, exit_code
 from softphone.load.scenario import DEFAULT_SCENARIO, Scenario, parse_scenario
-from softphone.load.worker import STATUS_INTERVAL, STOP_GRACE, WorkerConfig, worker_main
+from softphone.load.worker import SETUP_GRACE, STATUS_INTERVAL, STOP_GRACE, WorkerConfig, worker_main
 from softphone.log import get_logger
 
 log = get_logger(__name__)
@@ -238,6 +239,12 @@ async def _run(options: LoadOptions, scenario: Scenario) -> int:
         p = ctx.Process(target=worker_main, args=(cfg, out_q, stop), name=f"softphone-load-{k}", daemon=False)
         p.start()
         procs.append(p)
+    freezer = None
+    if lab is not None:
+        # The embedded lab grows with the agents (registrations, bridge calls, their media): its
+        # full collections stalled this loop, and the lab's media to the agents, ~100 ms each.
+        ramp_ends = started_at + len(specs) / options.ramp + SETUP_GRACE
+        freezer = asyncio.create_task(GcFreezer(lambda: time.time() < ramp_ends and not stop.is_set()).run())
     results = Results(scenario.name, started_at=started_at, agents=len(specs), workers=workers)
     statuses: dict[int, dict[str, Any]] = {}
     got: set[int] = set()
@@ -297,6 +304,8 @@ async def _run(options: LoadOptions, scenario: Scenario) -> int:
                     if exporter is not None:
                         exporter.update(run_status, cpu_cores=snap.cpu_cores, pss_bytes=snap.pss_mb * 1024 ** 2)
     finally:
+        if freezer is not None:
+            freezer.cancel()
         for p in procs:
             p.join(timeout=STOP_GRACE if not aborted else 5)
             if p.is_alive():
