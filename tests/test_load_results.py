@@ -43,7 +43,8 @@ def synthetic_results(tmp_path, agents: int = 40, seconds: int = 60, seed: int =
         active = min(agents, t * 4)
         r.snapshots.append(Snapshot(at=float(t), active_agents=active, registered=active, in_call=max(0, active - 2),
                                     calls=t * 3, failures=t // 20, cpu_cores=0.01 * active,
-                                    pss_mb=60 + 0.8 * active, loop_lag_ms=2 + rng.random() * 5))
+                                    pss_mb=60 + 0.8 * active, loop_lag_ms=2 + rng.random() * 5,
+                                    gc_pause_ms=rng.random() * 3))
         for w in (0, 1):
             r.resources.append(Resource(at=float(t), worker=w, cpu_s=0.004 * t * active / 2,
                                         pss_bytes=int((30 + 0.4 * active) * 1024 ** 2), loop_lag_ms=2 + rng.random() * 8,
@@ -219,7 +220,7 @@ def test_report_renders_in_headless_chromium(tmp_path, chromium):
     assert check["errors"] == [], check["errors"]
     titles = [p["title"] for p in check["plots"]]
     for expected in ("agents", "calls and failures (cumulative)", "CPU (cores, all workers)",
-                     "event-loop lag (ms, worst worker)", "latencies (ms) by step", "MOS per leg (at its end)",
+                     "event-loop lag and garbage-collector pauses (ms, worst worker)", "latencies (ms) by step", "MOS per leg (at its end)",
                      "login_to_audio (ms)", "MOS per leg"):
         assert expected in titles, titles
     assert all(p["canvas"] and p["w"] > 0 and p["h"] > 0 for p in check["plots"]), check["plots"]

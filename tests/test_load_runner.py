@@ -65,6 +65,7 @@ def test_three_agents_on_the_lab_in_two_workers(tmp_path):
     for metric in ("authorize", "register", "login_to_bridge", "ice_connected", "first_audio", "login_to_audio"):
         assert doc["latency"][metric]["count"] == 3, metric
     assert {r["worker"] for r in doc["resources"]} == {0, 1}
+    assert all(r["gc_pause_ms"] >= 0 for r in doc["resources"]) and all("gc_pause_ms" in s for s in doc["snapshots"])
     assert doc["summary"]["cpu_per_agent_second"] is not None and doc["snapshots"]
     assert all(t["passed"] for t in doc["thresholds"])
     suite = ET.parse(out / "junit.xml").getroot()

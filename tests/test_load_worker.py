@@ -31,3 +31,20 @@ def test_growth_ends_after_the_grace_or_on_stop() -> None:
     w = _worker(0.5, (0.0, 1.0))
     w.stopping = True
     assert not w.growing()
+
+
+def test_status_carries_the_collectors_pause_only_while_running() -> None:
+    import gc
+
+    w = _worker(0.5, (0.0,))
+    assert w.status()["gc_pause_ms"] == 0.0 and w.gc_pauses is None  # no gc callback before run()
+    callbacks = len(gc.callbacks)
+    from softphone.gc_freezer import GcPauseMeter
+
+    w.gc_pauses = GcPauseMeter()
+    try:
+        gc.collect()
+        assert w.status()["gc_pause_ms"] > 0
+    finally:
+        w.gc_pauses.close()
+    assert len(gc.callbacks) == callbacks

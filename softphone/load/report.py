@@ -70,6 +70,7 @@ def _series_over_time(results: Results) -> dict[str, Any]:
         "cpu_cores": [s.cpu_cores for s in snaps],
         "pss_mb": [s.pss_mb for s in snaps],
         "loop_lag_ms": [s.loop_lag_ms for s in snaps],
+        "gc_pause_ms": [s.gc_pause_ms for s in snaps],
     }
     lat: dict[str, dict[str, list[float]]] = {}
     for x in sorted(results.latencies, key=lambda x: x.at):
@@ -304,7 +305,8 @@ _SCRIPT = r"""
                                 {label: "in call", values: S.in_call}]);
     lines(time, "calls and failures (cumulative)", S.t, [{label: "calls", values: S.calls}, {label: "failures", values: S.failures}]);
     lines(time, "CPU (cores, all workers)", S.t, [{label: "cores", values: S.cpu_cores}]);
-    lines(time, "event-loop lag (ms, worst worker)", S.t, [{label: "lag", values: S.loop_lag_ms}]);
+    lines(time, "event-loop lag and garbage-collector pauses (ms, worst worker)", S.t,
+          [{label: "loop lag", values: S.loop_lag_ms}, {label: "GC pause", values: S.gc_pause_ms}]);
     lines(time, "memory (PSS MB, all workers)", S.t, [{label: "PSS", values: S.pss_mb}]);
   }
   var names = Object.keys(S.latency);

@@ -209,6 +209,7 @@ class Resource:
     pss_bytes: int | None
     loop_lag_ms: float    # the worst lag in the sampling interval
     agents: int
+    gc_pause_ms: float = 0.0  # the garbage collector's worst pause in the interval
 
 
 @dataclass(frozen=True)
@@ -224,6 +225,7 @@ class Snapshot:
     cpu_cores: float = 0.0  # all workers
     pss_mb: float = 0.0     # all workers
     loop_lag_ms: float = 0.0  # the worst worker's
+    gc_pause_ms: float = 0.0  # the worst worker's longest garbage-collector pause
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

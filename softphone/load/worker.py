@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from softphone.gc_freezer import GcFreezer
+from softphone.gc_freezer import GcFreezer, GcPauseMeter
 from softphone.load.agent_run import AgentRun
 from softphone.load.credentials import AgentSpec
 from softphone.load.results import Leg, Resource, Results
@@ -72,6 +72,7 @@ class Worker:
         self.active = 0
         self.calls = 0
         self.loop_lag_ms = 0.0
+        self.gc_pauses: GcPauseMeter | None = None  # the collector's pauses, per status interval (while running)
         self._tasks: set[asyncio.Task] = set()
         self._end_at = cfg.started_at + cfg.duration
 
@@ -94,6 +95,7 @@ class Worker:
             "registered": sum(r.registered for r in self.runs), "in_call": sum(r.in_call for r in self.runs),
             "calls": self.calls, "failures": dict(failures), "cpu_s": time.process_time(),
             "pss_bytes": _pss_bytes(), "loop_lag_ms": self.loop_lag_ms,
+            "gc_pause_ms": self.gc_pauses.worst * 1000.0 if self.gc_pauses is not None else 0.0,
         }
 
     def growing(self) -> bool:
@@ -117,14 +119,17 @@ class Worker:
             await asyncio.sleep(STATUS_INTERVAL)
             s = self.status()
             self.results.resources.append(Resource(s["at"], self.cfg.worker, s["cpu_s"], s["pss_bytes"],
-                                                   s["loop_lag_ms"], s["active"]))
+                                                   s["loop_lag_ms"], s["active"], s["gc_pause_ms"]))
             self.loop_lag_ms = 0.0
+            if self.gc_pauses is not None:
+                self.gc_pauses.take()
             self.out.put(("status", self.cfg.worker, s))
 
     async def run(self) -> None:
         # The idle baseline (imports done, no agent yet): what an agent costs is measured above it.
         self.results.resources.append(Resource(time.time() - self.cfg.started_at, self.cfg.worker,
                                                time.process_time(), _pss_bytes(), 0.0, 0))
+        self.gc_pauses = GcPauseMeter()
         # Full collections over the agents' growing heap stalled the loop 30-130 ms each during the
         # ramp: what survives is frozen out of the collector's reach while the worker grows.
         probes = [self.spawn(self._lag_probe()), self.spawn(self._report()),
@@ -151,10 +156,12 @@ class Worker:
             self.results.interrupted = self.stop_event.is_set()
             s = self.status()
             self.results.resources.append(Resource(s["at"], self.cfg.worker, s["cpu_s"], s["pss_bytes"],
-                                                   s["loop_lag_ms"], 0))
+                                                   s["loop_lag_ms"], 0, s["gc_pause_ms"]))
             for task in probes:
                 task.cancel()
             self.ticker.close()
+            self.gc_pauses.close()
+            self.gc_pauses = None
 
 
 def worker_main(cfg: WorkerConfig, out: Any, stop: Any) -> None:
