@@ -287,3 +287,25 @@ def test_expected_prompt_from_a_tone_or_a_file(tmp_path):
     prompt = expected_prompt(str(path), "pcmu")
     assert prompt.fingerprints and prompt.label == "menu.wav"
     assert expected_prompt(str(path), "pcmu") is prompt  # built once per process
+
+
+def _silent_worker(cfg, out, stop) -> None:
+    """A worker that neither reports nor ends (spawned by the test below)."""
+    import time as _time
+
+    while True:
+        _time.sleep(1)
+
+
+def test_a_worker_that_never_reports_is_stopped_and_the_report_still_written(tmp_path, monkeypatch, caplog):
+    from softphone.load import runner
+
+    monkeypatch.setattr(runner, "worker_main", _silent_worker)
+    monkeypatch.setattr(runner, "STOP_GRACE", 0.5)
+    monkeypatch.setattr(runner, "RESULTS_GRACE", 0.5)
+    options = runner.LoadOptions(agents=1, duration=0.5, specs=[AgentSpec(1, url="https://h/p")],
+                                 out_dir=tmp_path / "out", quiet=True)
+    assert runner.run_load(options) == EXIT_THRESHOLD_FAILED  # setup_success: nothing measured
+    assert "worker(s) [0] sent no results" in caplog.text
+    doc = _results(tmp_path / "out")
+    assert doc["sessions"] == [] and (tmp_path / "out" / "report.html").is_file()

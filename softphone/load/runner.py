@@ -18,7 +18,9 @@ is the lean path: received audio is not decoded unless the scenario has
 
 Ctrl-C: the first asks every worker to stop (each agent logs out and unregisters:
 the Agent's own shutdown), the second aborts the workers; the report is written
-either way from what arrived, marked interrupted.  Exit status: 0, or
+either way from what arrived, marked interrupted.  A worker still silent
+:data:`RESULTS_GRACE` seconds after its own stop grace is stuck: it prints every
+thread's stack (faulthandler, SIGUSR1) and is terminated; the report is written from the others.  Exit status: 0, or
 :data:`~softphone.load.results.EXIT_THRESHOLD_FAILED` when a threshold failed,
 1 when the run could not start, 130 when aborted.
 """
@@ -52,6 +54,7 @@ log = get_logger(__name__)
 
 EXIT_RUNTIME = 1
 EXIT_ABORTED = 130
+RESULTS_GRACE = 30.0  # seconds past the workers' own stop grace before a silent worker is stopped
 #: Why a dialled call ended unanswered, by the SIP code of the platform's call-end record.
 SIP_REASONS = {486: "busy", 600: "busy everywhere", 480: "no answer", 487: "no answer (cancelled)",
                408: "no answer (timeout)", 603: "declined", 404: "not found"}
@@ -269,6 +272,7 @@ async def _run(options: LoadOptions, scenario: Scenario) -> int:
     progress = LiveProgress(quiet=options.quiet, file=options.progress_file, force_terminal=options.force_terminal,
                             title=f"softphone load: {scenario.name}")
     last_cpu: dict[int, tuple[float, float, float]] = {}
+    results_deadline = started_at + options.duration + STOP_GRACE + RESULTS_GRACE
     try:
         with progress:
             next_snapshot = time.time()
@@ -286,6 +290,18 @@ async def _run(options: LoadOptions, scenario: Scenario) -> int:
                     log.error("worker %d: %s", worker, payload)
                 if kind is None and all(not p.is_alive() for p in procs):
                     # dead without results (aborted or killed): stop waiting for them
+                    break
+                if kind is None and time.time() > results_deadline:
+                    # alive but silent long after the run's end (stuck): never wait for ever
+                    stuck = [k for k, p in enumerate(procs) if k not in got and p.is_alive()]
+                    log.error("worker(s) %s sent no results %.0f s after the run's end: stopping them "
+                              "(their stacks go to stderr)", stuck, time.time() - started_at - options.duration)
+                    for k in stuck:
+                        with contextlib.suppress(OSError):
+                            os.kill(procs[k].pid, signal.SIGUSR1)  # faulthandler: its stacks on stderr
+                    await asyncio.sleep(1.0)
+                    for k in stuck:
+                        procs[k].terminate()
                     break
                 now = time.time()
                 if now >= next_snapshot and statuses:

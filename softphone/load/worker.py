@@ -10,6 +10,7 @@ once a second and, at the end, its :class:`~softphone.load.results.Results` as J
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import json
 import signal
 import time
@@ -167,6 +168,8 @@ class Worker:
 def worker_main(cfg: WorkerConfig, out: Any, stop: Any) -> None:
     """Entry point of a worker process (spawned)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; a second Ctrl-C terminates us
+    # A worker the parent finds stuck is asked where it is: every thread's stack on stderr.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     # Import the agent stack before the loop starts, so the import is not counted as loop lag.
     import softphone.agent.agent
     import softphone.media.description_handler  # noqa: F401
