@@ -2,8 +2,8 @@
 
 Each step is one ``softphone load`` run (its own process tree: the lab, with its media, in
 the parent process and coturn in its own; the agents in worker processes), the steady
-bridge scenario with the audio verdict on every leg, media relayed through coturn on both
-sides.  The bars (issue 13): setup success > 99.5 %, mean loss < 0.5 %, audio heard on
+bridge scenario with the audio verdict on every leg, the agents' media relayed through
+coturn (as the Webphone's), the lab's media server on its host address (as a platform's).  The bars (issue 13): setup success > 99.5 %, mean loss < 0.5 %, audio heard on
 every checked leg, event-loop lag p99 < 50 ms.  Printed per N: setup success, heard, loss,
 loop lag p99, p95 login -> bridge answered (agents ramping at ``--ramp`` per second),
 the agents' CPU-s per agent-second (the workers' own process time over the whole run:
@@ -285,7 +285,8 @@ async def _locust_step(n: int, args: argparse.Namespace, workdir: Path) -> dict:
     out = workdir / f"locust-n{n}"
     out.mkdir(parents=True, exist_ok=True)
     seed_path, ids = _seed_file(n, out)
-    server = await start_lab(db_url="sqlite:///:memory:", seed=str(seed_path), turn=True, relay_only=True)
+    server = await start_lab(db_url="sqlite:///:memory:", seed=str(seed_path), turn=True,
+                             relay_only=False, media_turn=False)
     procs = []
     try:
         rows = [server.launch_params(uid, secure=False) for uid in ids]
@@ -384,7 +385,8 @@ async def _chromium_step(k: int, mode: str, args: argparse.Namespace, workdir: P
     out = workdir / f"chromium-{mode}-k{k}"
     out.mkdir(parents=True, exist_ok=True)
     seed_path, ids = _seed_file(k, out)
-    server = await start_lab(db_url="sqlite:///:memory:", seed=str(seed_path), turn=True, relay_only=True)
+    server = await start_lab(db_url="sqlite:///:memory:", seed=str(seed_path), turn=True,
+                             relay_only=False, media_turn=False)
     events: dict[int, list[str]] = {i: [] for i in range(k)}
     configs: dict[int, str] = {}
     clients = []

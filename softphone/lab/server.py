@@ -264,6 +264,7 @@ async def start_lab(
     turn_port: int = 0,
     turn_user: str | None = None,
     relay_only: bool = False,
+    media_turn: bool = True,
     prompt: str | None = None,
     recordings_dir: str | Path | None = None,
     customers: Any = None,
@@ -279,7 +280,9 @@ async def start_lab(
     ``registrar_options``.  ``turn`` starts coturn on ``turn_port`` (0: free);
     without it, ``turn_port`` and ``turn_user`` ("NAME:PASS") describe a TURN
     server run elsewhere on the lab's host (docker-compose's ``turn``);
-    ``relay_only`` makes the lab's media use relay candidates only.  Dialer
+    ``relay_only`` makes the lab's media use relay candidates only; ``media_turn=False`` keeps
+    the lab's own media off TURN (host candidates), as a platform's media server with a public
+    address: the TURN server then relays the agents' side only.  Dialer
     keywords (passed to ``TelephonyOptions``; None keeps its default):
     ``prompt``, ``recordings_dir``, ``customers``, plus ``telephony_options``.
     """
@@ -328,9 +331,10 @@ async def start_lab(
                     customers = CustomerTable.load(customers)
                 dialer_options = {"prompt": prompt, "recordings_dir": Path(recordings_dir) if recordings_dir else None,
                                   "customers": customers,
-                                  "media": _on_loopback(_media_config(turn_server, relay_only, None if external_user is None
-                                                                      else (f"turn:{_url_host(lab_domain)}:{turn_port}",
-                                                                            *external_user)), host),
+                                  "media": _on_loopback(_media_config(
+                                      turn_server if media_turn else None, relay_only,
+                                      None if external_user is None or not media_turn
+                                      else (f"turn:{_url_host(lab_domain)}:{turn_port}", *external_user)), host),
                                   **(telephony_options or {})}
                 telephony = _build_sip_telephony(module, endpoint, dialer_options)
         elif relay_only and turn_server is None and turn:

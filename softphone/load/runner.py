@@ -142,9 +142,11 @@ def _seed_file(agents: int, directory: Path) -> tuple[Path, list[int]]:
 
 
 async def _start_lab(options: LoadOptions, workdir: Path) -> tuple[Any, list[AgentSpec], str, bool]:
-    """The embedded lab with N load agents; with coturn (when installed) all media is relayed
-    through it on loopback, on both sides, as agents behind TURN do.  Returns the lab, the
-    agents, the inbound-call URL and whether media is relayed."""
+    """The embedded lab with N load agents; with coturn (when installed) the agents' media is
+    relayed through it, as the Webphone's is, and the lab's media server answers on its host
+    address, as a platform's does (relaying both sides doubled coturn's work and the lab's,
+    which share the machine with the agents).  Returns the lab, the agents, the inbound-call URL
+    and whether the agents' media is relayed."""
     import shutil
 
     from softphone.lab.server import start_lab
@@ -155,7 +157,7 @@ async def _start_lab(options: LoadOptions, workdir: Path) -> tuple[Any, list[Age
     prompt = lab_prompt(options.lab_prompt) if options.lab_prompt is not None else None
     if options.lab_recordings is not None:
         options.lab_recordings.mkdir(parents=True, exist_ok=True)
-    server = await start_lab(db_url="sqlite:///:memory:", seed=str(seed_path), turn=turn, relay_only=turn,
+    server = await start_lab(db_url="sqlite:///:memory:", seed=str(seed_path), turn=turn, relay_only=False, media_turn=False,
                              customers=customers, prompt=prompt, recordings_dir=options.lab_recordings)
     specs = []
     for n, uid in enumerate(ids, start=1):
