@@ -46,8 +46,10 @@ import _queue  # noqa: E402
 import asyncio  # noqa: E402
 import collections  # noqa: E402
 import csv  # noqa: E402
+import ipaddress  # noqa: E402
 import itertools  # noqa: E402
 import os  # noqa: E402
+import socket  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -79,6 +81,7 @@ EXECUTOR_THREADS = 4
 _start_new_thread = get_original("_thread", "start_new_thread")
 _allocate_lock = get_original("_thread", "allocate_lock")
 _EpollSelector = get_original("selectors", "EpollSelector")
+_OriginalSocket = get_original("socket", "socket")
 
 
 class StepFailure(Exception):
@@ -94,6 +97,32 @@ class RealThreadLoop(asyncio.SelectorEventLoop):
         self._jobs = _queue.SimpleQueue()
         for _ in range(threads):
             _start_new_thread(self._work, ())
+
+    async def create_datagram_endpoint(self, protocol_factory: Any, local_addr: Any = None,
+                                       remote_addr: Any = None, **kw: Any) -> Any:
+        """UDP endpoints on *original* sockets: gevent's socket class (what ``socket.socket`` is
+        after the patch) wraps every ``send``/``recvfrom`` in Python, on every media packet.
+        What this does not handle (a given ``sock``, broadcast, reuse_port) takes asyncio's path."""
+        if kw.get("sock") is not None or kw.get("reuse_port") or kw.get("allow_broadcast") \
+                or (local_addr is None and remote_addr is None):
+            return await super().create_datagram_endpoint(protocol_factory, local_addr=local_addr,
+                                                          remote_addr=remote_addr, **kw)
+        family = _literal_family(remote_addr if remote_addr is not None else local_addr)
+        if family is None or (local_addr is not None and _literal_family(local_addr) != family):
+            # a host name to resolve: asyncio's own path (resolving in a thread of ours would wake gevent's)
+            return await super().create_datagram_endpoint(protocol_factory, local_addr=local_addr,
+                                                          remote_addr=remote_addr, **kw)
+        sock = _OriginalSocket(family, socket.SOCK_DGRAM, kw.get("proto", 0))
+        try:
+            sock.setblocking(False)
+            if local_addr is not None:
+                sock.bind(local_addr)
+            if remote_addr is not None:
+                sock.connect(remote_addr)
+        except BaseException:
+            sock.close()
+            raise
+        return await super().create_datagram_endpoint(protocol_factory, sock=sock)
 
     def run_in_executor(self, executor: Any, func: Any, *args: Any) -> asyncio.Future:
         fut = self.create_future()
@@ -117,6 +146,14 @@ class RealThreadLoop(asyncio.SelectorEventLoop):
         for _ in range(self._threads):
             self._jobs.put(None)
         super().close()
+
+
+def _literal_family(addr: Any) -> int | None:
+    """AF_INET / AF_INET6 for an address tuple whose host is an IP literal, else None."""
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(addr[0]).version == 6 else socket.AF_INET
+    except (ValueError, TypeError, IndexError):
+        return None
 
 
 def _deliver(fut: asyncio.Future, result: Any, exc: BaseException | None) -> None:

@@ -69,3 +69,41 @@ async def test_master_and_two_workers_report_the_agents_steps(tmp_path):
         assert key in rows, (sorted(rows), text[-3000:])
         assert rows[key]["Request Count"] == "2", (key, rows[key])  # one per agent, from both workers
         assert rows[key]["Failure Count"] == "0"
+
+
+UDP_PROBE = """
+import locust  # patches the process with gevent, as the locust command does
+import asyncio, socket
+import softphone.locust as sl
+
+async def main():
+    loop = asyncio.get_running_loop()
+    got = loop.create_future()
+
+    class Receiver(asyncio.DatagramProtocol):
+        def datagram_received(self, data, addr):
+            got.set_result(data)
+
+    a, _ = await loop.create_datagram_endpoint(Receiver, local_addr=("127.0.0.1", 0))
+    b, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, remote_addr=a.get_extra_info("sockname"))
+    b.sendto(b"rtp")
+    data = await asyncio.wait_for(got, 5)
+    classes = sorted({type(t.get_extra_info("socket")._sock).__module__ for t in (a, b)})
+    a.close(); b.close()
+    return classes, data, socket.socket.__module__
+
+print(sl.asyncio.run_coroutine_threadsafe(main(), sl._loop_thread().loop).result(10))
+"""
+
+
+def test_loop_thread_udp_endpoints_are_original_sockets():
+    """The agents' UDP sockets are the stdlib's, not gevent's wrappers (Python code on every packet)."""
+    import ast
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", UDP_PROBE], capture_output=True, text=True, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != "LOCUST_SKIP_MONKEY_PATCH"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    classes, data, patched = ast.literal_eval(proc.stdout.strip().splitlines()[-1])
+    assert patched.startswith("gevent")  # the process is patched: socket.socket is gevent's
+    assert classes == ["socket"] and data == b"rtp"  # yet both endpoints are stdlib sockets, and work
