@@ -161,7 +161,8 @@ def test_second_ctrl_c_aborts_and_still_writes_the_report(tmp_path):
     try:
         _wait_for_line(proc, "in call 1", time.monotonic() + 90)
         os.kill(proc.pid, signal.SIGINT)
-        time.sleep(0.05)  # two presses, not one: the second must find the stop under way
+        # the second press once the first has been taken (two signals pending at once are one)
+        _wait_for_line(proc, "Ctrl-C again to abort", time.monotonic() + 30)
         os.kill(proc.pid, signal.SIGINT)
         proc.communicate(timeout=60)
     finally:
