@@ -61,12 +61,13 @@ from locust import User, constant, task  # noqa: E402
 import softphone.agent.agent  # noqa: E402  (imported here, in the main thread: see the module docs)
 import softphone.media.description_handler  # noqa: E402, F401
 from softphone.errors import ConfigurationError  # noqa: E402
+from softphone.gc_freezer import GcFreezer  # noqa: E402
 from softphone.load.agent_run import AgentRun  # noqa: E402
 from softphone.load.credentials import AgentSpec  # noqa: E402
 from softphone.load.results import Failure, FailureKind, Results  # noqa: E402
 from softphone.load.scenario import DEFAULT_SCENARIO, Scenario, load_scenario, parse_scenario  # noqa: E402
 from softphone.load.verdict import VerdictTicker  # noqa: E402
-from softphone.load.worker import Worker, WorkerConfig  # noqa: E402
+from softphone.load.worker import SETUP_GRACE, Worker, WorkerConfig  # noqa: E402
 
 #: request_type of each step Locust shows.
 STEP_TYPES = {
@@ -172,6 +173,8 @@ class _LoopThread:
         self.loop: RealThreadLoop | None = None
         self.ticker: VerdictTicker | None = None
         self.events: collections.deque[tuple] = collections.deque()  # thread-safe appends/pops
+        self.last_start = 0.0  # time.monotonic() of the latest user's start
+        self._freezer: asyncio.Task | None = None
         _start_new_thread(self._run, ())
 
     def _run(self) -> None:
@@ -184,6 +187,21 @@ class _LoopThread:
     def submit(self, coro: Any) -> Any:
         assert self.loop is not None
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def note_start(self) -> None:
+        """A user is starting: while users keep starting, what they build is frozen out of the
+        collector's reach (full collections over the growing heap stall the loop, as in a
+        ``softphone load`` worker)."""
+        assert self.loop is not None
+        self.last_start = time.monotonic()
+        self.loop.call_soon_threadsafe(self._ensure_freezer)
+
+    def _growing(self) -> bool:
+        return time.monotonic() - self.last_start < SETUP_GRACE
+
+    def _ensure_freezer(self) -> None:
+        if self._freezer is None or self._freezer.done():
+            self._freezer = asyncio.get_running_loop().create_task(GcFreezer(self._growing).run())
 
 
 _loop_lock = _allocate_lock()
@@ -318,6 +336,7 @@ class SoftphoneUser(User):
                            clip_dir=self.clip_dir or os.environ.get("SOFTPHONE_CLIP_DIR"), seed=spec.n)
         self._ctx = _UserContext(cfg, loop)
         self._run = AgentRun(self._ctx, spec)  # type: ignore[arg-type]
+        loop.note_start()
         self._future = loop.submit(self._run.run(0.0))
 
     @task

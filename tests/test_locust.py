@@ -92,11 +92,18 @@ async def main():
     a.close(); b.close()
     return classes, data, socket.socket.__module__
 
-print(sl.asyncio.run_coroutine_threadsafe(main(), sl._loop_thread().loop).result(10))
+import gc, time
+thread = sl._loop_thread()
+result = sl.asyncio.run_coroutine_threadsafe(main(), thread.loop).result(10)
+thread.note_start()  # a user starting: the loop thread freezes the survivors while users keep starting
+deadline = time.monotonic() + 10
+while gc.get_freeze_count() == 0 and time.monotonic() < deadline:
+    time.sleep(0.05)
+print((*result, gc.get_freeze_count() > 0))
 """
 
 
-def test_loop_thread_udp_endpoints_are_original_sockets():
+def test_loop_thread_udp_endpoints_are_original_sockets_and_starts_freeze_survivors():
     """The agents' UDP sockets are the stdlib's, not gevent's wrappers (Python code on every packet)."""
     import ast
     import subprocess
@@ -104,6 +111,7 @@ def test_loop_thread_udp_endpoints_are_original_sockets():
     proc = subprocess.run([sys.executable, "-c", UDP_PROBE], capture_output=True, text=True, timeout=60,
                           env={k: v for k, v in os.environ.items() if k != "LOCUST_SKIP_MONKEY_PATCH"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    classes, data, patched = ast.literal_eval(proc.stdout.strip().splitlines()[-1])
+    classes, data, patched, froze = ast.literal_eval(proc.stdout.strip().splitlines()[-1])
     assert patched.startswith("gevent")  # the process is patched: socket.socket is gevent's
     assert classes == ["socket"] and data == b"rtp"  # yet both endpoints are stdlib sockets, and work
+    assert froze  # and a user's start runs the collector's freezer on the loop thread
