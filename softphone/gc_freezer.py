@@ -10,10 +10,13 @@ permanent generation once a second while the process grows (``gc.freeze``, a lis
 so full collections only ever walk what is newer; :class:`GcPauseMeter` measures the pauses
 that remain, for the run's resource figures.
 
-The price, stated: a reference cycle that is already garbage when it is frozen is never
-collected.  A young collection runs first, so only cycles that became garbage after being
-promoted and before the next freeze can stay; the freezer runs only while the process grows
-(the ramp), and memory figures (PSS per agent) would show a leak.
+The price, stated: the collector never looks at frozen objects again, so a reference cycle
+among them that becomes garbage later (a call set up during the ramp and ended after it) is
+not freed until the process ends.  That is why the freezer runs only while a process grows
+toward a steady state (a load run's ramp, whose sessions last the run) and not in a
+long-running server where calls come and go (``softphone lab`` on its own); the leak is
+bounded by what was alive during the ramp, and PSS per agent in the results would show it.
+A young collection runs before each freeze, so cycles that are already garbage are freed.
 """
 
 from __future__ import annotations
