@@ -275,7 +275,7 @@ def test_bench_verdict_runs_small(capsys):
 
 async def test_ticker_spreads_legs_over_the_interval_and_ticks_each_once():
     """Each callback ticks one slice of the legs; over an interval every leg is ticked once."""
-    import asyncio
+    from media_support import wait_until
 
     class Leg:
         def __init__(self, n: int) -> None:
@@ -289,12 +289,7 @@ async def test_ticker_spreads_legs_over_the_interval_and_ticks_each_once():
     try:
         assert len(ticker) == 10
         assert sorted(len(g) for g in ticker._slices) == [2, 2, 3, 3]  # least full slice first
-        done = asyncio.Event()
-        asyncio.get_running_loop().call_soon(lambda: None)
-        while not all(len(leg.ticks) >= 3 for leg in legs):
-            await asyncio.sleep(0.05)
-            if asyncio.get_running_loop().time() > 1e12:
-                break
+        await wait_until(lambda: all(len(leg.ticks) >= 3 for leg in legs), timeout=10, what="3 ticks per leg")
         times = sorted({t for leg in legs for t in leg.ticks})
         assert len(times) >= 4                           # several callbacks, not one for all legs
         for leg in legs:
@@ -302,7 +297,6 @@ async def test_ticker_spreads_legs_over_the_interval_and_ticks_each_once():
             assert all(g > 0.1 for g in gaps), gaps      # once per interval, not once per slice
         ticker.remove(legs[0])
         assert len(ticker) == 9 and sum(len(g) for g in ticker._slices) == 9
-        del done
     finally:
         ticker.close()
     assert len(ticker) == 0
