@@ -260,11 +260,12 @@ def test_snapshot_cpu_between_a_workers_last_two_statuses():
     from softphone.load.runner import _snapshot
 
     base = {"active": 2, "registered": 2, "in_call": 1, "calls": 3, "failures": {"SIP 503": 1},
-            "pss_bytes": 50 * 1024 ** 2, "loop_lag_ms": 4.0}
+            "pss_bytes": 50 * 1024 ** 2, "loop_lag_ms": 4.0, "gc_pause_ms": 1.5}
     last: dict = {}
     statuses = {0: {**base, "at": 1.0, "cpu_s": 1.0}, 1: {**base, "at": 1.0, "cpu_s": 2.0}}
     snap, workers = _snapshot(1.0, statuses, last)
     assert snap.active_agents == 4 and snap.failures == 2 and snap.pss_mb == 100 and snap.cpu_cores == 0
+    assert snap.loop_lag_ms == 4.0 and snap.gc_pause_ms == 1.5
     statuses[0] = {**base, "at": 2.0, "cpu_s": 1.25}
     snap, workers = _snapshot(2.0, statuses, last)
     assert [w["cpu_percent"] for w in workers] == [25.0, 0.0]

@@ -377,5 +377,5 @@ def _snapshot(at: float, statuses: dict[int, dict[str, Any]],
                     calls=sum(s["calls"] for s in statuses.values()), failures=total_failures,
                     cpu_cores=cores, pss_mb=sum((s["pss_bytes"] or 0) for s in statuses.values()) / 1024 ** 2,
                     loop_lag_ms=max((s["loop_lag_ms"] for s in statuses.values()), default=0.0),
-                    gc_pause_ms=max((s.get("gc_pause_ms", 0.0) for s in statuses.values()), default=0.0))
+                    gc_pause_ms=max((s["gc_pause_ms"] for s in statuses.values()), default=0.0))
     return snap, wstat
